@@ -1,0 +1,1 @@
+"""paymesh's gateway_mock."""

@@ -1,0 +1,1 @@
+"""gateway_mock's Alembic history; `paymesh.chassis.migrations` runs it."""

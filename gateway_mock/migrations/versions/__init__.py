@@ -1,0 +1,1 @@
+"""gateway_mock's revisions, oldest first by their down_revision chain."""

@@ -1,0 +1,1 @@
+"""paymesh's inventory_svc."""

@@ -1,0 +1,8 @@
+"""`python -m inventory_svc`: run inventory_svc with settings from the environment."""
+
+from inventory_svc.service import wire
+from inventory_svc.store import metadata
+from paymesh.chassis.service import run_service
+
+if __name__ == "__main__":
+    raise SystemExit(run_service("inventory_svc", metadata(), wire))

@@ -1,0 +1,1 @@
+"""inventory_svc's Alembic history; `paymesh.chassis.migrations` runs it."""

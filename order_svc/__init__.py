@@ -1,0 +1,1 @@
+"""paymesh's order_svc."""

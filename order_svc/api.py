@@ -1,0 +1,162 @@
+"""OrderService over gRPC: each RPC validates, calls the domain in one transaction, answers the order."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+
+from order_svc import validate
+from order_svc.domain import SETTLED, DomainError, InvalidTransition, NotCancellable, Order, TotalOverflow
+from order_svc.messages import order_to_proto, outbound, status_from_proto
+from order_svc.store import OrderRepository
+from order_svc.watch import OrderWatch
+from paymesh.chassis.db import UnitOfWork
+from paymesh.chassis.errors import FailedPrecondition, NotFound, ServiceError, invalid_argument
+from paymesh.chassis.events import TRACEPARENT, child_traceparent
+from paymesh.chassis.service import Runtime
+from paymesh.order.v1 import order_service_pb2 as pb
+from paymesh.order.v1 import order_service_pb2_grpc
+
+# A WatchOrder stream re-reads its order this often, for changes committed by another replica.
+WATCH_REREAD_S = 1.0
+
+
+def refusal(exc: DomainError) -> ServiceError:
+    """The one mapping from the domain's refusals to the client's status."""
+    if isinstance(exc, NotCancellable):
+        return FailedPrecondition(
+            f"order {exc.order_id} is {exc.status} and can no longer be cancelled",
+            reason="ORDER_NOT_CANCELLABLE",
+            metadata={"order_id": exc.order_id, "status": exc.status.value},
+        )
+    if isinstance(exc, TotalOverflow):
+        return invalid_argument([("items", str(exc))])
+    if isinstance(exc, InvalidTransition):
+        return FailedPrecondition(
+            str(exc), reason="INVALID_TRANSITION", metadata={"order_id": exc.order_id, "status": exc.status.value}
+        )
+    raise TypeError(f"no status for {exc!r}")
+
+
+def not_found(order_id: str) -> NotFound:
+    return NotFound(f"order {order_id} not found", reason="ORDER_NOT_FOUND", metadata={"order_id": order_id})
+
+
+def traceparent_of(context: grpc.aio.ServicerContext) -> str:
+    """A span under the caller's trace when it sent a traceparent, else a new trace."""
+    metadata = dict(context.invocation_metadata() or ())
+    return child_traceparent(metadata.get(TRACEPARENT))
+
+
+class OrderApi(order_service_pb2_grpc.OrderServiceServicer):
+    def __init__(self, runtime: Runtime, orders: OrderRepository, watch: OrderWatch) -> None:
+        self.runtime = runtime
+        self.orders = orders
+        self.watch = watch
+        self.watch_reread_s = WATCH_REREAD_S
+
+    async def CreateOrder(self, request: pb.CreateOrderRequest, context: Any) -> pb.CreateOrderResponse:  # noqa: N802
+        lines = validate.create_order(request)
+        trace = traceparent_of(context)
+        timeout = timedelta(seconds=self.runtime.settings.saga_timeout_s)
+
+        async def place(uow: UnitOfWork) -> pb.CreateOrderResponse:
+            try:
+                order = Order.place(
+                    customer_id=request.customer_id,
+                    lines=lines,
+                    currency=request.currency,
+                    payment_method_token=request.payment_method_token,
+                    now=datetime.now(UTC),
+                    timeout=timeout,
+                )
+            except DomainError as exc:
+                raise refusal(exc) from exc
+            await self.orders.add(uow.conn, order)
+            await self.runtime.publish(uow, [outbound(order, e, trace) for e in order.pull_events()])
+            return pb.CreateOrderResponse(order=order_to_proto(order))
+
+        return await self.runtime.requests.run(
+            "OrderService.CreateOrder", request.request_id, request, pb.CreateOrderResponse, place
+        )
+
+    async def GetOrder(self, request: pb.GetOrderRequest, context: Any) -> pb.GetOrderResponse:  # noqa: N802
+        validate.get_order(request.order_id)
+        return pb.GetOrderResponse(order=order_to_proto(await self._read(request.order_id)))
+
+    async def ListOrders(self, request: pb.ListOrdersRequest, context: Any) -> pb.ListOrdersResponse:  # noqa: N802
+        query = validate.list_orders(request)
+        async with self.runtime.db.read() as conn:
+            page = await self.orders.page(
+                conn,
+                status=query.status,
+                customer_id=query.customer_id,
+                after=query.after,
+                limit=query.page_size + 1,  # one more tells whether another page follows
+            )
+        more = len(page) > query.page_size
+        page = page[: query.page_size]
+        return pb.ListOrdersResponse(
+            orders=[order_to_proto(o) for o in page],
+            next_page_token=query.next_token(page[-1]) if more else "",
+        )
+
+    async def CancelOrder(self, request: pb.CancelOrderRequest, context: Any) -> pb.CancelOrderResponse:  # noqa: N802
+        validate.cancel_order(request)
+        trace = traceparent_of(context)
+
+        async def cancel(uow: UnitOfWork) -> pb.CancelOrderResponse:
+            order = (await self.orders.lock(uow.conn, [request.order_id])).get(request.order_id)
+            if order is None:
+                raise not_found(request.order_id)
+            try:
+                started = order.cancel(request.reason, datetime.now(UTC))
+            except DomainError as exc:
+                raise refusal(exc) from exc
+            if started:
+                await self.orders.save(uow.conn, [order])
+                await self.runtime.publish(uow, [outbound(order, e, trace) for e in order.pull_events()])
+                self.watch.deliver_after_commit(uow, [self.watch.snapshot(order)])
+            return pb.CancelOrderResponse(order=order_to_proto(order))
+
+        return await self.runtime.requests.run(
+            "OrderService.CancelOrder", request.request_id, request, pb.CancelOrderResponse, cancel
+        )
+
+    async def WatchOrder(  # noqa: N802
+        self, request: pb.WatchOrderRequest, context: Any
+    ) -> AsyncIterator[pb.WatchOrderResponse]:
+        """The order now, then after each change, until it settles.
+
+        Ends early when the client goes away (the stream is cancelled) or the service
+        begins to shut down (within one re-read period).
+        """
+        validate.get_order(request.order_id)
+        # Follow before the first read, so no commit falls between the two.
+        with self.watch.follow(request.order_id) as changes:
+            order = await self._read(request.order_id)
+            yield pb.WatchOrderResponse(order=order_to_proto(order))
+            version, status = order.version, order.status
+            while status not in SETTLED and not self.runtime.stopping.is_set():
+                try:
+                    state = await asyncio.wait_for(changes.get(), self.watch_reread_s)
+                    newer_version, newer = state.version, state.order
+                except TimeoutError:
+                    fresh = await self._read(request.order_id)
+                    newer_version, newer = fresh.version, order_to_proto(fresh)
+                if newer_version <= version:
+                    continue  # already sent, or older than what was sent
+                yield pb.WatchOrderResponse(order=newer)
+                version = newer_version
+                status = status_from_proto(newer.status) or status
+
+    async def _read(self, order_id: str) -> Order:
+        async with self.runtime.db.read() as conn:
+            order = await self.orders.get(conn, order_id)
+        if order is None:
+            raise not_found(order_id)
+        return order

@@ -1,0 +1,118 @@
+"""The saga's answers to an order: inventory's and payment's events, applied a batch at a time."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf.message import Message
+
+from order_svc.domain import InvalidTransition, Order
+from order_svc.messages import outbound
+from order_svc.store import OrderRepository
+from order_svc.watch import OrderWatch, Snapshot
+from paymesh.chassis.consumer import ConsumerSpec
+from paymesh.chassis.db import UnitOfWork
+from paymesh.chassis.events import InboundEvent, OutboundEvent, child_traceparent
+from paymesh.chassis.service import Runtime
+from paymesh.inventory.v1 import events_pb2 as inventory_events
+from paymesh.payment.v1 import events_pb2 as payment_events
+
+log = logging.getLogger(__name__)
+
+
+def _types(*classes: type[Message]) -> dict[str, type[Message]]:
+    return {cls.DESCRIPTOR.full_name: cls for cls in classes}
+
+
+INVENTORY_TYPES = _types(
+    inventory_events.InventoryReserved, inventory_events.InventoryRejected, inventory_events.InventoryReleased
+)
+PAYMENT_TYPES = _types(
+    payment_events.PaymentSucceeded,
+    payment_events.PaymentFailed,
+    payment_events.PaymentRefunded,
+    payment_events.PaymentVoided,
+    payment_events.PaymentRefundFailed,
+)
+
+
+def apply_answer(order: Order, message: Any, now: datetime) -> bool:
+    """One answer applied to the order in memory; False when it changes nothing (a duplicate).
+
+    Raises InvalidTransition when the order's status does not take this answer: a late
+    answer, e.g. a payment that succeeded after a cancel (payment_svc refunds it itself).
+    """
+    match message:
+        case inventory_events.InventoryReserved():
+            order.reserve(now)
+        case inventory_events.InventoryRejected():
+            order.reject(message.reason or "REJECTED", now)
+        case inventory_events.InventoryReleased():
+            return order.inventory_released(message.cause, now)
+        case payment_events.PaymentSucceeded():
+            order.pay(message.payment_id, now)
+        case payment_events.PaymentFailed():
+            order.fail_payment(message.payment_id, message.failure_code, now)
+        case payment_events.PaymentVoided() | payment_events.PaymentRefunded():
+            return order.payment_returned(message.payment_id, message.cause, now)
+        case payment_events.PaymentRefundFailed():
+            return order.refund_failure(message.payment_id, message.failure_code, message.cause, now)
+        case _:
+            raise TypeError(f"order_svc does not consume {type(message).__name__}")
+    return True
+
+
+class SagaAnswers:
+    """The batch handler of both consumers: one locked read, transitions in stream order, one write."""
+
+    def __init__(self, runtime: Runtime, orders: OrderRepository, watch: OrderWatch) -> None:
+        self.runtime = runtime
+        self.orders = orders
+        self.watch = watch
+
+    async def apply(self, uow: UnitOfWork, events: list[InboundEvent]) -> None:
+        now = datetime.now(UTC)
+        orders = await self.orders.lock(uow.conn, (e.order_id for e in events))
+        changed: dict[str, Order] = {}
+        outgoing: list[OutboundEvent] = []
+        states: list[Snapshot | None] = []
+        for event in events:
+            order = orders.get(event.order_id)
+            if order is None:
+                # Answers follow order.placed, which commits after its order: not one of ours.
+                log.warning("%s %s for unknown order %r ignored", event.type, event.event_id, event.order_id)
+                continue
+            try:
+                if not apply_answer(order, event.message, now):
+                    continue
+            except InvalidTransition as exc:
+                log.info("%s %s ignored: %s", event.type, event.event_id, exc)
+                continue
+            changed[order.order_id] = order
+            trace = child_traceparent(event.traceparent)
+            outgoing.extend(outbound(order, e, trace) for e in order.pull_events())
+            states.append(self.watch.snapshot(order))
+        await self.orders.save(uow.conn, changed.values())
+        await self.runtime.publish(uow, outgoing)
+        self.watch.deliver_after_commit(uow, states)
+
+
+def consumers(answers: SagaAnswers) -> list[ConsumerSpec]:
+    return [
+        ConsumerSpec(
+            durable="order_svc-inventory",
+            stream="INVENTORY",
+            filter_subjects=["inventory.reserved.*", "inventory.rejected.*", "inventory.released.*"],
+            handler=answers.apply,
+            types=INVENTORY_TYPES,
+        ),
+        ConsumerSpec(
+            durable="order_svc-payment",
+            stream="PAYMENT",
+            filter_subjects=["payment.>"],
+            handler=answers.apply,
+            types=PAYMENT_TYPES,
+        ),
+    ]

@@ -1,0 +1,71 @@
+"""Between the domain and the wire: orders as protobuf, and domain events as outbox rows."""
+
+from __future__ import annotations
+
+from order_svc.domain import Cancelled, Confirmed, Event, Line, Order, OrderStatus, Placed
+from paymesh.chassis.events import OutboundEvent, new_event_id, subject, to_timestamp
+from paymesh.order.v1 import events_pb2, order_pb2
+
+
+def status_to_proto(status: OrderStatus) -> order_pb2.OrderStatus.ValueType:
+    return order_pb2.OrderStatus.Value(f"ORDER_STATUS_{status.value}")
+
+
+def status_from_proto(value: int) -> OrderStatus | None:
+    """None for ORDER_STATUS_UNSPECIFIED ("any status" in a filter)."""
+    if value == order_pb2.ORDER_STATUS_UNSPECIFIED:
+        return None
+    return OrderStatus(order_pb2.OrderStatus.Name(value).removeprefix("ORDER_STATUS_"))
+
+
+def line_items(lines: tuple[Line, ...]) -> list[order_pb2.LineItem]:
+    return [order_pb2.LineItem(sku=ln.sku, quantity=ln.quantity, unit_price_minor=ln.unit_price_minor) for ln in lines]
+
+
+def order_to_proto(order: Order) -> order_pb2.Order:
+    return order_pb2.Order(
+        order_id=order.order_id,
+        customer_id=order.customer_id,
+        items=line_items(order.lines),
+        currency=order.currency,
+        amount_minor=order.amount_minor,
+        status=status_to_proto(order.status),
+        failure_reason=order.failure_reason,
+        payment_id=order.payment_id,
+        create_time=to_timestamp(order.create_time),
+        update_time=to_timestamp(order.update_time),
+        deadline=to_timestamp(order.deadline),
+    )
+
+
+def outbound(order: Order, event: Event, traceparent: str | None) -> OutboundEvent:
+    """The outbox row of a domain event; `traceparent` continues the trace of what caused it."""
+    now = to_timestamp(order.update_time)
+    if isinstance(event, Placed):
+        placed = events_pb2.OrderPlaced(
+            event_id=new_event_id(),
+            order_id=order.order_id,
+            occurred_at=now,
+            customer_id=order.customer_id,
+            items=line_items(order.lines),
+            currency=order.currency,
+            amount_minor=order.amount_minor,
+            payment_method_token=order.payment_method_token,
+            deadline=to_timestamp(order.deadline),
+        )
+        return OutboundEvent.of(subject("order", "placed", order.order_id), placed, traceparent)
+    if isinstance(event, Confirmed):
+        confirmed = events_pb2.OrderConfirmed(
+            event_id=new_event_id(), order_id=order.order_id, occurred_at=now, payment_id=event.payment_id
+        )
+        return OutboundEvent.of(subject("order", "confirmed", order.order_id), confirmed, traceparent)
+    if isinstance(event, Cancelled):
+        cancelled = events_pb2.OrderCancelled(
+            event_id=new_event_id(),
+            order_id=order.order_id,
+            occurred_at=now,
+            reason=event.reason,
+            timed_out=event.timed_out,
+        )
+        return OutboundEvent.of(subject("order", "cancelled", order.order_id), cancelled, traceparent)
+    raise TypeError(f"no wire form for {event!r}")

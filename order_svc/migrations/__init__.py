@@ -1,0 +1,1 @@
+"""order_svc's Alembic history; `paymesh.chassis.migrations` runs it."""

@@ -1,0 +1,5 @@
+"""The `alembic -n order_svc ...` entry point (see alembic.ini); the service itself migrates without it."""
+
+from paymesh.chassis.migrations import run_alembic_env
+
+run_alembic_env("order_svc")

@@ -1,0 +1,70 @@
+"""The saga's deadline: open orders past it are cancelled (CANCELLING, order.cancelled with timed_out)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+from order_svc.messages import outbound
+from order_svc.store import OrderRepository
+from order_svc.watch import OrderWatch
+from paymesh.chassis.events import new_traceparent
+from paymesh.chassis.service import Runtime
+
+log = logging.getLogger(__name__)
+
+SWEEP_INTERVAL_S = 0.5
+SWEEP_BATCH = 500
+
+
+class DeadlineSweeper:
+    """Every `interval_s`, times out every open order past its deadline, a batch per transaction.
+
+    Runs as one of the service's background loops (`Wiring.background`): started once
+    the host has its schema and NATS, cancelled first at shutdown.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        orders: OrderRepository,
+        watch: OrderWatch,
+        *,
+        interval_s: float = SWEEP_INTERVAL_S,
+        batch: int = SWEEP_BATCH,
+    ) -> None:
+        self.runtime = runtime
+        self.orders = orders
+        self.watch = watch
+        self.interval_s = interval_s
+        self.batch = batch
+        self.timed_out = 0
+
+    async def run(self) -> None:
+        while True:
+            try:
+                while await self.sweep_once() == self.batch:
+                    pass  # a full batch: more may be overdue
+            except Exception:
+                log.exception("deadline sweep failed; retrying in %.1fs", self.interval_s)
+            await asyncio.sleep(self.interval_s)  # the sweep's period, not a wait for anything
+
+    async def sweep_once(self, now: datetime | None = None) -> int:
+        """Time out one batch of overdue orders; returns how many."""
+        now = now or datetime.now(UTC)
+        async with self.runtime.db.unit_of_work() as uow:
+            overdue = await self.orders.lock_overdue(uow.conn, now, self.batch)
+            if not overdue:
+                return 0
+            events = []
+            for order in overdue:
+                order.time_out(now)
+                events.extend(outbound(order, e, new_traceparent()) for e in order.pull_events())
+            await self.orders.save(uow.conn, overdue)
+            await self.runtime.publish(uow, events)
+            self.watch.deliver_after_commit(uow, [self.watch.snapshot(o) for o in overdue])
+            await uow.commit()
+        self.timed_out += len(overdue)
+        log.info("cancelled %d order(s) past their saga deadline", len(overdue))
+        return len(overdue)

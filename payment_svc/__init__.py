@@ -1,0 +1,1 @@
+"""paymesh's payment_svc."""

@@ -1,0 +1,177 @@
+"""The edge to the payment gateway: deadlines, in-process retries of transient codes, a circuit breaker,
+and answers reduced to what the saga needs to know."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import grpc
+import pybreaker
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from payment_svc.domain import RetryPolicy, is_refusal, is_retryable, may_have_reached
+from paymesh.gateway.v1 import gateway_pb2, gateway_service_pb2, gateway_service_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+class Kind(StrEnum):
+    APPROVED = "approved"  # charged / refunded
+    DECLINED = "declined"  # the gateway said no, for good: nothing moved
+    UNKNOWN = "unknown"  # no answer, and some attempt may have done the work
+    UNAVAILABLE = "unavailable"  # no answer, and no attempt reached the gateway
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: Kind
+    id: str = ""  # charge_id or refund_id when APPROVED
+    code: str = ""  # decline or refusal code when DECLINED
+    detail: str = ""
+
+    @property
+    def resolved(self) -> bool:
+        return self.kind in (Kind.APPROVED, Kind.DECLINED)
+
+    @property
+    def may_have_reached(self) -> bool:
+        return self.kind is Kind.UNKNOWN
+
+
+@dataclass(frozen=True)
+class GatewayPolicy:
+    call_deadline_s: float = 2.0
+    retry: RetryPolicy = RetryPolicy()  # 3 tries, under 1 s of waiting in all
+    breaker_fail_max: int = 5
+    breaker_reset_s: float = 5.0
+
+
+class GatewayClient:
+    """Charge and Refund through one channel and one circuit breaker."""
+
+    def __init__(self, addr: str, policy: GatewayPolicy) -> None:
+        self.addr = addr
+        self.policy = policy
+        self.breaker = pybreaker.CircuitBreaker(
+            fail_max=policy.breaker_fail_max,
+            reset_timeout=policy.breaker_reset_s,
+            throw_new_error_on_trip=False,  # keep the real code: it says whether the call may have charged
+            name="gateway",
+        )
+        self._probing = False
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: Any = None
+
+    async def start(self) -> None:
+        # A gateway back from an outage is seen within a second, not after gRPC's 120 s backoff.
+        self._channel = grpc.aio.insecure_channel(
+            self.addr,
+            options=[
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000),
+            ],
+        )
+        self._stub = gateway_service_pb2_grpc.GatewayServiceStub(self._channel)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+
+    async def charge(
+        self, key: str, amount_minor: int, currency: str, token: str, order_id: str
+    ) -> Outcome:
+        request = gateway_service_pb2.ChargeRequest(
+            idempotency_key=key,
+            amount_minor=amount_minor,
+            currency=currency,
+            payment_method_token=token,
+            order_id=order_id,
+            description=f"order {order_id}",
+        )
+        reply = await self._call(self._stub.Charge, request)
+        if isinstance(reply, Outcome):
+            return reply
+        charge = reply.charge
+        if charge.status == gateway_pb2.CHARGE_STATUS_DECLINED:
+            code = charge.decline_code or "card_declined"
+            return Outcome(Kind.DECLINED, charge.charge_id, code, f"declined by the gateway: {code}")
+        return Outcome(Kind.APPROVED, charge.charge_id, detail=f"charge {charge.charge_id}")
+
+    async def refund(self, key: str, charge_id: str, amount_minor: int, reason: str) -> Outcome:
+        request = gateway_service_pb2.RefundRequest(
+            idempotency_key=key, charge_id=charge_id, amount_minor=amount_minor, reason=reason
+        )
+        reply = await self._call(self._stub.Refund, request)
+        if isinstance(reply, Outcome):
+            return reply
+        return Outcome(Kind.APPROVED, reply.refund.refund_id, detail=f"refund {reply.refund.refund_id}")
+
+    async def _call(self, method: Any, request: Any) -> Any:
+        """The reply, or an Outcome: DECLINED for a final refusal, UNKNOWN / UNAVAILABLE when unanswered.
+
+        The breaker counts calls, not attempts: a call fails only when its in-process retries
+        are spent unanswered. A gateway that drops some requests then keeps its circuit
+        closed; one that is down fails every call fast and opens it after `fail_max` calls.
+        """
+        probe = self.breaker.current_state != pybreaker.STATE_CLOSED
+        if probe and self._probing:
+            return Outcome(Kind.UNAVAILABLE, detail="circuit half-open, its probe is in flight")
+        try:
+            with self.breaker.calling():
+                if probe:
+                    self._probing = True
+                result = await self._attempts(method, request)
+                if isinstance(result, Outcome) and not result.resolved:
+                    raise _Unanswered(result)
+                return result
+        except _Unanswered as unanswered:
+            return unanswered.outcome
+        except pybreaker.CircuitBreakerError:
+            return Outcome(Kind.UNAVAILABLE, detail="circuit open: the gateway failed repeatedly")
+        finally:
+            if probe:
+                self._probing = False
+
+    async def _attempts(self, method: Any, request: Any) -> Any:
+        """Up to `retry.attempts` tries, retrying transient codes only, with jittered backoff."""
+        reached = False
+        last = ""
+        for attempt in range(1, self.policy.retry.attempts + 1):
+            try:
+                return await method(request, timeout=self.policy.call_deadline_s)
+            except grpc.aio.AioRpcError as err:
+                code = err.code().name
+                if is_refusal(code):  # the gateway is up and said no, for good
+                    return Outcome(Kind.DECLINED, code=_refusal_code(err), detail=f"refused: {err.details()}")
+                reached = reached or may_have_reached(code)
+                last = f"attempt {attempt}: {code} {err.details()}"
+                if not is_retryable(code):
+                    break  # e.g. INTERNAL: not worth retrying here, yet it may have charged
+                if attempt < self.policy.retry.attempts:
+                    await asyncio.sleep(self.policy.retry.delay(attempt))  # backoff between attempts
+        return Outcome(Kind.UNKNOWN if reached else Kind.UNAVAILABLE, detail=last)
+
+
+class _Unanswered(Exception):
+    """Carries an unanswered call's Outcome through the breaker, which counts it as a failure."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome.detail)
+        self.outcome = outcome
+
+
+def _refusal_code(err: grpc.aio.AioRpcError) -> str:
+    """The gateway's ErrorInfo reason in lower case (e.g. refund_declined), else the status code's name."""
+    status = rpc_status.from_call(err)
+    if status is not None:
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Is(info.DESCRIPTOR) and detail.Unpack(info) and info.reason:
+                return info.reason.lower()
+    return err.code().name.lower()

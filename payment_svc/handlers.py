@@ -1,0 +1,233 @@
+"""The events payment_svc consumes: order.placed / order.cancelled, and inventory.reserved (the charge)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+
+from payment_svc.domain import InvalidTransition, Payment, RetryPolicy, Status
+from payment_svc.gateway import GatewayClient, Kind, Outcome
+from payment_svc.messages import outbound
+from payment_svc.store import PaymentStore
+from paymesh.chassis.consumer import ConsumerSpec, RetryLater
+from paymesh.chassis.db import UnitOfWork
+from paymesh.chassis.events import InboundEvent, OutboundEvent
+from paymesh.chassis.service import Runtime
+from paymesh.inventory.v1 import events_pb2 as inventory_events
+from paymesh.order.v1 import events_pb2 as order_events
+
+log = logging.getLogger(__name__)
+
+PLACED = order_events.OrderPlaced.DESCRIPTOR.full_name
+CANCELLED = order_events.OrderCancelled.DESCRIPTOR.full_name
+RESERVED = inventory_events.InventoryReserved.DESCRIPTOR.full_name
+CHARGE = "charge"  # key of a prepared gateway outcome in InboundEvent.context
+
+
+def new_payment_id() -> str:
+    return f"pay_{uuid.uuid4().hex}"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Recorder:
+    """Writes changed payments with their audit steps, refunds and events in the caller's transaction;
+    after the commit, hands new refunds to the refunder."""
+
+    def __init__(self, runtime: Runtime, store: PaymentStore) -> None:
+        self.runtime = runtime
+        self.store = store
+        self.on_refund_requested: Callable[[str], None] = lambda payment_id: None
+
+    async def record(
+        self,
+        uow: UnitOfWork,
+        payments: Iterable[Payment],
+        events: list[OutboundEvent],
+        now: datetime,
+        *,
+        hand_over: bool = True,
+    ) -> None:
+        payments = [p for p in payments if p.is_new or p.changed]
+        refunding = [p.payment_id for p in payments if p.new_refunds]
+        await self.store.save(uow.conn, payments, now)
+        await self.runtime.publish(uow, events)
+        if refunding and hand_over:
+            uow.after_commit(lambda: self._hand_over(refunding))
+
+    def _hand_over(self, payment_ids: list[str]) -> None:
+        for payment_id in payment_ids:
+            self.on_refund_requested(payment_id)
+
+
+class Saga:
+    """The consumers' handlers and the charge's prepare step."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        store: PaymentStore,
+        gateway: GatewayClient,
+        recorder: Recorder,
+        *,
+        redelivery: RetryPolicy,
+        concurrency: int = 32,
+    ) -> None:
+        self.runtime = runtime
+        self.store = store
+        self.gateway = gateway
+        self.recorder = recorder
+        self.redelivery = redelivery
+        self.concurrency = concurrency
+
+    def consumers(self) -> list[ConsumerSpec]:
+        return [
+            ConsumerSpec(
+                durable="payment_svc-order",
+                stream="ORDER",
+                filter_subjects=["order.placed.*", "order.cancelled.*"],
+                handler=self.apply_order_events,
+                types={PLACED: order_events.OrderPlaced, CANCELLED: order_events.OrderCancelled},
+            ),
+            ConsumerSpec(
+                durable="payment_svc-inventory",
+                stream="INVENTORY",
+                filter_subjects=["inventory.reserved.*"],
+                handler=self.apply_reservations,
+                types={RESERVED: inventory_events.InventoryReserved},
+                prepare=self.charge,
+                # A charge the gateway has not answered is asked again through redelivery,
+                # for as long as it takes: never dead-letter it as a crash loop too early.
+                crash_loop_deliveries=1000,
+                # Gateway calls for a whole batch run before the transaction; a delivery lost
+                # with a crashed process comes back after this, and the same key is asked again.
+                ack_wait_s=15.0,
+            ),
+        ]
+
+    # -- ORDER stream -----------------------------------------------------------------
+
+    async def apply_order_events(self, uow: UnitOfWork, events: list[InboundEvent]) -> None:
+        now = utcnow()
+        payments = await self.store.by_orders(uow.conn, (e.order_id for e in events))
+        out: list[OutboundEvent] = []
+        for event in events:
+            payment = payments.get(event.order_id)
+            if event.type == PLACED:
+                if payment is not None:
+                    log.info("order.placed for %s: payment exists (%s); ignored", event.order_id, payment.status)
+                    continue
+                payment = self._place(event.message, now)
+            elif payment is None:
+                payment = Payment.tombstone(new_payment_id(), event.order_id, now)
+            else:
+                payment.cancel(event.message.reason or ("saga timed out" if event.message.timed_out else "cancelled"))
+            payments[event.order_id] = payment
+            out.extend(outbound(e, event.traceparent) for e in payment.drain_events())
+        await self.recorder.record(uow, payments.values(), out, now)
+
+    def _place(self, placed: order_events.OrderPlaced, now: datetime) -> Payment:
+        if placed.HasField("deadline"):
+            deadline = placed.deadline.ToDatetime(tzinfo=UTC)
+        else:
+            deadline = now + timedelta(seconds=self.runtime.settings.saga_timeout_s)
+        return Payment.place(
+            new_payment_id(),
+            placed.order_id,
+            placed.amount_minor,
+            placed.currency,
+            placed.payment_method_token,
+            deadline,
+        )
+
+    # -- INVENTORY stream: the charge ---------------------------------------------------
+
+    async def charge(self, events: list[InboundEvent]) -> None:
+        """Prepare step: mark PROCESSING and commit, then call the gateway outside any transaction."""
+        todo = [e for e in events if CHARGE not in e.context]
+        if not todo:
+            return  # outcomes kept from an earlier try of this same delivery
+        calls: dict[str, Payment] = {}
+        async with self.runtime.db.unit_of_work() as uow:
+            payments = await self.store.by_orders(uow.conn, (e.order_id for e in todo))
+            for payment in payments.values():
+                if payment.status in (Status.PENDING, Status.PROCESSING):
+                    payment.start_charge()
+                    calls[payment.order_id] = payment
+            await self.recorder.record(uow, calls.values(), [], utcnow())
+            await uow.commit()
+        if not calls:
+            return
+
+        limit = asyncio.Semaphore(self.concurrency)
+
+        async def call(p: Payment) -> Outcome:
+            async with limit:
+                return await self.gateway.charge(p.idempotency_key, p.amount_minor, p.currency,
+                                                 p.payment_method_token, p.order_id)
+
+        results = await asyncio.gather(*(call(p) for p in calls.values()))
+        outcomes = dict(zip(calls, results, strict=True))
+        for event in todo:
+            if event.order_id in outcomes:
+                event.context[CHARGE] = outcomes[event.order_id]
+        unresolved = {oid: o for oid, o in outcomes.items() if not o.resolved}
+        if unresolved:
+            await self._close_unresolved(unresolved)
+
+    async def _close_unresolved(self, outcomes: dict[str, Outcome]) -> None:
+        """Committed on its own: the handler's transaction is rolled back when it asks for redelivery."""
+        async with self.runtime.db.unit_of_work() as uow:
+            payments = await self.store.by_orders(uow.conn, outcomes)
+            for order_id, payment in payments.items():
+                outcome = outcomes[order_id]
+                try:
+                    payment.charge_unresolved(outcome.may_have_reached, outcome.detail)
+                except InvalidTransition:
+                    continue  # resolved meanwhile by another delivery
+            await self.recorder.record(uow, payments.values(), [], utcnow())
+            await uow.commit()
+
+    async def apply_reservations(self, uow: UnitOfWork, events: list[InboundEvent]) -> None:
+        """Records the prepared outcomes: SUCCEEDED, FAILED (declined, or given up), or redelivery later."""
+        now = utcnow()
+        payments = await self.store.by_orders(uow.conn, (e.order_id for e in events))
+        out: list[OutboundEvent] = []
+        for event in events:
+            payment = payments.get(event.order_id)
+            if payment is None:
+                raise RetryLater(f"no payment for {event.order_id} yet (order.placed not seen)",
+                                 self.redelivery.delay(event.num_delivered))
+            outcome: Outcome | None = event.context.get(CHARGE)
+            if payment.status not in (Status.PENDING, Status.PROCESSING):
+                log.info("inventory.reserved for %s: payment is %s; ignored", event.order_id, payment.status)
+                continue
+            if outcome is None:
+                raise RetryLater(f"payment of {event.order_id} became chargeable meanwhile",
+                                 self.redelivery.delay(event.num_delivered))
+            try:
+                self._settle(payment, outcome, now, event.num_delivered)
+            except InvalidTransition as exc:
+                log.info("inventory.reserved for %s: %s; ignored", event.order_id, exc)
+                continue
+            out.extend(outbound(e, event.traceparent) for e in payment.drain_events())
+        await self.recorder.record(uow, payments.values(), out, now)
+
+    def _settle(self, payment: Payment, outcome: Outcome, now: datetime, deliveries: int) -> None:
+        if outcome.kind is Kind.APPROVED:
+            payment.charge_succeeded(outcome.id)
+        elif outcome.kind is Kind.DECLINED:
+            payment.charge_declined(outcome.code, outcome.detail)
+        elif payment.can_give_up(now):
+            payment.give_up(now)
+        else:
+            why = "the gateway may have charged; asking again with the same key" if payment.may_have_charged \
+                else "the gateway is unreachable"
+            raise RetryLater(f"payment {payment.payment_id}: {why} ({outcome.detail})",
+                             self.redelivery.delay(deliveries))
+

@@ -1,0 +1,1 @@
+"""payment_svc's Alembic history; `paymesh.chassis.migrations` runs it."""

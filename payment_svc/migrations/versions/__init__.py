@@ -1,0 +1,1 @@
+"""payment_svc's revisions, oldest first by their down_revision chain."""

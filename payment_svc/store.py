@@ -1,0 +1,360 @@
+"""payment_svc's tables and repository: payments, their audit trail, and refunds. Set-based writes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from payment_svc.domain import Payment, RefundRequest, Status
+from paymesh.chassis.db import as_utc
+
+
+def metadata() -> MetaData:
+    """A fresh MetaData with payment_svc's tables; nothing is created or connected at import."""
+    md = MetaData()
+    Tables(md)
+    return md
+
+
+class Tables:
+    def __init__(self, md: MetaData) -> None:
+        if "payments" in md.tables:
+            self.payments, self.steps, self.refunds = (
+                md.tables["payments"],
+                md.tables["payment_events"],
+                md.tables["refunds"],
+            )
+            return
+        self.payments = Table(
+            "payments",
+            md,
+            Column("payment_id", String(64), primary_key=True),
+            Column("order_id", String(64), nullable=False, unique=True),
+            Column("amount_minor", BigInteger, nullable=False),
+            Column("refunded_minor", BigInteger, nullable=False, default=0),
+            Column("currency", String(3), nullable=False),
+            Column("status", String(32), nullable=False),
+            Column("payment_method_token", String(255), nullable=False),
+            Column("idempotency_key", String(128), nullable=False),
+            Column("charge_id", String(128), nullable=False, default=""),
+            Column("failure_code", String(64), nullable=False, default=""),
+            Column("deadline", DateTime(timezone=True), nullable=False),
+            Column("cancel_requested", Boolean, nullable=False, default=False),
+            Column("charge_outcome_unknown", Boolean, nullable=False, default=False),
+            Column("charge_calls_open", Integer, nullable=False, default=0),
+            Column("refund_seq", Integer, nullable=False, default=0),
+            Column("create_time", DateTime(timezone=True), nullable=False),
+            Column("update_time", DateTime(timezone=True), nullable=False),
+        )
+        Index("ix_payments_created", self.payments.c.create_time, self.payments.c.payment_id)
+        Index("ix_payments_status", self.payments.c.status)
+        self.steps = Table(
+            "payment_events",
+            md,
+            Column("sequence", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+            Column("payment_id", String(64), nullable=False, index=True),
+            Column("order_id", String(64), nullable=False),
+            Column("type", String(64), nullable=False),
+            Column("from_status", String(32), nullable=True),
+            Column("to_status", String(32), nullable=False),
+            Column("amount_minor", BigInteger, nullable=False),
+            Column("detail", Text, nullable=False),
+            Column("create_time", DateTime(timezone=True), nullable=False),
+        )
+        self.refunds = Table(
+            "refunds",
+            md,
+            Column("refund_id", String(96), primary_key=True),
+            Column("payment_id", String(64), nullable=False, index=True),
+            Column("request_id", String(64), nullable=False, default=""),
+            Column("idempotency_key", String(128), nullable=False, unique=True),
+            Column("amount_minor", BigInteger, nullable=False),
+            Column("reason", Text, nullable=False),
+            Column("status", String(16), nullable=False),  # PENDING, SUCCEEDED, FAILED
+            Column("gateway_refund_id", String(128), nullable=False, default=""),
+            Column("failure_code", String(64), nullable=False, default=""),
+            Column("outcome_unknown", Boolean, nullable=False, default=False),
+            Column("create_time", DateTime(timezone=True), nullable=False),
+            Column("update_time", DateTime(timezone=True), nullable=False),
+        )
+
+
+@dataclass(frozen=True)
+class PaymentRow:
+    """A payment as stored, with its times (for replies)."""
+
+    payment: Payment
+    create_time: datetime
+    update_time: datetime
+
+
+@dataclass(frozen=True)
+class RefundRow:
+    request: RefundRequest
+    status: str
+    gateway_refund_id: str
+    outcome_unknown: bool
+    create_time: datetime
+
+
+@dataclass(frozen=True)
+class StepRow:
+    sequence: int
+    position: int
+    payment_id: str
+    order_id: str
+    type: str
+    from_status: str | None
+    to_status: str
+    amount_minor: int
+    detail: str
+    create_time: datetime
+
+
+_MUTABLE = (
+    "status",
+    "refunded_minor",
+    "charge_id",
+    "failure_code",
+    "cancel_requested",
+    "charge_outcome_unknown",
+    "charge_calls_open",
+    "refund_seq",
+)
+
+
+class PaymentStore:
+    def __init__(self, md: MetaData) -> None:
+        self.t = Tables(md)
+
+    # -- reads ----------------------------------------------------------------------
+
+    async def by_orders(
+        self, conn: AsyncConnection, order_ids: Iterable[str], *, lock: bool = True
+    ) -> dict[str, Payment]:
+        ids = list(dict.fromkeys(order_ids))
+        if not ids:
+            return {}
+        query = select(self.t.payments).where(self.t.payments.c.order_id.in_(ids))
+        rows = await conn.execute(query.with_for_update() if lock else query)
+        return {r.order_id: _payment(r) for r in rows}
+
+    async def get(self, conn: AsyncConnection, payment_id: str, *, lock: bool = False) -> PaymentRow | None:
+        query = select(self.t.payments).where(self.t.payments.c.payment_id == payment_id)
+        row = (await conn.execute(query.with_for_update() if lock else query)).first()
+        return None if row is None else PaymentRow(_payment(row), as_utc(row.create_time), as_utc(row.update_time))
+
+    async def pending_refund(self, conn: AsyncConnection, payment_id: str, *, lock: bool = False) -> RefundRow | None:
+        r = self.t.refunds
+        query = select(r).where(r.c.payment_id == payment_id, r.c.status == "PENDING").order_by(r.c.create_time)
+        row = (await conn.execute(query.with_for_update() if lock else query)).first()
+        return None if row is None else _refund(row)
+
+    async def refund_by_id(self, conn: AsyncConnection, refund_id: str) -> RefundRow | None:
+        row = (await conn.execute(select(self.t.refunds).where(self.t.refunds.c.refund_id == refund_id))).first()
+        return None if row is None else _refund(row)
+
+    async def refunding(self, conn: AsyncConnection) -> list[str]:
+        p = self.t.payments
+        rows = await conn.execute(select(p.c.payment_id).where(p.c.status == Status.REFUNDING.value))
+        return [r[0] for r in rows]
+
+    async def page(
+        self,
+        conn: AsyncConnection,
+        *,
+        order_id: str,
+        status: str,
+        after: tuple[datetime, str] | None,
+        limit: int,
+    ) -> list[PaymentRow]:
+        """Newest first, keyset on (create_time, payment_id)."""
+        p = self.t.payments
+        query = select(p)
+        if order_id:
+            query = query.where(p.c.order_id == order_id)
+        if status:
+            query = query.where(p.c.status == status)
+        if after is not None:
+            t, pid = after
+            query = query.where(or_(p.c.create_time < t, and_(p.c.create_time == t, p.c.payment_id < pid)))
+        rows = await conn.execute(query.order_by(p.c.create_time.desc(), p.c.payment_id.desc()).limit(limit))
+        return [PaymentRow(_payment(r), as_utc(r.create_time), as_utc(r.update_time)) for r in rows]
+
+    async def steps_page(self, conn: AsyncConnection, payment_id: str, after: int, limit: int) -> list[StepRow]:
+        """The audit trail in sequence order, with each step's 1-based position in its payment's trail."""
+        s = self.t.steps
+        numbered = (
+            select(s, func.row_number().over(order_by=s.c.sequence).label("position"))
+            .where(s.c.payment_id == payment_id)
+            .subquery()
+        )
+        query = (
+            select(numbered)
+            .where(numbered.c.sequence > after)
+            .order_by(numbered.c.sequence)
+            .limit(limit)
+        )
+        rows = await conn.execute(query)
+        return [
+            StepRow(
+                r.sequence,
+                r.position,
+                r.payment_id,
+                r.order_id,
+                r.type,
+                r.from_status,
+                r.to_status,
+                r.amount_minor,
+                r.detail,
+                as_utc(r.create_time),
+            )
+            for r in rows
+        ]
+
+    # -- writes ---------------------------------------------------------------------
+
+    async def save(self, conn: AsyncConnection, payments: Iterable[Payment], now: datetime) -> None:
+        """Insert new payments, update changed ones, append their audit steps and new refunds: executemany each."""
+        new: list[dict[str, Any]] = []
+        changed: list[dict[str, Any]] = []
+        steps: list[dict[str, Any]] = []
+        refunds: list[dict[str, Any]] = []
+        for p in payments:
+            if p.is_new:
+                new.append(_row(p, now))
+            elif p.changed:
+                values = {k: _value(getattr(p, k)) for k in _MUTABLE}
+                changed.append({"b_id": p.payment_id, "update_time": now, **values})
+            for step in p.steps:
+                steps.append(
+                    {
+                        "payment_id": p.payment_id,
+                        "order_id": p.order_id,
+                        "type": step.type,
+                        "from_status": step.from_status.value if step.from_status else None,
+                        "to_status": step.to_status.value,
+                        "amount_minor": step.amount_minor,
+                        "detail": step.detail[:2000],
+                        "create_time": now,
+                    }
+                )
+            for refund in p.new_refunds:
+                refunds.append(
+                    {
+                        "refund_id": refund.refund_id,
+                        "payment_id": refund.payment_id,
+                        "request_id": refund.request_id,
+                        "idempotency_key": refund.idempotency_key,
+                        "amount_minor": refund.amount_minor,
+                        "reason": refund.reason,
+                        "status": "PENDING",
+                        "create_time": now,
+                        "update_time": now,
+                    }
+                )
+            p.is_new = p.changed = False
+            p.steps = []
+            p.new_refunds = []
+        if new:
+            await conn.execute(insert(self.t.payments), new)
+        if changed:
+            p_ = self.t.payments
+            stmt = (
+                update(p_)
+                .where(p_.c.payment_id == bindparam("b_id"))
+                .values({k: bindparam(k) for k in (*_MUTABLE, "update_time")})
+            )
+            await conn.execute(stmt, changed)
+        if steps:
+            await conn.execute(insert(self.t.steps), steps)
+        if refunds:
+            await conn.execute(insert(self.t.refunds), refunds)
+
+    async def finish_refund(
+        self,
+        conn: AsyncConnection,
+        refund_id: str,
+        status: str,
+        gateway_refund_id: str,
+        failure_code: str,
+        now: datetime,
+    ) -> None:
+        r = self.t.refunds
+        await conn.execute(
+            update(r)
+            .where(r.c.refund_id == refund_id)
+            .values(status=status, gateway_refund_id=gateway_refund_id, failure_code=failure_code, update_time=now)
+        )
+
+    async def mark_refund_unknown(self, conn: AsyncConnection, refund_id: str, now: datetime) -> None:
+        r = self.t.refunds
+        await conn.execute(update(r).where(r.c.refund_id == refund_id).values(outcome_unknown=True, update_time=now))
+
+
+def _value(v: Any) -> Any:
+    return v.value if isinstance(v, Status) else v
+
+
+def _row(p: Payment, now: datetime) -> dict[str, Any]:
+    return {
+        "payment_id": p.payment_id,
+        "order_id": p.order_id,
+        "amount_minor": p.amount_minor,
+        "currency": p.currency,
+        "payment_method_token": p.payment_method_token,
+        "idempotency_key": p.idempotency_key,
+        "deadline": p.deadline,
+        "create_time": now,
+        "update_time": now,
+        **{k: _value(getattr(p, k)) for k in _MUTABLE},
+    }
+
+
+def _payment(r: Any) -> Payment:
+    return Payment(
+        payment_id=r.payment_id,
+        order_id=r.order_id,
+        amount_minor=r.amount_minor,
+        currency=r.currency,
+        payment_method_token=r.payment_method_token,
+        deadline=as_utc(r.deadline),
+        status=Status(r.status),
+        refunded_minor=r.refunded_minor,
+        charge_id=r.charge_id,
+        failure_code=r.failure_code,
+        cancel_requested=bool(r.cancel_requested),
+        charge_outcome_unknown=bool(r.charge_outcome_unknown),
+        charge_calls_open=r.charge_calls_open,
+        refund_seq=r.refund_seq,
+    )
+
+
+def _refund(row: Any) -> RefundRow:
+    request = RefundRequest(
+        row.refund_id, row.payment_id, row.amount_minor, row.idempotency_key, row.reason, row.request_id
+    )
+    return RefundRow(request, row.status, row.gateway_refund_id, bool(row.outcome_unknown), as_utc(row.create_time))

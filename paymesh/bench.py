@@ -1,0 +1,355 @@
+"""`paymesh bench`: drive a mesh through gRPC at a fixed rate or concurrency and report sagas/s and latencies."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from paymesh.chassis.config import SERVICES, db_url
+from paymesh.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
+from paymesh.inventory.v1 import inventory_service_pb2, inventory_service_pb2_grpc
+from paymesh.order.v1 import order_pb2, order_service_pb2, order_service_pb2_grpc
+
+SKU = "bench-sku"
+STOCK = 10**12
+SETTLED = {
+    order_pb2.ORDER_STATUS_CONFIRMED,
+    order_pb2.ORDER_STATUS_REJECTED,
+    order_pb2.ORDER_STATUS_PAYMENT_FAILED,
+    order_pb2.ORDER_STATUS_CANCELLED,
+    order_pb2.ORDER_STATUS_REQUIRES_REVIEW,
+}
+# Open loop: sagas in flight beyond this are counted as refused arrivals, not queued without bound.
+MAX_IN_FLIGHT = 5000
+SAGA_TIMEOUT_S = 60.0
+
+
+@dataclass
+class Options:
+    rate: float = 0.0  # open loop: sagas started per second; 0 = closed loop
+    concurrency: int = 1  # closed loop: clients, each one saga at a time
+    duration_s: float = 30.0
+    warmup_s: float = 5.0
+    gateway_latency_ms: int = 0
+    json_out: bool = False
+
+
+@dataclass
+class Results:
+    create_ms: list[float] = field(default_factory=list)
+    e2e_ms: list[float] = field(default_factory=list)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    completed: int = 0
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": 0.0, "p95": 0.0, "p99": 0.0, "max": 0.0, "count": 0}
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+    return {"p50": at(0.50), "p95": at(0.95), "p99": at(0.99), "max": round(ordered[-1], 2), "count": len(ordered)}
+
+
+class ProcessStats:
+    """CPU seconds and peak RSS of the mesh's processes, read from /proc (Linux)."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.start_cpu = {name: self.cpu_s(pid) for name, pid in pids.items()}
+
+    @staticmethod
+    def cpu_s(pid: int) -> float:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        ticks = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+    @staticmethod
+    def peak_rss_mb(pid: int) -> float:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+        except OSError:
+            pass
+        return 0.0
+
+    def report(self) -> dict[str, dict[str, float]]:
+        return {
+            name: {
+                "cpu_s": round(self.cpu_s(pid) - self.start_cpu[name], 2),
+                "peak_rss_mb": self.peak_rss_mb(pid),
+            }
+            for name, pid in self.pids.items()
+        }
+
+
+class Driver:
+    """gRPC clients of the mesh: one channel per service, sagas placed and watched to their end."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        from paymesh.chassis.config import grpc_addr
+        from paymesh.launcher import dial_addr
+
+        self.channels = {s: grpc.aio.insecure_channel(dial_addr(grpc_addr(s, env))) for s in SERVICES}
+        self.orders = order_service_pb2_grpc.OrderServiceStub(self.channels["order_svc"])
+        self.inventory = inventory_service_pb2_grpc.InventoryServiceStub(self.channels["inventory_svc"])
+        self.gateway = gateway_service_pb2_grpc.GatewayServiceStub(self.channels["gateway_mock"])
+
+    async def prepare(self, gateway_latency_ms: int) -> None:
+        await self.inventory.PutProduct(
+            inventory_service_pb2.PutProductRequest(
+                request_id=str(uuid.uuid4()), sku=SKU, name="benchmark stock", available=STOCK
+            )
+        )
+        await self.gateway.Configure(gateway_service_pb2.ConfigureRequest(reset=True))
+        await self.gateway.Configure(gateway_service_pb2.ConfigureRequest(latency_ms=gateway_latency_ms))
+
+    async def saga(self, results: Results | None) -> None:
+        """One checkout: CreateOrder, then WatchOrder to a settled status; recorded unless warming up."""
+        start = time.perf_counter()
+        request = order_service_pb2.CreateOrderRequest(
+            request_id=str(uuid.uuid4()),
+            customer_id="bench",
+            items=[order_pb2.LineItem(sku=SKU, quantity=1, unit_price_minor=1999)],
+            currency="USD",
+            payment_method_token="tok_visa",
+        )
+        try:
+            created = await self.orders.CreateOrder(request, timeout=10)
+            created_at = time.perf_counter()
+            status = created.order.status
+            if status not in SETTLED:
+                watch = self.orders.WatchOrder(
+                    order_service_pb2.WatchOrderRequest(order_id=created.order.order_id), timeout=SAGA_TIMEOUT_S
+                )
+                async for change in watch:
+                    status = change.order.status
+                    if status in SETTLED:
+                        break
+                watch.cancel()
+        except grpc.aio.AioRpcError as exc:
+            if results is not None:
+                results.errors[exc.code().name] += 1
+            return
+        if results is None:
+            return
+        done = time.perf_counter()
+        results.create_ms.append((created_at - start) * 1000)
+        results.e2e_ms.append((done - start) * 1000)
+        results.outcomes[order_pb2.OrderStatus.Name(status).removeprefix("ORDER_STATUS_")] += 1
+        results.completed += 1
+
+    async def close(self) -> None:
+        for channel in self.channels.values():
+            await channel.close()
+
+
+async def closed_loop(driver: Driver, opts: Options, results: Results, measure_from: float, end: float) -> None:
+    async def client() -> None:
+        while (now := time.perf_counter()) < end:
+            await driver.saga(results if now >= measure_from else None)
+
+    await asyncio.gather(*(client() for _ in range(opts.concurrency)))
+
+
+async def open_loop(driver: Driver, opts: Options, results: Results, measure_from: float, end: float) -> None:
+    in_flight: set[asyncio.Task[None]] = set()
+    interval = 1.0 / opts.rate
+    next_at = time.perf_counter()
+    while next_at < end:
+        delay = next_at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)  # the arrival schedule itself
+        measured = next_at >= measure_from
+        if len(in_flight) >= MAX_IN_FLIGHT:
+            if measured:
+                results.errors["CLIENT_OVERLOADED"] += 1
+        else:
+            task = asyncio.create_task(driver.saga(results if measured else None))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+        next_at += interval
+    if in_flight:
+        await asyncio.wait(in_flight, timeout=SAGA_TIMEOUT_S)
+
+
+async def progress(results: Results, start: float, measure_from: float, end: float, quiet: bool) -> None:
+    while not quiet and time.perf_counter() < end:
+        await asyncio.sleep(1.0)  # a progress line per second
+        now = time.perf_counter()
+        phase = "warm-up" if now < measure_from else "measuring"
+        elapsed = max(now - measure_from, 1e-9)
+        recent = results.e2e_ms[-500:]
+        p50 = statistics.median(recent) if recent else 0.0
+        print(
+            f"\r[{phase} {now - start:5.1f}s] sagas {results.completed:7d}  "
+            f"{results.completed / elapsed if now >= measure_from else 0:7.1f}/s  "
+            f"e2e p50 {p50:6.1f} ms  errors {sum(results.errors.values())}",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
+    if not quiet:
+        print(file=sys.stderr)
+
+
+def outbox_lag(env: dict[str, str]) -> dict[str, int]:
+    """Unsent outbox rows per service, for SQLite stores (read directly, read-only)."""
+    lag: dict[str, int] = {}
+    for service in SERVICES:
+        url = db_url(service, env)
+        if not url.startswith("sqlite"):
+            continue
+        path = url.split("///", 1)[1]
+        try:
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as conn:
+                lag[service] = conn.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0]
+        except sqlite3.Error:
+            continue
+    return lag
+
+
+async def consumer_lag(nats_url: str) -> dict[str, int]:
+    import nats
+
+    nc = await nats.connect(nats_url, connect_timeout=5)
+    try:
+        js = nc.jetstream()
+        lag: dict[str, int] = {}
+        for stream in ("ORDER", "INVENTORY", "PAYMENT"):
+            for info in await js.consumers_info(stream):
+                lag[f"{stream}/{info.name}"] = info.num_pending + info.num_ack_pending
+        return lag
+    finally:
+        await nc.close()
+
+
+async def settled_lag(env: dict[str, str], limit_s: float = 10.0) -> dict[str, Any]:
+    """Outbox and consumer lag once the load stopped: how long they took to reach zero (bounded),
+    and what was left if they did not. A backlog that does not drain is the mesh falling behind."""
+    start = time.perf_counter()
+    while True:
+        outbox, consumers = outbox_lag(env), await consumer_lag(env["PAYMESH_NATS_URL"])
+        drained = not any(outbox.values()) and not any(consumers.values())
+        elapsed = time.perf_counter() - start
+        if drained or elapsed > limit_s:
+            return {
+                "lag_drained_ms": round(elapsed * 1000, 1) if drained else None,
+                "outbox_lag": outbox,
+                "consumer_lag": consumers,
+            }
+        await asyncio.sleep(0.05)  # re-read the lag, under the bound above
+
+
+async def run(opts: Options, env: dict[str, str], pids: dict[str, int]) -> dict[str, Any]:
+    driver = Driver(env)
+    try:
+        await driver.prepare(opts.gateway_latency_ms)
+        results = Results()
+        stats: ProcessStats | None = None
+        start = time.perf_counter()
+        measure_from = start + opts.warmup_s
+        end = measure_from + opts.duration_s
+
+        async def start_stats() -> None:
+            nonlocal stats
+            await asyncio.sleep(opts.warmup_s)  # CPU is counted from the end of the warm-up
+            stats = ProcessStats(pids)
+
+        loop = open_loop if opts.rate > 0 else closed_loop
+        await asyncio.gather(
+            loop(driver, opts, results, measure_from, end),
+            progress(results, start, measure_from, end, opts.json_out),
+            start_stats(),
+        )
+        measured_s = max(time.perf_counter() - measure_from, 1e-9) if opts.rate > 0 else opts.duration_s
+        return {
+            "mode": f"open loop {opts.rate:g}/s" if opts.rate > 0 else f"closed loop x{opts.concurrency}",
+            "duration_s": opts.duration_s,
+            "warmup_s": opts.warmup_s,
+            "gateway_latency_ms": opts.gateway_latency_ms,
+            "sagas_completed": results.completed,
+            "sagas_per_s": round(results.completed / measured_s, 1),
+            "create_ms": percentiles(results.create_ms),
+            "e2e_ms": percentiles(results.e2e_ms),
+            "outcomes": dict(results.outcomes),
+            "errors": dict(results.errors),
+            "processes": stats.report() if stats is not None else {},
+            **await settled_lag(env),
+        }
+    finally:
+        await driver.close()
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [
+        f"paymesh bench: {report['mode']}, {report['duration_s']:g}s after {report['warmup_s']:g}s warm-up, "
+        f"gateway latency {report['gateway_latency_ms']} ms",
+        f"  sagas completed   {report['sagas_completed']}  ({report['sagas_per_s']} sagas/s)",
+    ]
+    for key, label in (("create_ms", "CreateOrder ms"), ("e2e_ms", "saga e2e ms")):
+        p = report[key]
+        lines.append(f"  {label:17} p50 {p['p50']:8.2f}  p95 {p['p95']:8.2f}  p99 {p['p99']:8.2f}  max {p['max']:8.2f}")
+    lines.append(f"  outcomes          {report['outcomes']}")
+    lines.append(f"  errors            {report['errors'] or 'none'}")
+    lines.append("  process           cpu_s   peak_rss_mb")
+    for name, p in report["processes"].items():
+        lines.append(f"    {name:15} {p['cpu_s']:7.2f}   {p['peak_rss_mb']:8.1f}")
+    drained = report["lag_drained_ms"]
+    lines.append(f"  lag drained in    {f'{drained} ms' if drained is not None else 'NOT within 10 s'}")
+    lines.append(f"  outbox lag        {report['outbox_lag']}")
+    lines.append(f"  consumer lag      {report['consumer_lag']}")
+    return "\n".join(lines)
+
+
+async def bench(opts: Options, data_dir: Path | None) -> dict[str, Any]:
+    """Start a mesh on the embedded defaults in a fresh data dir (unless one is given), run, stop it."""
+    from paymesh.launcher import Mesh
+
+    quiet = opts.json_out
+
+    def out(line: str) -> None:
+        if not quiet:
+            print(line, file=sys.stderr)
+
+    with tempfile.TemporaryDirectory(prefix="paymesh-bench-") as tmp:
+        env = dict(os.environ)
+        if not env.get("PAYMESH_NATS_PORT"):
+            from paymesh.natsserver import free_port
+
+            env["PAYMESH_NATS_PORT"] = str(free_port())
+        mesh = Mesh(env, (data_dir or Path(tmp)).resolve(), out=out, err=out)
+        await mesh.start()
+        try:
+            pids = {name: child.process.pid for name, child in mesh.children.items()}
+            if mesh.nats is not None and mesh.nats.process is not None:
+                pids["nats-server"] = mesh.nats.process.pid
+            return await run(opts, dict(mesh.env), pids)
+        finally:
+            await mesh.stop()
+
+
+def main(opts: Options, data_dir: str | None) -> int:
+    report = asyncio.run(bench(opts, Path(data_dir) if data_dir else None))
+    print(json.dumps(report, indent=2) if opts.json_out else format_report(report))
+    return 0

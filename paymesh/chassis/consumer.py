@@ -1,0 +1,260 @@
+"""Durable pull consumer: a fetched batch applied in one transaction with the inbox, acked after commit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf.message import Message
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from sqlalchemy import Table
+
+from paymesh.chassis import inbox
+from paymesh.chassis.db import Database, UnitOfWork
+from paymesh.chassis.events import InboundEvent, UndecodableEvent, decode
+
+log = logging.getLogger(__name__)
+
+# The handler gets the batch's new events (already-applied ones are filtered by the
+# inbox) and applies them in the given transaction; the chassis commits and acks.
+BatchHandler = Callable[[UnitOfWork, list[InboundEvent]], Awaitable[None]]
+# Optional first step, outside any transaction, for work that must not hold one open
+# (a call to the payment gateway). It gets the events not yet in the inbox and may
+# leave results in `event.context` for the handler. It can run again for the same
+# event after a crash or a failed batch, so what it does must be idempotent.
+Prepare = Callable[[list[InboundEvent]], Awaitable[None]]
+
+
+class RetryLater(Exception):
+    """Not now, but later: redeliver after `delay_s` (e.g. the gateway's circuit is open)."""
+
+    def __init__(self, message: str, delay_s: float) -> None:
+        super().__init__(message)
+        self.delay_s = delay_s
+
+
+class PermanentFailure(Exception):
+    """This event can never be applied: dead-letter it now instead of retrying."""
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Delay before redelivery n (1-based): exponential with full jitter, capped."""
+
+    base_s: float = 0.5
+    cap_s: float = 30.0
+
+    def delay(self, attempt: int) -> float:
+        ceiling = min(self.cap_s, self.base_s * 2 ** max(attempt - 1, 0))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+@dataclass
+class ConsumerSpec:
+    """What a service consumes: a durable on another service's stream and its handler."""
+
+    durable: str
+    stream: str
+    filter_subjects: list[str]
+    handler: BatchHandler
+    types: dict[str, type[Message]]
+    # Deliveries after which an event that raised goes to the DLQ. RetryLater naks
+    # count as deliveries too but never dead-letter by themselves.
+    max_deliver: int = 5
+    # An event delivered this often was never answered (the process died applying
+    # it each time): dead-letter it before handling, to end a crash loop.
+    crash_loop_deliveries: int = 100
+    batch_size: int = 100
+    ack_wait_s: float = 30.0
+    backoff: Backoff = field(default_factory=Backoff)
+    prepare: Prepare | None = None
+
+
+def dlq_subject(service: str, durable: str) -> str:
+    return f"dlq.{service}.{durable}"
+
+
+class Consumer:
+    """Runs one ConsumerSpec until stopped."""
+
+    def __init__(
+        self, spec: ConsumerSpec, js: JetStreamContext, db: Database, inbox_table: Table, service: str
+    ):
+        self.spec = spec
+        self.js = js
+        self.db = db
+        self.inbox = inbox_table
+        self.service = service
+        self.applied = 0
+        self.dead_lettered = 0
+        self._sub: Any = None
+        self._stopping = False
+        self._fetching = False
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.durable
+
+    async def start(self) -> None:
+        spec = self.spec
+        config = ConsumerConfig(
+            durable_name=spec.durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=spec.ack_wait_s,
+            # Unlimited on the server: the consumer itself dead-letters after max_deliver,
+            # so no message is ever silently parked by the server.
+            max_deliver=-1,
+            max_ack_pending=10_000,
+            filter_subjects=spec.filter_subjects,
+        )
+        await self.js.add_consumer(spec.stream, config)
+        self._sub = await self.js.pull_subscribe_bind(durable=spec.durable, stream=spec.stream)
+        self._task = asyncio.create_task(self.run(), name=f"consumer-{spec.durable}")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            if self._fetching:
+                self._task.cancel()  # idle in a long poll: nothing of ours is in flight
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._sub is not None:
+            try:
+                await self._sub.unsubscribe()
+            except Exception as exc:  # already closed connection: nothing left to release
+                log.debug("unsubscribe %s: %s", self.name, exc)
+
+    async def run(self) -> None:
+        failures = 0
+        while not self._stopping:
+            self._fetching = True
+            try:
+                msgs = await self._sub.fetch(self.spec.batch_size, timeout=0.5)
+            except TimeoutError:
+                continue
+            except Exception as exc:  # NATS down or reconnecting: keep trying
+                failures += 1
+                delay = min(0.1 * 2**failures, 2.0)
+                log.warning("consumer %s: fetch failed (%s); retrying in %.1fs", self.name, exc, delay)
+                await asyncio.sleep(delay)  # backoff while the server is unreachable
+                continue
+            finally:
+                self._fetching = False
+            failures = 0
+            try:
+                await self.process(msgs)
+            except Exception:
+                # An ack or DLQ publish lost to a NATS outage: the unacked messages come
+                # back after ack_wait, and the inbox skips those already applied.
+                log.exception("consumer %s: batch left for redelivery", self.name)
+
+    async def process(self, msgs: list[Any]) -> None:
+        """Apply a fetched batch: decode, one transaction for all, else one by one."""
+        events: list[InboundEvent] = []
+        for raw in msgs:
+            try:
+                event = decode(raw, self.spec.types)
+            except UndecodableEvent as exc:
+                await self.dead_letter(raw, "UNDECODABLE", str(exc))
+                continue
+            if event.num_delivered > self.spec.crash_loop_deliveries:
+                # Delivered more often than allowed without an answer: the process
+                # applying it died each time. Stop the crash loop here.
+                await self.dead_letter(raw, "MAX_DELIVER", f"delivered {event.num_delivered} times")
+                continue
+            events.append(event)
+        if not events:
+            return
+        if len(events) > 1:
+            try:
+                await self.apply(events)
+                return
+            except Exception as exc:
+                log.info("consumer %s: batch of %d failed (%r); isolating", self.name, len(events), exc)
+        for event in events:
+            await self.apply_one(event)
+
+    async def apply(self, events: list[InboundEvent]) -> None:
+        if self.spec.prepare is not None:
+            todo = await self._not_yet_applied(events)
+            if todo:
+                await self.spec.prepare(todo)
+        async with self.db.unit_of_work() as uow:
+            fresh_ids = await inbox.claim(uow.conn, self.inbox, self.name, (e.event_id for e in events))
+            fresh: list[InboundEvent] = []
+            for event in events:
+                if event.event_id in fresh_ids:
+                    fresh.append(event)
+                    fresh_ids.discard(event.event_id)  # a second copy in the same batch is a duplicate
+            if fresh:
+                await self.spec.handler(uow, fresh)
+            await uow.commit()
+        self.applied += len(fresh)
+        for event in events:
+            await event.raw.ack()
+
+    async def _not_yet_applied(self, events: list[InboundEvent]) -> list[InboundEvent]:
+        ids = [e.event_id for e in events]
+        async with self.db.read() as conn:
+            done = await inbox.applied(conn, self.inbox, self.name, ids)
+        return [e for e in events if e.event_id not in done]
+
+    async def apply_one(self, event: InboundEvent) -> None:
+        try:
+            await self.apply([event])
+        except RetryLater as exc:
+            await event.raw.nak(delay=exc.delay_s)
+        except PermanentFailure as exc:
+            await self.dead_letter(event.raw, "PERMANENT_FAILURE", str(exc))
+        except Exception as exc:
+            if event.num_delivered >= self.spec.max_deliver:
+                await self.dead_letter(event.raw, "MAX_DELIVER", f"{type(exc).__name__}: {exc}")
+                return
+            delay = self.spec.backoff.delay(event.num_delivered)
+            log.warning(
+                "consumer %s: %s %s failed (delivery %d): %r; redelivery in %.2fs",
+                self.name,
+                event.type,
+                event.event_id,
+                event.num_delivered,
+                exc,
+                delay,
+            )
+            await event.raw.nak(delay=delay)
+
+    async def dead_letter(self, raw: Any, reason: str, error: str) -> None:
+        """Copy the message to the DLQ stream with why it failed, then terminate it here."""
+        meta = raw.metadata
+        headers = dict(raw.headers or {})
+        original_id = headers.pop("Nats-Msg-Id", "")
+        headers.update(
+            {
+                # One DLQ entry per stored message, even if this is retried after a crash.
+                "Nats-Msg-Id": f"dlq:{meta.stream}:{meta.sequence.stream}:{self.name}",
+                "Paymesh-Dlq-Reason": reason,
+                "Paymesh-Dlq-Error": error[:1000],
+                "Paymesh-Original-Subject": raw.subject,
+                "Paymesh-Original-Stream": meta.stream,
+                "Paymesh-Original-Seq": str(meta.sequence.stream),
+                "Paymesh-Original-Msg-Id": original_id,
+                "Paymesh-Consumer": self.name,
+                "Paymesh-Deliveries": str(meta.num_delivered),
+            }
+        )
+        await self.js.publish(dlq_subject(self.service, self.name), raw.data, headers=headers)
+        await raw.term()
+        self.dead_lettered += 1
+        log.error(
+            "consumer %s: dead-lettered %s seq %d: %s: %s",
+            self.name,
+            raw.subject,
+            meta.sequence.stream,
+            reason,
+            error,
+        )

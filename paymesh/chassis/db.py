@@ -1,0 +1,145 @@
+"""A service's database: the async engine (SQLite or PostgreSQL) and its unit of work."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import MetaData, event
+from sqlalchemy.dialects import registry
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+SUPPORTED_DRIVERS = ("sqlite+aiosqlite", "sqlite+inloop", "postgresql+asyncpg")
+
+# `sqlite+inloop://`: stdlib sqlite3 run on the event loop, without aiosqlite's thread hop
+# (paymesh/chassis/sqlite_inloop.py; benchmarks/README.md has what it gains).
+registry.register("sqlite.inloop", "paymesh.chassis.sqlite_inloop", "SQLiteDialect_inloop")
+
+
+def as_utc(value: datetime) -> datetime:
+    """A stored time as an aware UTC datetime: SQLite hands them back without their zone,
+    and every time paymesh writes is UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class DatabaseConfigError(ValueError):
+    """The database URL names a driver paymesh does not run on."""
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # isolation_level None hands transaction control to us: the "begin" hook below
+    # issues BEGIN IMMEDIATE so a writer takes the lock at the start, not at its
+    # first write (where a deferred transaction would fail with SQLITE_BUSY).
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA busy_timeout=5000")
+    # WAL is a property of the file: switch it once. Switching needs the file to itself, so a
+    # second process connecting while the first holds a transaction must not try it again.
+    if _journal_mode(cur) != "wal":
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+        except Exception:
+            # Two processes opening a new file at once both try; SQLite refuses the loser
+            # without waiting. Fine if the winner switched it.
+            if _journal_mode(cur) != "wal":
+                raise
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _journal_mode(cur: Any) -> str:
+    cur.execute("PRAGMA journal_mode")
+    return str(cur.fetchone()[0]).lower()
+
+
+def _sqlite_begin(conn: Any) -> None:
+    # Readers take no lock (WAL); writers take the write lock up front.
+    readonly = conn.get_execution_options().get("paymesh_readonly", False)
+    conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+
+def create_engine(url: str) -> AsyncEngine:
+    """An async engine for `sqlite+aiosqlite:///path`, `sqlite+inloop:///path` or `postgresql+asyncpg://...`;
+    connects lazily."""
+    parsed = make_url(url)
+    if parsed.drivername not in SUPPORTED_DRIVERS:
+        raise DatabaseConfigError(
+            f"database URL {parsed.render_as_string(hide_password=True)!r} uses driver "
+            f"{parsed.drivername!r}; use one of {', '.join(SUPPORTED_DRIVERS)}"
+        )
+    if parsed.drivername.startswith("sqlite"):
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, connect_args={"timeout": 5})
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "begin", _sqlite_begin)
+        return engine
+    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+class UnitOfWork:
+    """One transaction. Rolls back unless `commit()` is called; runs `after_commit` hooks on success."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+        self.committed = False
+        self._after_commit: list[Callable[[], None]] = []
+
+    def after_commit(self, hook: Callable[[], None]) -> None:
+        self._after_commit.append(hook)
+
+    async def commit(self) -> None:
+        await self.conn.commit()
+        self.committed = True
+        for hook in self._after_commit:
+            hook()
+
+
+class Database:
+    """The engine plus a writer lock: SQLite has one writer per file, so this process queues its
+    writers in memory rather than letting them busy-wait on the file lock."""
+
+    def __init__(self, url: str, metadata: MetaData) -> None:
+        self.url = url
+        self.metadata = metadata
+        self.engine = create_engine(url)
+        self.is_sqlite = self.engine.dialect.name == "sqlite"
+        self._write_lock = asyncio.Lock() if self.is_sqlite else None
+
+    async def create_schema(self) -> None:
+        async with self.engine.begin() as conn:
+            await conn.run_sync(self.metadata.create_all)
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.exec_driver_sql("SELECT 1")
+
+    @contextlib.asynccontextmanager
+    async def unit_of_work(self) -> AsyncIterator[UnitOfWork]:
+        """A write transaction: `async with db.unit_of_work() as uow: ...; await uow.commit()`."""
+        lock = self._write_lock or contextlib.nullcontext()
+        async with lock, self.engine.connect() as conn:
+            await conn.begin()
+            uow = UnitOfWork(conn)
+            try:
+                yield uow
+            finally:
+                if not uow.committed:
+                    await conn.rollback()
+
+    @contextlib.asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A read-only connection; under WAL it does not wait for the writer."""
+        async with self.engine.connect() as conn:
+            conn = await conn.execution_options(paymesh_readonly=True)
+            yield conn
+            await conn.rollback()
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()

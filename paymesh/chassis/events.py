@@ -1,0 +1,133 @@
+"""The saga event on the wire: a protobuf message, its subject and its JetStream headers."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from google.protobuf.message import DecodeError, Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from paymesh.chassis.db import as_utc
+
+MSG_ID = "Nats-Msg-Id"
+TYPE = "Paymesh-Type"
+TRACEPARENT = "traceparent"
+
+
+def new_event_id() -> str:
+    return str(uuid.uuid4())
+
+
+def subject(domain: str, event: str, order_id: str) -> str:
+    """`<domain>.<event>.<order_id>`, e.g. `payment.refund_failed.<order_id>`."""
+    return f"{domain}.{event}.{order_id}"
+
+
+def to_timestamp(value: datetime) -> Timestamp:
+    """A stored time as a protobuf Timestamp (naive values from SQLite are UTC)."""
+    ts = Timestamp()
+    ts.FromDatetime(as_utc(value))
+    return ts
+
+
+def now_timestamp() -> Timestamp:
+    ts = Timestamp()
+    ts.GetCurrentTime()
+    return ts
+
+
+def new_traceparent() -> str:
+    """A W3C traceparent for a saga that starts here (version 00, sampled)."""
+    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+
+
+def child_traceparent(parent: str | None) -> str:
+    """Same trace as `parent`, new span id; a fresh trace when the parent is missing or malformed."""
+    parts = (parent or "").split("-")
+    if len(parts) == 4 and len(parts[1]) == 32 and len(parts[2]) == 16:
+        return f"{parts[0]}-{parts[1]}-{os.urandom(8).hex()}-{parts[3]}"
+    return new_traceparent()
+
+
+@dataclass(frozen=True)
+class OutboundEvent:
+    """An event to publish: what the outbox stores and the relay sends."""
+
+    event_id: str
+    subject: str
+    type: str
+    payload: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, subject: str, message: Message, traceparent: str | None = None) -> OutboundEvent:
+        """Wrap a protobuf event; it must carry its own `event_id`."""
+        event_id = getattr(message, "event_id", "")
+        if not event_id:
+            raise ValueError(f"{message.DESCRIPTOR.full_name} has no event_id")
+        return cls(
+            event_id=event_id,
+            subject=subject,
+            type=message.DESCRIPTOR.full_name,
+            payload=message.SerializeToString(),
+            headers={TRACEPARENT: traceparent or new_traceparent()},
+        )
+
+    def nats_headers(self) -> dict[str, str]:
+        return {**self.headers, MSG_ID: self.event_id, TYPE: self.type}
+
+
+class UndecodableEvent(Exception):
+    """A message that can never be applied: no type header, an unknown type, or bad bytes."""
+
+
+@dataclass
+class InboundEvent:
+    """A fetched message, decoded; `raw` is the nats-py message to ack, nak or term."""
+
+    event_id: str
+    subject: str
+    type: str
+    message: Any
+    traceparent: str | None
+    num_delivered: int
+    raw: Any
+    context: dict[str, Any] = field(default_factory=dict)  # a Prepare step's results
+
+    @property
+    def order_id(self) -> str:
+        return str(getattr(self.message, "order_id", ""))
+
+
+def decode(raw: Any, types: dict[str, type[Message]]) -> InboundEvent:
+    """Decode a nats-py message whose `Paymesh-Type` names one of `types`."""
+    headers = raw.headers or {}
+    type_name = headers.get(TYPE)
+    if not type_name:
+        raise UndecodableEvent(f"no {TYPE} header on {raw.subject}")
+    cls = types.get(type_name)
+    if cls is None:
+        raise UndecodableEvent(f"unknown event type {type_name!r} on {raw.subject}")
+    try:
+        message = cls.FromString(raw.data)
+    except DecodeError as exc:
+        raise UndecodableEvent(f"payload of {raw.subject} is not a {type_name}: {exc}") from exc
+    # The payload's id, not the header: a copy republished under a new Nats-Msg-Id
+    # is still the same event to the inbox.
+    event_id = getattr(message, "event_id", "") or headers.get(MSG_ID, "")
+    if not event_id:
+        raise UndecodableEvent(f"{type_name} on {raw.subject} has no event id")
+    return InboundEvent(
+        event_id=event_id,
+        subject=raw.subject,
+        type=type_name,
+        message=message,
+        traceparent=headers.get(TRACEPARENT),
+        num_delivered=raw.metadata.num_delivered,
+        raw=raw,
+    )

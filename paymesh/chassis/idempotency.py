@@ -1,0 +1,139 @@
+"""AIP-155 request ids: the same id and request answer the first response, and act once."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from google.protobuf.message import Message
+from sqlalchemy import Column, DateTime, LargeBinary, MetaData, String, Table, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from paymesh.chassis.db import Database, UnitOfWork
+from paymesh.chassis.errors import Aborted, AlreadyExists
+
+R = TypeVar("R", bound=Message)
+
+
+def requests_table(metadata: MetaData) -> Table:
+    if "idempotent_requests" in metadata.tables:
+        return metadata.tables["idempotent_requests"]
+    return Table(
+        "idempotent_requests",
+        metadata,
+        Column("request_id", String(64), primary_key=True),
+        Column("method", String(100), nullable=False),
+        Column("fingerprint", String(64), nullable=False),
+        # NULL while the first attempt is still running (a two-phase command).
+        Column("response", LargeBinary, nullable=True),
+        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    )
+
+
+def fingerprint(method: str, request: Message) -> str:
+    """What the request asks for, without its request_id: equal fingerprints mean 'the same request'."""
+    copy = type(request)()
+    copy.CopyFrom(request)
+    if "request_id" in copy.DESCRIPTOR.fields_by_name:
+        copy.ClearField("request_id")  # type: ignore[arg-type]
+    return hashlib.sha256(method.encode() + b"\0" + copy.SerializeToString(deterministic=True)).hexdigest()
+
+
+class RequestLog:
+    """The table of request ids a service has answered, kept at least 24 hours."""
+
+    def __init__(self, db: Database, table: Table) -> None:
+        self.db = db
+        self.table = table
+
+    async def claim(self, uow: UnitOfWork, method: str, request_id: str, request: Message) -> bytes | None:
+        """Inside `uow`: the stored response if this request was answered, else None after taking the id.
+
+        Raises ALREADY_EXISTS when the id came with another request, ABORTED while the
+        first attempt is still running. A concurrent claimer on PostgreSQL blocks on the
+        primary key until the first transaction ends, then answers as if it had come after.
+        """
+        fp = fingerprint(method, request)
+        row = await self._find(uow.conn, request_id)
+        if row is not None:
+            return self._replay(row, method, fp, request_id)
+        try:
+            # In a savepoint: on PostgreSQL a concurrent claimer's commit makes this insert fail,
+            # and only the savepoint, not the caller's transaction, is lost.
+            async with uow.conn.begin_nested():
+                await uow.conn.execute(
+                    insert(self.table).values(request_id=request_id, method=method, fingerprint=fp)
+                )
+        except IntegrityError:
+            row = await self._find(uow.conn, request_id)
+            if row is None:
+                raise
+            return self._replay(row, method, fp, request_id)
+        return None
+
+    async def complete(self, uow: UnitOfWork, request_id: str, response: Message) -> None:
+        await uow.conn.execute(
+            update(self.table)
+            .where(self.table.c.request_id == request_id)
+            .values(response=response.SerializeToString())
+        )
+
+    async def run(
+        self,
+        method: str,
+        request_id: str,
+        request: Message,
+        response_type: type[R],
+        action: Callable[[UnitOfWork], Awaitable[R]],
+    ) -> R:
+        """Run `action` once for this request id, in the same transaction as the id's record."""
+        fp = fingerprint(method, request)
+        async with self.db.read() as conn:
+            row = await self._find(conn, request_id)
+        if row is not None:  # the common retry: answered without taking the writer lock
+            return response_type.FromString(self._replay(row, method, fp, request_id))
+        try:
+            async with self.db.unit_of_work() as uow:
+                stored = await self.claim(uow, method, request_id, request)
+                if stored is not None:
+                    return response_type.FromString(stored)
+                response = await action(uow)
+                await self.complete(uow, request_id, response)
+                await uow.commit()
+                return response
+        except IntegrityError:
+            # A concurrent duplicate committed first: answer what it answered.
+            async with self.db.read() as conn:
+                row = await self._find(conn, request_id)
+            if row is None:
+                raise
+            return response_type.FromString(self._replay(row, method, fp, request_id))
+
+    async def _find(self, conn: AsyncConnection, request_id: str) -> tuple[str, str, bytes | None] | None:
+        result = await conn.execute(
+            select(self.table.c.method, self.table.c.fingerprint, self.table.c.response).where(
+                self.table.c.request_id == request_id
+            )
+        )
+        row = result.first()
+        return None if row is None else (row[0], row[1], row[2])
+
+    @staticmethod
+    def _replay(row: tuple[str, str, bytes | None], method: str, fp: str, request_id: str) -> bytes:
+        stored_method, stored_fp, response = row
+        if stored_method != method or stored_fp != fp:
+            raise AlreadyExists(
+                f"request_id {request_id} was already used for a different request "
+                f"({stored_method}); use a new request_id for a new request",
+                reason="REQUEST_ID_REUSED",
+                metadata={"request_id": request_id, "method": stored_method},
+            )
+        if response is None:
+            raise Aborted(
+                f"request {request_id} is still being processed; retry with the same request_id",
+                reason="REQUEST_IN_PROGRESS",
+                metadata={"request_id": request_id},
+            )
+        return response

@@ -1,0 +1,111 @@
+"""Logging setup, and the server interceptor that logs each call and maps service errors."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from paymesh.chassis.errors import ServiceError, Unimplemented, internal_status, to_status
+
+log = logging.getLogger("paymesh.rpc")
+
+
+def configure_logging(service: str, level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s",
+    )
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
+    """The one place a raised error becomes a gRPC status."""
+    if isinstance(exc, ServiceError):
+        await context.abort_with_status(to_status(exc))
+    if isinstance(exc, NotImplementedError):  # what a generated base servicer raises
+        await context.abort_with_status(to_status(Unimplemented(f"{method} is not implemented yet")))
+    log.exception("unhandled error", exc_info=exc)
+    await context.abort_with_status(internal_status())
+
+
+def _code(context: grpc.aio.ServicerContext) -> str:
+    code = context.code()
+    return code.name if isinstance(code, grpc.StatusCode) else "OK"
+
+
+class CallInterceptor(grpc.aio.ServerInterceptor):
+    """Logs method, status and duration of every call; turns ServiceError into rich status."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        method = details.method
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        start = time.perf_counter()
+        try:
+            return await behavior(request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await _abort(context, exc, method)
+        finally:
+            _log_call(method, context, start)
+
+    return call
+
+
+def _wrap_stream(
+    method: str, behavior: Callable[..., AsyncIterator[Any]]
+) -> Callable[..., AsyncIterator[Any]]:
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        start = time.perf_counter()
+        try:
+            async for item in behavior(request, context):
+                yield item
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await _abort(context, exc, method)
+        finally:
+            _log_call(method, context, start)
+
+    return call
+
+
+def _log_call(method: str, context: grpc.aio.ServicerContext, start: float) -> None:
+    if method.startswith("/grpc.health.v1.Health/"):
+        return  # probes every few seconds would drown the log
+    code = _code(context)
+    level = (
+        logging.INFO
+        if code
+        in {"OK", "NOT_FOUND", "INVALID_ARGUMENT", "ALREADY_EXISTS", "FAILED_PRECONDITION", "CANCELLED"}
+        else logging.WARNING
+    )
+    log.log(level, "%s %s %.1fms", method, code, (time.perf_counter() - start) * 1000)

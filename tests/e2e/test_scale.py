@@ -1,0 +1,334 @@
+"""End to end past one machine, on loopback: two replicas of every service on PostgreSQL, one payment replica
+SIGKILLed and restarted while 200 orders flow; a 3-node JetStream cluster (R3 streams) whose ORDER stream
+leader is SIGKILLed while 200 orders flow, and restarted.
+
+Each test places 200 orders at once (declines, a flaky gateway, lost responses, an sku that runs out,
+cancels racing the saga and after it) and then checks: every order terminal; never two successful charges
+for one order; stock conserved per sku; money at the gateway equal to what confirmed orders owe; nothing
+left unsent in an outbox or unacknowledged on a consumer; every event on the streams exactly once; and each
+durable consumer's inbox holding exactly the event ids its filter selects on the stream: every event
+applied, none by two replicas (the inbox primary key (consumer, event_id) commits with the effect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import sqlite3
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import grpc
+import nats
+import nats.errors
+import nats.js.errors
+import pytest
+
+from paymesh.databases import admin_dsn
+from paymesh.gateway.v1 import gateway_pb2, gateway_service_pb2
+from paymesh.launcher import Mesh
+from paymesh.order.v1 import order_pb2, order_service_pb2
+from tests.e2e.events import Bus
+from tests.e2e.harness import CS, TERMINAL, Clients, by_status, eventually, status_name, statuses
+
+ORDERS = 200
+STOCK = (150, 120, 40)  # the last runs out: some orders are REJECTED
+TOKENS = ["tok_visa"] * 5 + [
+    "tok_chargeDeclined",
+    "tok_chargeDeclinedInsufficientFunds",
+    "tok_flaky",
+    "tok_lostResponse",
+]
+STREAMS = ("ORDER", "INVENTORY", "PAYMENT")
+# Every durable consumer of the saga, by the service whose inbox records what it applied.
+DURABLES = {
+    "inventory_svc-order": "inventory_svc",
+    "payment_svc-order": "payment_svc",
+    "order_svc-inventory": "order_svc",
+    "payment_svc-inventory": "payment_svc",
+    "order_svc-payment": "order_svc",
+    "inventory_svc-payment": "inventory_svc",
+}
+SETTLE_S = 60.0
+
+
+@dataclass
+class Workload:
+    """What a test placed: one customer's orders, the skus with their initial stock."""
+
+    customer: str
+    stock: dict[str, int]
+    order_ids: list[str] = field(default_factory=list)
+
+
+@contextlib.asynccontextmanager
+async def replica_clients(mesh: Mesh) -> AsyncIterator[list[Clients]]:
+    """Stubs on each replica: `[0]` dials every service's first replica, `[1]` every second one, …"""
+    clients = [Clients(mesh, replica) for replica in range(1, max(mesh.replicas.values()) + 1)]
+    try:
+        yield clients
+    finally:
+        for c in clients:
+            await c.close()
+
+
+@contextlib.asynccontextmanager
+async def cluster_bus(mesh: Mesh) -> AsyncIterator[Bus]:
+    """A NATS connection that knows every node (PAYMESH_NATS_URL is comma-separated) and reconnects."""
+    nc = await nats.connect(servers=mesh.nats_url.split(","), name="e2e-scale", max_reconnect_attempts=-1)
+    try:
+        yield Bus(nc)
+    finally:
+        await nc.close()
+
+
+async def patiently(call: Callable[[], Awaitable[Any]], timeout: float = 30.0) -> Any:
+    """A JetStream API call, asked again while a cluster elects leaders (it times out or has no responders)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            return await call()
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError):
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.2)  # back off before asking the cluster again
+
+
+async def place_orders(clients: list[Clients], seed: int, placed: Callable[[int], None] = lambda _: None) -> Workload:
+    """ORDERS orders at once, spread over the order_svc replicas; every tenth cancelled at once through another."""
+    rng = random.Random(seed)
+    work = Workload(customer=f"cus_scale_{uuid.uuid4().hex[:10]}", stock={})
+    for stock in STOCK:
+        work.stock[await clients[0].put_product(stock)] = stock
+    skus = sorted(work.stock)
+    plans = [
+        (
+            [(sku, rng.randint(1, 2), rng.randint(100, 5000)) for sku in rng.sample(skus, rng.randint(1, 2))],
+            rng.choice(TOKENS),
+        )
+        for _ in range(ORDERS)
+    ]
+
+    async def place(i: int) -> str:
+        lines, token = plans[i]
+        order = await clients[i % len(clients)].create_order(lines, token=token, customer_id=work.customer)
+        placed(i)
+        if i % 10 == 0:  # racing the saga, through the other replica
+            try:
+                await clients[(i + 1) % len(clients)].cancel(order.order_id)
+            except grpc.aio.AioRpcError as err:  # the saga may have ended first (REJECTED, PAYMENT_FAILED)
+                assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, err
+        return order.order_id
+
+    work.order_ids = list(await asyncio.gather(*(place(i) for i in range(ORDERS))))
+    return work
+
+
+async def customer_orders(clients: Clients, customer: str) -> list[order_pb2.Order]:
+    orders: list[order_pb2.Order] = []
+    token = ""
+    while True:
+        request = order_service_pb2.ListOrdersRequest(customer_id=customer, page_size=500, page_token=token)
+        reply = await clients.order.ListOrders(request, timeout=10)
+        orders += reply.orders
+        if not (token := reply.next_page_token):
+            return orders
+
+
+async def wait_all_terminal(clients: Clients, work: Workload, timeout: float = SETTLE_S) -> list[order_pb2.Order]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        orders = await customer_orders(clients, work.customer)
+        open_ = [o for o in orders if o.status not in TERMINAL]
+        if len(orders) == len(work.order_ids) and not open_:
+            return orders
+        if asyncio.get_running_loop().time() > deadline:
+            stuck = [(o.order_id, status_name(o.status)) for o in open_[:5]]
+            raise AssertionError(f"not every order terminal after {timeout}s: {by_status(orders)}; e.g. {stuck}")
+        await asyncio.sleep(0.2)  # re-reading the orders under a deadline
+
+
+async def settle(clients: list[Clients], work: Workload) -> list[order_pb2.Order]:
+    """Every order terminal; then a few confirmed ones cancelled (through the other replica) and settled again."""
+    finals = await wait_all_terminal(clients[0], work)
+    late = [o.order_id for o in finals if o.status in statuses("CONFIRMED")][:8]
+    for i, order_id in enumerate(late):
+        await clients[(i + 1) % len(clients)].cancel(order_id)
+    finals = await wait_all_terminal(clients[-1], work)
+    assert not [o for o in finals if o.order_id in late and o.status in statuses("CONFIRMED")]
+    return finals
+
+
+async def all_charges(clients: Clients) -> list[gateway_pb2.Charge]:
+    charges: list[gateway_pb2.Charge] = []
+    token = ""
+    while True:
+        request = gateway_service_pb2.ListChargesRequest(page_size=500, page_token=token)
+        reply = await clients.gateway.ListCharges(request, timeout=10)
+        charges += reply.charges
+        if not (token := reply.next_page_token):
+            return charges
+
+
+async def query(db_url: str, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of `sql` on a service's database, read beside the running service (SQLite file or PostgreSQL)."""
+    if db_url.startswith("sqlite"):
+        path = db_url.split(":///", 1)[1]
+
+        def read() -> list[tuple[Any, ...]]:
+            with contextlib.closing(sqlite3.connect(path, timeout=10)) as conn:
+                return conn.execute(sql).fetchall()
+
+        return await asyncio.to_thread(read)
+    conn = await asyncpg.connect(admin_dsn(db_url), timeout=10)
+    try:
+        return [tuple(row) for row in await conn.fetch(sql)]
+    finally:
+        await conn.close()
+
+
+async def check_invariants(
+    mesh: Mesh, clients: Clients, bus: Bus, work: Workload, finals: list[order_pb2.Order]
+) -> None:
+    assert len(finals) == ORDERS and all(o.status in TERMINAL for o in finals), by_status(finals)
+    outcomes = by_status(finals)
+    # The mix did what it was for: each outcome occurred.
+    assert {"CONFIRMED", "PAYMENT_FAILED", "REJECTED", "CANCELLED"} <= set(outcomes), outcomes
+
+    # Money: at most one charge taken per order; what the gateway kept equals what confirmed orders owe.
+    charges: dict[str, list[gateway_pb2.Charge]] = defaultdict(list)
+    for charge in await all_charges(clients):
+        charges[charge.order_id].append(charge)
+    kept_total = owed_total = 0
+    for order in finals:
+        taken = [c for c in charges[order.order_id] if c.status != CS.CHARGE_STATUS_DECLINED]
+        assert len(taken) <= 1, (order.order_id, charges[order.order_id])
+        if order.status in statuses("REQUIRES_REVIEW"):
+            continue  # a refund failed for good: a person decides
+        kept = sum(c.amount_minor - c.refunded_minor for c in taken)
+        owed = order.amount_minor if order.status in statuses("CONFIRMED") else 0
+        assert kept == owed, (status_name(order.status), order.order_id, charges[order.order_id])
+        kept_total, owed_total = kept_total + kept, owed_total + owed
+    assert kept_total == owed_total > 0
+
+    # Stock: nothing held any more, sold = what confirmed orders hold, available + reserved + sold = stocked.
+    sold = dict.fromkeys(work.stock, 0)
+    for order in finals:
+        if order.status in statuses("CONFIRMED"):
+            for item in order.items:
+                sold[item.sku] += item.quantity
+    for sku, stocked in work.stock.items():
+        await clients.wait_stock(sku, (stocked - sold[sku], 0, sold[sku]))
+
+    # Nothing stuck: every outbox relayed, every consumer caught up, nothing dead-lettered.
+    for service in ("order_svc", "inventory_svc", "payment_svc"):
+        db_url = mesh.replicas_of(service)[0].db_url
+        await eventually(
+            lambda url=db_url: query(url, "SELECT count(*) FROM outbox WHERE sent_at IS NULL"),
+            lambda rows: rows[0][0] == 0,
+            30,
+            f"{service}'s outbox relayed",
+        )
+    infos = {}
+    for stream in STREAMS:
+        for info in await patiently(lambda s=stream: bus.js.consumers_info(s)):
+            infos[info.name] = (stream, info.config.filter_subjects or [info.config.filter_subject])
+    assert set(infos) == set(DURABLES), infos
+
+    async def backlog() -> dict[str, tuple[int, int]]:
+        out = {}
+        for durable, (stream, _) in infos.items():
+            info = await patiently(lambda s=stream, d=durable: bus.js.consumer_info(s, d))
+            out[durable] = (info.num_pending, info.num_ack_pending)
+        return out
+
+    await eventually(backlog, lambda b: all(v == (0, 0) for v in b.values()), 45, "every consumer caught up")
+    dlq = await patiently(lambda: bus.js.stream_info("DLQ"))
+    assert dlq.state.messages == 0, "nothing dead-lettered"
+
+    # Events: each once on its stream; each consumer's inbox = exactly the ids its filter selects there.
+    on_stream: dict[str, list[str]] = {}
+    for stream in STREAMS:
+        events = await patiently(lambda s=stream: bus.stream_events(s, f"{s.lower()}.>"))
+        on_stream[stream] = [e.headers["Nats-Msg-Id"] for e in events]
+        assert len(on_stream[stream]) == len(set(on_stream[stream])), f"an event twice on {stream}"
+    for durable, (stream, filters) in infos.items():
+        wanted: set[str] = set()
+        for subject in filters:
+            wanted |= {
+                e.headers["Nats-Msg-Id"] for e in await patiently(lambda st=stream, s=subject: bus.stream_events(st, s))
+            }
+        service = DURABLES[durable]
+        rows = await query(
+            mesh.replicas_of(service)[0].db_url, f"SELECT event_id FROM inbox WHERE consumer = '{durable}'"
+        )
+        applied = Counter(row[0] for row in rows)
+        assert not [i for i, n in applied.items() if n > 1], f"{durable}: an event applied twice"
+        assert set(applied) == wanted, (
+            f"{durable}: {len(wanted - set(applied))} events on {stream} never applied, "
+            f"{len(set(applied) - wanted)} applied that are not there"
+        )
+
+
+@pytest.mark.backends("postgres")
+@pytest.mark.timeout(150)
+async def test_two_replicas_of_every_service_on_postgres_keep_every_invariant(
+    new_mesh: Callable[..., Awaitable[Mesh]],
+) -> None:
+    mesh = await new_mesh(replicas=2)
+    assert {s: len(mesh.replicas_of(s)) for s in mesh.services} == dict.fromkeys(mesh.services, 2)
+    assert {c.db_url for c in mesh.replicas_of("order_svc")} == {mesh.env["ORDER_SVC_DB_URL"]}
+    async with replica_clients(mesh) as clients, cluster_bus(mesh) as bus:
+        work = await place_orders(clients, seed=20251122)
+        # One payment replica crashes with charges in flight; the other carries on, and the one
+        # restarted on the same address asks the gateway again with the same keys.
+        await mesh.kill("payment_svc", replica=2)
+        await mesh.restart("payment_svc", replica=2)
+        finals = await settle(clients, work)
+        await check_invariants(mesh, clients[0], bus, work, finals)
+    assert not mesh.dead(), [c.describe_exit() for c in mesh.dead()]
+
+
+@pytest.mark.backends("sqlite")
+@pytest.mark.timeout(150)
+async def test_order_stream_leader_killed_while_orders_flow_on_a_3_node_cluster(
+    new_mesh: Callable[..., Awaitable[Mesh]],
+) -> None:
+    mesh = await new_mesh(nats_nodes=3)
+    assert mesh.cluster is not None and len(mesh.nats_servers) == 3
+    async with replica_clients(mesh) as clients, cluster_bus(mesh) as bus:
+        info = await patiently(lambda: bus.js.stream_info("ORDER"))
+        assert info.config.num_replicas == 3 and info.cluster is not None and info.cluster.leader
+        victim = info.cluster.leader
+        halfway, placed = asyncio.Event(), Counter[str]()
+
+        def count(_: int) -> None:
+            placed["orders"] += 1
+            if placed["orders"] >= ORDERS // 3:
+                halfway.set()
+
+        placing = asyncio.create_task(place_orders(clients, seed=7, placed=count))
+        async with asyncio.timeout(30):
+            await asyncio.wait([placing, asyncio.create_task(halfway.wait())], return_when=asyncio.FIRST_COMPLETED)
+        await mesh.kill_nats(victim)  # the ORDER stream's leader dies with events in flight
+        work = await placing
+
+        async def leader() -> str | None:
+            found = await patiently(lambda: bus.js.stream_info("ORDER"))
+            return found.cluster.leader if found.cluster else None
+
+        await eventually(leader, lambda name: bool(name) and name != victim, 30, "a new ORDER leader")
+        await mesh.restart_nats(victim)
+        finals = await settle(clients, work)
+        await check_invariants(mesh, clients[0], bus, work, finals)
+        info = await patiently(lambda: bus.js.stream_info("ORDER"))
+        assert info.cluster is not None and victim in {
+            info.cluster.leader,
+            *(r.name for r in info.cluster.replicas or []),
+        }
+    assert not mesh.dead(), [c.describe_exit() for c in mesh.dead()]

@@ -1,0 +1,240 @@
+"""An order_svc host in-process on a free port, real NATS and a real store, and helpers that answer as the
+other services would."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.message import Message
+from nats.aio.client import Client as NATS
+from nats.js.errors import NotFoundError
+
+from order_svc.service import OrderService, build, wire
+from order_svc.store import metadata
+from paymesh.chassis import jetstream
+from paymesh.chassis.config import Settings
+from paymesh.chassis.events import OutboundEvent, new_event_id
+from paymesh.chassis.service import Runtime, ServiceHost
+from paymesh.inventory.v1 import events_pb2 as inventory_events
+from paymesh.natsserver import NatsServer, free_port
+from paymesh.order.v1 import events_pb2 as order_events
+from paymesh.order.v1 import order_pb2, order_service_pb2, order_service_pb2_grpc
+from paymesh.payment.v1 import events_pb2 as payment_events
+from tests.conftest import wait_for
+from tests.integration.chassis_harness import publish
+
+ORDER_TYPES: dict[str, type[Message]] = {
+    m.DESCRIPTOR.full_name: m
+    for m in (order_events.OrderPlaced, order_events.OrderConfirmed, order_events.OrderCancelled)
+}
+S = order_pb2.OrderStatus
+
+
+@dataclass(frozen=True)
+class Published:
+    """An event order_svc put on the ORDER stream."""
+
+    subject: str
+    headers: dict[str, str]
+    message: Any
+
+
+@dataclass
+class Rig:
+    host: ServiceHost
+    service: OrderService
+    orders: order_service_pb2_grpc.OrderServiceStub
+    nc: NATS
+
+    @property
+    def applied(self) -> int:
+        """Events the two consumers have applied (duplicates skipped by the inbox not counted)."""
+        return sum(c.applied for c in self.host.consumers)
+
+    async def create(self, customer_id: str = "cus_1", token: str = "tok_visa", **fields: Any) -> order_pb2.Order:
+        reply = await self.orders.CreateOrder(
+            create_request(customer_id=customer_id, payment_method_token=token, **fields)
+        )
+        return reply.order
+
+    async def get(self, order_id: str) -> order_pb2.Order:
+        return (await self.orders.GetOrder(order_service_pb2.GetOrderRequest(order_id=order_id))).order
+
+    async def cancel(self, order_id: str, reason: str = "customer asked") -> order_pb2.Order:
+        request = order_service_pb2.CancelOrderRequest(order_id=order_id, request_id=str(uuid.uuid4()), reason=reason)
+        return (await self.orders.CancelOrder(request)).order
+
+    async def wait_status(self, order_id: str, status: int, timeout: float = 10.0) -> order_pb2.Order:
+        async def reached() -> order_pb2.Order | None:
+            order = await self.get(order_id)
+            return order if order.status == status else None
+
+        return await wait_for(reached, timeout=timeout, message=f"{order_id} in {S.Name(status)}")
+
+    async def answer(self, message: Message, msg_id: str | None = None) -> None:
+        """Publish an answer on its stream as inventory_svc or payment_svc would."""
+        domain, event = EVENT_SUBJECTS[type(message)]
+        outbound = OutboundEvent.of(f"{domain}.{event}.{message.order_id}", message)  # type: ignore[attr-defined]
+        await publish(self.nc, outbound, msg_id)
+
+    async def answer_and_wait(self, message: Message) -> None:
+        """Publish an answer and wait until order_svc's consumer has taken it (applied or ignored)."""
+        await self.answer(message)
+        await wait_for(lambda: self.all_acked(), message=f"{type(message).__name__} acked")
+
+    async def all_acked(self) -> bool:
+        js = self.nc.jetstream()
+        for stream, durable in (("INVENTORY", "order_svc-inventory"), ("PAYMENT", "order_svc-payment")):
+            info = await js.consumer_info(stream, durable)
+            if info.num_pending + info.num_ack_pending:
+                return False
+        return True
+
+    async def published(self, order_id: str) -> list[Published]:
+        """Every event of this order on the ORDER stream, in stream order."""
+        js = self.nc.jetstream()
+        out: list[Published] = []
+        seq = 1
+        while True:
+            try:
+                raw = await js.get_msg("ORDER", seq=seq, subject=f"order.*.{order_id}", next=True)
+            except NotFoundError:
+                return out
+            headers = dict(raw.headers or {})
+            message = ORDER_TYPES[headers["Paymesh-Type"]].FromString(raw.data)
+            out.append(Published(raw.subject or "", headers, message))
+            seq = raw.seq + 1
+
+    async def published_names(self, order_id: str, count: int) -> list[str]:
+        """The event names (`placed`, ...) once `count` are on the stream: the relay publishes after commit."""
+
+        async def relayed() -> list[str] | None:
+            names = [p.subject.split(".")[1] for p in await self.published(order_id)]
+            return names if len(names) >= count else None
+
+        return await wait_for(relayed, message=f"{count} events of {order_id} relayed")
+
+
+EVENT_SUBJECTS: dict[type[Message], tuple[str, str]] = {
+    inventory_events.InventoryReserved: ("inventory", "reserved"),
+    inventory_events.InventoryRejected: ("inventory", "rejected"),
+    inventory_events.InventoryReleased: ("inventory", "released"),
+    payment_events.PaymentSucceeded: ("payment", "succeeded"),
+    payment_events.PaymentFailed: ("payment", "failed"),
+    payment_events.PaymentRefunded: ("payment", "refunded"),
+    payment_events.PaymentVoided: ("payment", "voided"),
+    payment_events.PaymentRefundFailed: ("payment", "refund_failed"),
+}
+
+
+def create_request(**fields: Any) -> order_service_pb2.CreateOrderRequest:
+    values: dict[str, Any] = {
+        "request_id": str(uuid.uuid4()),
+        "customer_id": "cus_1",
+        "items": [
+            order_pb2.LineItem(sku="sku-1", quantity=2, unit_price_minor=1250),
+            order_pb2.LineItem(sku="sku-2", quantity=1, unit_price_minor=99),
+        ],
+        "currency": "USD",
+        "payment_method_token": "tok_visa",
+    }
+    values.update(fields)
+    return order_service_pb2.CreateOrderRequest(**values)
+
+
+def reserved(order_id: str) -> inventory_events.InventoryReserved:
+    return inventory_events.InventoryReserved(event_id=new_event_id(), order_id=order_id)
+
+
+def rejected(order_id: str, reason: str = "OUT_OF_STOCK") -> inventory_events.InventoryRejected:
+    return inventory_events.InventoryRejected(event_id=new_event_id(), order_id=order_id, reason=reason, sku="sku-1")
+
+
+def released(order_id: str, cause: str = "ORDER_CANCELLED") -> inventory_events.InventoryReleased:
+    return inventory_events.InventoryReleased(event_id=new_event_id(), order_id=order_id, held=True, cause=cause)
+
+
+def succeeded(order_id: str, payment_id: str = "pay_1") -> payment_events.PaymentSucceeded:
+    return payment_events.PaymentSucceeded(
+        event_id=new_event_id(),
+        order_id=order_id,
+        payment_id=payment_id,
+        charge_id="ch_1",
+        amount_minor=2599,
+        currency="USD",
+    )
+
+
+def failed(order_id: str, code: str = "card_declined") -> payment_events.PaymentFailed:
+    return payment_events.PaymentFailed(
+        event_id=new_event_id(), order_id=order_id, payment_id="pay_1", failure_code=code
+    )
+
+
+def voided(order_id: str) -> payment_events.PaymentVoided:
+    return payment_events.PaymentVoided(
+        event_id=new_event_id(), order_id=order_id, payment_id="pay_1", cause="ORDER_CANCELLED"
+    )
+
+
+def refunded(order_id: str) -> payment_events.PaymentRefunded:
+    return payment_events.PaymentRefunded(
+        event_id=new_event_id(),
+        order_id=order_id,
+        payment_id="pay_1",
+        amount_minor=2599,
+        refunded_minor=2599,
+        currency="USD",
+        cause="ORDER_CANCELLED",
+    )
+
+
+def refund_failed(order_id: str) -> payment_events.PaymentRefundFailed:
+    return payment_events.PaymentRefundFailed(
+        event_id=new_event_id(),
+        order_id=order_id,
+        payment_id="pay_1",
+        failure_code="refund_declined",
+        cause="ORDER_CANCELLED",
+    )
+
+
+@pytest.fixture
+def saga_timeout_s() -> float:
+    """Overridden with `@pytest.mark.parametrize("saga_timeout_s", [...])` by the deadline tests."""
+    return 30.0
+
+
+@pytest.fixture
+async def rig(nats_server: NatsServer, db_url: str, tmp_path: Path, saga_timeout_s: float) -> AsyncIterator[Rig]:
+    env = {
+        "PAYMESH_NATS_URL": nats_server.url,
+        "ORDER_SVC_GRPC_ADDR": f"127.0.0.1:{free_port()}",
+        "ORDER_SVC_DB_URL": db_url,
+        "PAYMESH_DATA_DIR": str(tmp_path),
+        "PAYMESH_SAGA_TIMEOUT_S": str(saga_timeout_s),
+        "PAYMESH_SHUTDOWN_GRACE_S": "1",
+    }
+    settings = Settings.from_env("order_svc", env)
+    nc = await jetstream.connect([nats_server.url], "order-test")
+    js = nc.jetstream()
+    # The streams inventory_svc and payment_svc own, as they create them on start.
+    await jetstream.ensure_stream(js, "INVENTORY", ["inventory.>"])
+    await jetstream.ensure_stream(js, "PAYMENT", ["payment.>"])
+    runtime = Runtime(settings, metadata())
+    service = build(runtime)
+    host = ServiceHost(runtime, wire(runtime, service), "ORDER_SVC")
+    await host.start()
+    channel = grpc.aio.insecure_channel(settings.grpc_addr)
+    try:
+        yield Rig(host, service, order_service_pb2_grpc.OrderServiceStub(channel), nc)
+    finally:
+        await channel.close()
+        await host.stop()
+        await nc.close()

@@ -1,0 +1,215 @@
+"""A payment_svc in-process on a free port, with real NATS, a real store and a scripted gateway peer;
+helpers that publish as order_svc and inventory_svc would."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+from nats.aio.client import Client as NATS
+
+from payment_svc.domain import RetryPolicy
+from payment_svc.gateway import GatewayPolicy
+from payment_svc.service import PaymentConfig, PaymentService
+from payment_svc.store import metadata
+from paymesh.chassis import jetstream
+from paymesh.chassis.config import Settings
+from paymesh.chassis.events import OutboundEvent, new_event_id
+from paymesh.chassis.service import Runtime
+from paymesh.inventory.v1 import events_pb2 as inventory_events
+from paymesh.natsserver import NatsServer, free_port
+from paymesh.order.v1 import events_pb2 as order_events
+from paymesh.payment.v1 import events_pb2 as payment_events
+from paymesh.payment.v1 import payment_pb2, payment_service_pb2, payment_service_pb2_grpc
+from tests.conftest import wait_for
+from tests.integration.chassis_harness import publish, stream_messages
+from tests.integration.payment.scripted_gateway import GatewayServer, ScriptedGateway
+
+PS = payment_pb2.PaymentStatus
+PAYMENT_TYPES: dict[str, type[Message]] = {
+    m.DESCRIPTOR.full_name: m
+    for m in (
+        payment_events.PaymentSucceeded,
+        payment_events.PaymentFailed,
+        payment_events.PaymentRefunded,
+        payment_events.PaymentVoided,
+        payment_events.PaymentRefundFailed,
+    )
+}
+
+# Production shapes, shorter clocks: the same code paths in a test's time.
+FAST = PaymentConfig(
+    gateway=GatewayPolicy(
+        call_deadline_s=1.0,
+        retry=RetryPolicy(attempts=3, base_s=0.02, cap_s=0.05),
+        breaker_fail_max=5,
+        breaker_reset_s=0.5,
+    ),
+    redelivery=RetryPolicy(attempts=0, base_s=0.05, cap_s=0.3),
+    refund_backoff=RetryPolicy(attempts=0, base_s=0.05, cap_s=0.3),
+    refund_scan_s=0.5,
+)
+
+
+@dataclass(frozen=True)
+class Published:
+    subject: str
+    headers: dict[str, str]
+    message: Any
+
+    @property
+    def event(self) -> str:
+        return self.subject.split(".")[1]
+
+
+@dataclass
+class Rig:
+    settings: Settings
+    service: PaymentService
+    gateway: GatewayServer | None
+    nc: NATS
+    channel: grpc.aio.Channel
+    payments: payment_service_pb2_grpc.PaymentServiceStub
+
+    async def publish(self, subject: str, message: Message, msg_id: str | None = None) -> OutboundEvent:
+        event = OutboundEvent.of(subject, message)
+        await publish(self.nc, event, msg_id)
+        return event
+
+    async def place(
+        self, order_id: str, token: str = "tok_visa", amount: int = 1999, deadline_s: float | None = 30.0
+    ) -> OutboundEvent:
+        message = order_events.OrderPlaced(
+            event_id=new_event_id(),
+            order_id=order_id,
+            customer_id="cus_1",
+            currency="USD",
+            amount_minor=amount,
+            payment_method_token=token,
+        )
+        if deadline_s is not None:
+            ts = Timestamp()
+            ts.FromDatetime(datetime.now(UTC) + timedelta(seconds=deadline_s))
+            message.deadline.CopyFrom(ts)
+        return await self.publish(f"order.placed.{order_id}", message)
+
+    async def reserve(self, order_id: str, event_id: str | None = None, msg_id: str | None = None) -> OutboundEvent:
+        message = inventory_events.InventoryReserved(event_id=event_id or new_event_id(), order_id=order_id)
+        return await self.publish(f"inventory.reserved.{order_id}", message, msg_id)
+
+    async def cancel(self, order_id: str) -> OutboundEvent:
+        message = order_events.OrderCancelled(event_id=new_event_id(), order_id=order_id, reason="customer asked")
+        return await self.publish(f"order.cancelled.{order_id}", message)
+
+    async def payment_of(self, order_id: str) -> payment_pb2.Payment | None:
+        reply = await self.payments.ListPayments(payment_service_pb2.ListPaymentsRequest(order_id=order_id))
+        assert len(reply.payments) <= 1
+        return reply.payments[0] if reply.payments else None
+
+    async def wait_payment(self, order_id: str, status: int, timeout: float = 10.0) -> payment_pb2.Payment:
+        async def reached() -> payment_pb2.Payment | None:
+            payment = await self.payment_of(order_id)
+            return payment if payment is not None and payment.status == status else None
+
+        return await wait_for(reached, timeout=timeout, message=f"payment of {order_id} in {PS.Name(status)}")
+
+    async def published(self, order_id: str | None = None) -> list[Published]:
+        if not await _has_stream(self.nc, "PAYMENT"):
+            return []
+        out = []
+        for subject, headers, data in await stream_messages(self.nc, "PAYMENT"):
+            if order_id is None or subject.endswith(f".{order_id}"):
+                out.append(Published(subject, headers, PAYMENT_TYPES[headers["Paymesh-Type"]].FromString(data)))
+        return out
+
+    async def wait_events(self, order_id: str, wanted: list[str], timeout: float = 10.0) -> list[Published]:
+        async def seen() -> list[Published] | None:
+            events = await self.published(order_id)
+            return events if [e.event for e in events] == wanted else None
+
+        async def describe() -> str:
+            return str([e.event for e in await self.published(order_id)])
+
+        try:
+            return await wait_for(seen, timeout=timeout, message=f"events {wanted} for {order_id}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; saw {await describe()}") from None
+
+    async def trail(self, payment_id: str) -> list[str]:
+        request = payment_service_pb2.ListPaymentEventsRequest(payment_id=payment_id)
+        reply = await self.payments.ListPaymentEvents(request)
+        return [e.type for e in reply.events]
+
+    async def restart(self, config: PaymentConfig = FAST) -> None:
+        """Stop this payment_svc and start a fresh one on the same store and NATS, as after a crash."""
+        await self.service.stop()
+        self.service = PaymentService(Runtime(self.settings, metadata()), config)
+        await self.service.start()
+
+
+async def _has_stream(nc: NATS, name: str) -> bool:
+    try:
+        await nc.jetstream().stream_info(name)
+    except Exception:
+        return False
+    return True
+
+
+def gw(rig: Rig) -> ScriptedGateway:
+    """The scripted gateway's state: its charges, refunds and call counts."""
+    assert rig.gateway is not None
+    return rig.gateway.servicer
+
+
+def new_order_id() -> str:
+    return f"ord_{uuid.uuid4().hex}"
+
+
+def settings_for(nats: NatsServer, db_url: str, tmp_path: Path, gateway_addr: str, **env: str) -> Settings:
+    return Settings.from_env(
+        "payment_svc",
+        {
+            "PAYMESH_NATS_URL": nats.url,
+            "PAYMENT_SVC_GRPC_ADDR": f"127.0.0.1:{free_port()}",
+            "PAYMENT_SVC_DB_URL": db_url,
+            "PAYMENT_SVC_GATEWAY_ADDR": gateway_addr,
+            "PAYMESH_DATA_DIR": str(tmp_path),
+            **env,
+        },
+    )
+
+
+@contextlib.asynccontextmanager
+async def running(nats: NatsServer, settings: Settings, gateway: GatewayServer | None) -> AsyncIterator[Rig]:
+    """A started payment_svc and the clients a test drives it with; stopped at the end."""
+    service = PaymentService(Runtime(settings, metadata()), FAST)
+    await service.start()
+    nc = await jetstream.connect([nats.url], "payment-test")
+    channel = grpc.aio.insecure_channel(settings.grpc_addr)
+    rig = Rig(settings, service, gateway, nc, channel, payment_service_pb2_grpc.PaymentServiceStub(channel))
+    try:
+        yield rig
+    finally:
+        await channel.close()
+        await nc.close()
+        await rig.service.stop()
+
+
+@pytest.fixture
+async def rig(nats_server: NatsServer, db_url: str, tmp_path: Path) -> AsyncIterator[Rig]:
+    gateway = GatewayServer()
+    await gateway.start()
+    try:
+        async with running(nats_server, settings_for(nats_server, db_url, tmp_path, gateway.addr), gateway) as rig:
+            yield rig
+    finally:
+        await gateway.stop()

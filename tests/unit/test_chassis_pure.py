@@ -1,0 +1,136 @@
+"""Pure parts of the chassis: settings, error mapping, event envelope, backoff."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+
+from paymesh.chassis.config import ConfigError, Settings
+from paymesh.chassis.consumer import Backoff
+from paymesh.chassis.db import DatabaseConfigError, create_engine
+from paymesh.chassis.errors import AlreadyExists, invalid_argument, to_status
+from paymesh.chassis.events import OutboundEvent, UndecodableEvent, child_traceparent, decode
+from paymesh.order.v1 import events_pb2
+
+
+def test_settings_defaults() -> None:
+    s = Settings.from_env("payment_svc", {})
+    assert s.grpc_addr == "127.0.0.1:50053"
+    assert s.db_url == "sqlite+aiosqlite:///.paymesh/payment_svc.db"
+    assert s.nats_urls == ["nats://127.0.0.1:4222"]
+    assert s.stream == "PAYMENT"
+    assert s.gateway_addr == "127.0.0.1:50054"
+    assert s.saga_timeout_s == 30.0
+
+
+def test_settings_from_environment() -> None:
+    env = {
+        "PAYMESH_NATS_URL": "nats://a:1, nats://b:2",
+        "ORDER_SVC_GRPC_ADDR": "127.0.0.1:6000",
+        "ORDER_SVC_DB_URL": "postgresql+asyncpg://postgres@127.0.0.1/orders",
+        "PAYMESH_SAGA_TIMEOUT_S": "2.5",
+        "PAYMESH_DATA_DIR": "/var/paymesh",
+    }
+    s = Settings.from_env("order_svc", env)
+    assert s.nats_urls == ["nats://a:1", "nats://b:2"]
+    assert (s.grpc_addr, s.db_url, s.saga_timeout_s) == ("127.0.0.1:6000", env["ORDER_SVC_DB_URL"], 2.5)
+    assert Settings.from_env("inventory_svc", {"PAYMESH_DATA_DIR": "/d"}).db_url == "sqlite+aiosqlite:////d/inventory_svc.db"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("PAYMESH_SAGA_TIMEOUT_S", "soon", "PAYMESH_SAGA_TIMEOUT_S='soon' is not a number"),
+        ("PAYMESH_SAGA_TIMEOUT_S", "0", "must be greater than 0"),
+        ("PAYMESH_STREAM_REPLICAS", "3.5", "is not an integer"),
+    ],
+)
+def test_bad_settings_name_the_variable(name: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env("order_svc", {name: value})
+
+
+def test_unknown_database_driver_is_refused() -> None:
+    expected = "use one of sqlite\\+aiosqlite, sqlite\\+inloop, postgresql\\+asyncpg"
+    with pytest.raises(DatabaseConfigError, match=expected):
+        create_engine("mysql://root@localhost/x")
+
+
+def test_rich_status_carries_error_info_and_field_violations() -> None:
+    err = invalid_argument([("items[0].quantity", "must be greater than 0")])
+    status = to_status(err)
+    assert status.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert status.details == "invalid request: items[0].quantity: must be greater than 0"
+    (key, value), = status.trailing_metadata
+    assert key == "grpc-status-details-bin"
+    from google.rpc import status_pb2
+
+    rich = status_pb2.Status.FromString(value)
+    info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
+    assert rich.details[0].Unpack(info) and rich.details[1].Unpack(bad)
+    assert info.domain == "paymesh.dev" and info.reason == "INVALID_ARGUMENT"
+    assert [(v.field, v.description) for v in bad.field_violations] == [("items[0].quantity", "must be greater than 0")]
+
+
+def test_error_metadata_values_are_strings() -> None:
+    err = AlreadyExists("request_id reused", reason="REQUEST_ID_REUSED", metadata={"request_id": "r", "n": 3})
+    assert err.metadata == {"request_id": "r", "n": "3"}
+    assert to_status(err).code == grpc.StatusCode.ALREADY_EXISTS
+
+
+def raw(data: bytes, headers: dict[str, str] | None, subject: str = "order.placed.o1") -> SimpleNamespace:
+    return SimpleNamespace(subject=subject, data=data, headers=headers, metadata=SimpleNamespace(num_delivered=1))
+
+
+TYPES = {"paymesh.order.v1.OrderPlaced": events_pb2.OrderPlaced}
+
+
+def test_event_round_trip_keeps_id_type_and_trace() -> None:
+    event = OutboundEvent.of("order.placed.o1", events_pb2.OrderPlaced(event_id="e1", order_id="o1", amount_minor=5))
+    inbound = decode(raw(event.payload, event.nats_headers()), TYPES)
+    assert (inbound.event_id, inbound.type, inbound.order_id) == ("e1", "paymesh.order.v1.OrderPlaced", "o1")
+    assert inbound.message.amount_minor == 5
+    assert inbound.traceparent == event.headers["traceparent"]
+
+
+def test_the_payload_event_id_wins_over_a_new_msg_id() -> None:
+    event = OutboundEvent.of("order.placed.o1", events_pb2.OrderPlaced(event_id="e1", order_id="o1"))
+    headers = {**event.nats_headers(), "Nats-Msg-Id": "republished"}
+    assert decode(raw(event.payload, headers), TYPES).event_id == "e1"
+
+
+@pytest.mark.parametrize(
+    ("data", "headers", "message"),
+    [
+        (b"x", None, "no Paymesh-Type header"),
+        (b"x", {"Paymesh-Type": "paymesh.order.v1.Nope"}, "unknown event type"),
+        (b"\xff\xff\xff", {"Paymesh-Type": "paymesh.order.v1.OrderPlaced"}, "is not a paymesh.order.v1.OrderPlaced"),
+        (b"", {"Paymesh-Type": "paymesh.order.v1.OrderPlaced"}, "has no event id"),
+    ],
+)
+def test_undecodable_messages_are_named(data: bytes, headers: dict[str, str] | None, message: str) -> None:
+    with pytest.raises(UndecodableEvent, match=message):
+        decode(raw(data, headers), TYPES)
+
+
+def test_an_event_without_id_cannot_be_published() -> None:
+    with pytest.raises(ValueError, match="has no event_id"):
+        OutboundEvent.of("order.placed.o1", events_pb2.OrderPlaced(order_id="o1"))
+
+
+def test_child_traceparent_keeps_the_trace() -> None:
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    child = child_traceparent(parent)
+    assert child.split("-")[1] == "0af7651916cd43dd8448eb211c80319c"
+    assert child.split("-")[2] != "b7ad6b7169203331"
+    assert len(child_traceparent("garbage").split("-")[1]) == 32
+
+
+def test_backoff_grows_with_full_jitter_and_caps() -> None:
+    b = Backoff(base_s=0.5, cap_s=4.0)
+    for attempt, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (10, 4.0)]:
+        for _ in range(50):
+            assert ceiling / 2 <= b.delay(attempt) <= ceiling
