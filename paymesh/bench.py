@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 
 from paymesh.chassis.config import SERVICES, db_url
+from paymesh.chassis.jetstream import consumer_backlog
 from paymesh.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
 from paymesh.inventory.v1 import inventory_service_pb2, inventory_service_pb2_grpc
 from paymesh.order.v1 import order_pb2, order_service_pb2, order_service_pb2_grpc
@@ -238,7 +239,7 @@ async def consumer_lag(nats_url: str) -> dict[str, int]:
         lag: dict[str, int] = {}
         for stream in ("ORDER", "INVENTORY", "PAYMENT"):
             for info in await js.consumers_info(stream):
-                lag[f"{stream}/{info.name}"] = info.num_pending + info.num_ack_pending
+                lag[f"{stream}/{info.name}"] = await consumer_backlog(js, stream, info.name)
         return lag
     finally:
         await nc.close()

@@ -26,6 +26,7 @@ import grpc
 import nats
 
 from paymesh.chassis.config import SERVICES
+from paymesh.chassis.jetstream import consumer_backlog
 from paymesh.gateway.v1 import gateway_pb2, gateway_service_pb2, gateway_service_pb2_grpc
 from paymesh.invariants import (
     IN_FLIGHT_PAYMENTS,
@@ -444,7 +445,7 @@ class Driver:
                 return False
         for stream in ("ORDER", "INVENTORY", "PAYMENT"):
             for info in await js.consumers_info(stream):
-                if info.num_pending or info.num_ack_pending:
+                if await consumer_backlog(js, stream, info.name):
                     return False
         return True
 

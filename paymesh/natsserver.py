@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import random
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -29,10 +32,49 @@ def nats_server_binary() -> str:
     return found
 
 
+# A port chosen here is bound later, by another process: until then nothing holds it. The kernel
+# hands out ports of its ephemeral range to every outgoing connection (and to bind(port=0)), so a
+# port chosen from that range can be taken in between. Ports are chosen below it instead, and each
+# is reserved for a while by a file, so two processes choosing at once never get the same one.
+RESERVATION_S = 600.0
+REPLICA_SPAN = 1000  # room above a chosen port for replicas at +100·(r−1)
+_reservations = Path(tempfile.gettempdir()) / f"paymesh-ports-{os.getuid()}"
+
+
+def listen_port_range() -> range:
+    """Ports to choose listen ports from: below the kernel's ephemeral range."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(10000, max(low - REPLICA_SPAN, 12000))
+
+
+def reserve_port(port: int) -> bool:
+    """Claim `port` for RESERVATION_S seconds across processes; False if another claim is fresh."""
+    _reservations.mkdir(mode=0o700, exist_ok=True)
+    claim = _reservations / str(port)
+    try:
+        os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        return True
+    except FileExistsError:
+        try:
+            if time.time() - claim.stat().st_mtime < RESERVATION_S:
+                return False
+            claim.unlink()
+        except FileNotFoundError:
+            pass
+        return reserve_port(port)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on, outside the ephemeral range, claimed for this process."""
+    ports = listen_port_range()
+    for _ in range(1000):
+        port = random.randrange(ports.start, ports.stop)
+        if port_is_free(port, host) and reserve_port(port):
+            return port
+    raise NatsServerError(f"no free port found in {ports.start}-{ports.stop - 1}")
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:

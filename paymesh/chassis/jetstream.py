@@ -177,3 +177,26 @@ async def publish_each(js: JetStreamContext, events: Sequence[OutboundEvent], *,
             raise PublishError(f"{event.subject} ({event.event_id}) not acknowledged: {exc!r}") from exc
         seq = ack.seq
     return seq
+
+
+async def consumer_backlog(js: JetStreamContext, stream: str, durable: str) -> int:
+    """Messages the durable consumer has not yet acked: 0 once it has taken all its filter matches.
+
+    `num_pending` alone is not enough: the server tells consumers of a stored message
+    asynchronously, so just after a publish is acknowledged it can still read 0. The last
+    stored message the consumer's filter matches must also have been delivered.
+    """
+    info = await js.consumer_info(stream, durable)
+    backlog = info.num_pending + info.num_ack_pending
+    if backlog:
+        return backlog
+    config = info.config
+    filters = config.filter_subjects or ([config.filter_subject] if config.filter_subject else [">"])
+    for subject in filters:
+        try:
+            last = await js.get_last_msg(stream, subject)
+        except NotFoundError:
+            continue
+        if last.seq is not None and last.seq > info.delivered.stream_seq:
+            return 1  # stored, not yet counted: at least one
+    return 0

@@ -20,7 +20,7 @@ from paymesh.chassis.config import SERVICES
 from paymesh.gateway.v1 import gateway_pb2, gateway_service_pb2, gateway_service_pb2_grpc
 from paymesh.inventory.v1 import inventory_pb2, inventory_service_pb2, inventory_service_pb2_grpc
 from paymesh.launcher import REPLICA_PORT_STEP, Mesh
-from paymesh.natsserver import free_port, port_is_free
+from paymesh.natsserver import free_port, port_is_free, reserve_port
 from paymesh.order.v1 import order_pb2, order_service_pb2, order_service_pb2_grpc
 from paymesh.payment.v1 import payment_pb2, payment_service_pb2, payment_service_pb2_grpc
 
@@ -112,7 +112,8 @@ def replica_ports(count: int, replicas: int) -> list[int]:
         port = free_port()
         spread = [port + REPLICA_PORT_STEP * r for r in range(replicas)]
         taken = {p + REPLICA_PORT_STEP * r for p in ports for r in range(replicas)}
-        if spread[-1] <= 65535 and not taken & set(spread) and all(port_is_free(p) for p in spread[1:]):
+        others_free = all(port_is_free(p) and reserve_port(p) for p in spread[1:])
+        if spread[-1] <= 65535 and not taken & set(spread) and others_free:
             ports.append(port)
     return ports
 

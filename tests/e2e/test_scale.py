@@ -29,6 +29,7 @@ import nats.errors
 import nats.js.errors
 import pytest
 
+from paymesh.chassis.jetstream import consumer_backlog
 from paymesh.databases import admin_dsn
 from paymesh.gateway.v1 import gateway_pb2, gateway_service_pb2
 from paymesh.launcher import Mesh
@@ -240,14 +241,13 @@ async def check_invariants(
             infos[info.name] = (stream, info.config.filter_subjects or [info.config.filter_subject])
     assert set(infos) == set(DURABLES), infos
 
-    async def backlog() -> dict[str, tuple[int, int]]:
+    async def backlog() -> dict[str, int]:
         out = {}
         for durable, (stream, _) in infos.items():
-            info = await patiently(lambda s=stream, d=durable: bus.js.consumer_info(s, d))
-            out[durable] = (info.num_pending, info.num_ack_pending)
+            out[durable] = await patiently(lambda s=stream, d=durable: consumer_backlog(bus.js, s, d))
         return out
 
-    await eventually(backlog, lambda b: all(v == (0, 0) for v in b.values()), 45, "every consumer caught up")
+    await eventually(backlog, lambda b: not any(b.values()), 45, "every consumer caught up")
     dlq = await patiently(lambda: bus.js.stream_info("DLQ"))
     assert dlq.state.messages == 0, "nothing dead-lettered"
 

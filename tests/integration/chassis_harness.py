@@ -128,5 +128,4 @@ async def publish(nc: NATS, event: OutboundEvent, msg_id: str | None = None) -> 
 
 
 async def all_acked(nc: NATS, durable: str = "ledger") -> bool:
-    info = await nc.jetstream().consumer_info("ORDER", durable)
-    return info.num_ack_pending + info.num_pending == 0
+    return await jetstream.consumer_backlog(nc.jetstream(), "ORDER", durable) == 0

@@ -117,8 +117,7 @@ class Rig:
 
         async def quiet() -> bool:
             for stream, durable in zip(("ORDER", "PAYMENT"), DURABLES, strict=True):
-                info = await js.consumer_info(stream, durable)
-                if info.num_pending + info.num_ack_pending:
+                if await jetstream.consumer_backlog(js, stream, durable):
                     return False
             return await relay.unsent_count() == 0
 

@@ -91,8 +91,7 @@ class Rig:
     async def all_acked(self) -> bool:
         js = self.nc.jetstream()
         for stream, durable in (("INVENTORY", "order_svc-inventory"), ("PAYMENT", "order_svc-payment")):
-            info = await js.consumer_info(stream, durable)
-            if info.num_pending + info.num_ack_pending:
+            if await jetstream.consumer_backlog(js, stream, durable):
                 return False
         return True
 
