@@ -1,6 +1,6 @@
 """One hop through the chassis alone: publish -> consumer -> handler (outbox write) -> relay -> publish.
 
-    .venv/bin/python benchmarks/chassis_hop.py [--events 60]
+    .venv/bin/python benchmarks/chassis_hop.py [--events 60] [--driver inloop] [--loop asyncio] [--no-fsync]
 
 A real nats-server and a SQLite file; no gRPC and no domain code. Prints the median and p90
 time from publishing an event to seeing the event its handler caused.
@@ -27,9 +27,9 @@ from paymesh.natsserver import NatsServer
 from paymesh.order.v1 import events_pb2
 
 
-async def main(count: int) -> None:
+async def main(count: int, driver: str, fsync: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="paymesh-hop-") as tmp:
-        server = NatsServer(Path(tmp) / "nats").start()
+        server = NatsServer(Path(tmp) / "nats", sync_always=fsync).start()
         try:
             nc = await jetstream.connect([server.url], "hop")
             js = nc.jetstream()
@@ -37,7 +37,7 @@ async def main(count: int) -> None:
             await jetstream.ensure_stream(js, jetstream.DLQ_STREAM, jetstream.DLQ_SUBJECTS)
             metadata = MetaData()
             outbox, inbox = outbox_table(metadata), inbox_table(metadata)
-            db = Database(f"sqlite+aiosqlite:///{Path(tmp) / 'hop.db'}", metadata)
+            db = Database(f"sqlite+{driver}:///{Path(tmp) / 'hop.db'}", metadata)
             await db.create_schema()
             relay = OutboxRelay(db, outbox, nc)
             relay.start()
@@ -86,4 +86,10 @@ async def main(count: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=60)
-    asyncio.run(main(parser.parse_args().events))
+    parser.add_argument("--driver", choices=["aiosqlite", "inloop"], default="aiosqlite")
+    parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    parser.add_argument("--no-fsync", dest="fsync", action="store_false", help="nats-server not fsyncing each write")
+    args = parser.parse_args()
+    print(f"driver {args.driver}, loop {args.loop}, fsync {args.fsync}: ", end="")
+    run_on_loop = __import__("uvloop").run if args.loop == "uvloop" else asyncio.run
+    run_on_loop(main(args.events, args.driver, args.fsync))

@@ -359,6 +359,7 @@ class Mesh:
         its own-numbered one first, so the payment replicas spread their charges and fail over."""
         env = dict(self.env)
         env[f"{SERVICES[service][0]}_GRPC_ADDR"] = replica_addr(grpc_addr(service, self.env), replica)
+        env[f"{SERVICES[service][0]}_DB_URL"] = db_url(service, self.env, shared=self.replicas[service] > 1)
         gateways = self.addrs("gateway_mock") if "gateway_mock" in self.replicas else []
         if service == "payment_svc" and len(gateways) > 1 and not self.env.get("PAYMENT_SVC_GATEWAY_ADDR"):
             first = (replica - 1) % len(gateways)

@@ -32,11 +32,27 @@ def grpc_addr(service: str, env: dict[str, str] | None = None) -> str:
     return env.get(f"{prefix}_GRPC_ADDR", f"127.0.0.1:{port}")
 
 
-def db_url(service: str, env: dict[str, str] | None = None) -> str:
+def db_url(service: str, env: dict[str, str] | None = None, *, shared: bool = False) -> str:
+    """`<SVC>_DB_URL`, else a SQLite file under the data dir. The default runs sqlite3 on the
+    event loop (`sqlite+inloop`), right for one process per file; `shared` (several replicas
+    on the file) gives aiosqlite's thread instead, so waiting on another process's lock never
+    holds the loop."""
     env = os.environ if env is None else env
     prefix, _, _ = SERVICES[service]
-    default = f"sqlite+aiosqlite:///{data_dir(env) / f'{service}.db'}"
-    return env.get(f"{prefix}_DB_URL", default)
+    driver = "sqlite+aiosqlite" if shared else "sqlite+inloop"
+    return env.get(f"{prefix}_DB_URL") or f"{driver}:///{data_dir(env) / f'{service}.db'}"
+
+
+EVENT_LOOPS = ("uvloop", "asyncio")
+
+
+def event_loop(env: dict[str, str] | None = None) -> str:
+    """PAYMESH_EVENT_LOOP: `uvloop` (the default) or `asyncio` (the standard library's loop)."""
+    env = os.environ if env is None else env
+    choice = env.get("PAYMESH_EVENT_LOOP") or "uvloop"
+    if choice not in EVENT_LOOPS:
+        raise ConfigError(f"PAYMESH_EVENT_LOOP={choice!r}: use one of {', '.join(EVENT_LOOPS)}")
+    return choice
 
 
 def _float(env: dict[str, str], name: str, default: float) -> float:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from google.protobuf.message import Message
-from sqlalchemy import Column, DateTime, LargeBinary, MetaData, String, Table, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Column, DateTime, LargeBinary, MetaData, String, Table, func, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from paymesh.chassis.db import Database, UnitOfWork
@@ -52,26 +53,28 @@ class RequestLog:
         """Inside `uow`: the stored response if this request was answered, else None after taking the id.
 
         Raises ALREADY_EXISTS when the id came with another request, ABORTED while the
-        first attempt is still running. A concurrent claimer on PostgreSQL blocks on the
-        primary key until the first transaction ends, then answers as if it had come after.
+        first attempt is still running. One statement when the id is new: an insert that
+        does nothing on a taken id. A concurrent claimer on PostgreSQL waits on the primary
+        key until the first transaction ends, then answers as if it had come after.
         """
         fp = fingerprint(method, request)
+        taken = await uow.conn.execute(
+            self._insert_new().values(request_id=request_id, method=method, fingerprint=fp)
+        )
+        if taken.rowcount == 1:
+            return None
         row = await self._find(uow.conn, request_id)
-        if row is not None:
-            return self._replay(row, method, fp, request_id)
-        try:
-            # In a savepoint: on PostgreSQL a concurrent claimer's commit makes this insert fail,
-            # and only the savepoint, not the caller's transaction, is lost.
-            async with uow.conn.begin_nested():
-                await uow.conn.execute(
-                    insert(self.table).values(request_id=request_id, method=method, fingerprint=fp)
-                )
-        except IntegrityError:
-            row = await self._find(uow.conn, request_id)
-            if row is None:
-                raise
-            return self._replay(row, method, fp, request_id)
-        return None
+        if row is None:  # the other claim was purged in between: rare, and safe to retry
+            raise Aborted(
+                f"request {request_id} could not be claimed; retry with the same request_id",
+                reason="REQUEST_IN_PROGRESS",
+                metadata={"request_id": request_id},
+            )
+        return self._replay(row, method, fp, request_id)
+
+    def _insert_new(self) -> Any:
+        dialect_insert = sqlite_insert if self.db.is_sqlite else postgresql_insert
+        return dialect_insert(self.table).on_conflict_do_nothing(index_elements=["request_id"])
 
     async def complete(self, uow: UnitOfWork, request_id: str, response: Message) -> None:
         await uow.conn.execute(
@@ -88,28 +91,19 @@ class RequestLog:
         response_type: type[R],
         action: Callable[[UnitOfWork], Awaitable[R]],
     ) -> R:
-        """Run `action` once for this request id, in the same transaction as the id's record."""
-        fp = fingerprint(method, request)
-        async with self.db.read() as conn:
-            row = await self._find(conn, request_id)
-        if row is not None:  # the common retry: answered without taking the writer lock
-            return response_type.FromString(self._replay(row, method, fp, request_id))
-        try:
-            async with self.db.unit_of_work() as uow:
-                stored = await self.claim(uow, method, request_id, request)
-                if stored is not None:
-                    return response_type.FromString(stored)
-                response = await action(uow)
-                await self.complete(uow, request_id, response)
-                await uow.commit()
-                return response
-        except IntegrityError:
-            # A concurrent duplicate committed first: answer what it answered.
-            async with self.db.read() as conn:
-                row = await self._find(conn, request_id)
-            if row is None:
-                raise
-            return response_type.FromString(self._replay(row, method, fp, request_id))
+        """Run `action` once for this request id, in the same transaction as the id's record.
+
+        The id is claimed first, so a concurrent duplicate waits for (or, on SQLite, queues
+        behind) the first and then replays its answer; the action never runs twice.
+        """
+        async with self.db.unit_of_work() as uow:
+            stored = await self.claim(uow, method, request_id, request)
+            if stored is not None:
+                return response_type.FromString(stored)
+            response = await action(uow)
+            await self.complete(uow, request_id, response)
+            await uow.commit()
+            return response
 
     async def _find(self, conn: AsyncConnection, request_id: str) -> tuple[str, str, bytes | None] | None:
         result = await conn.execute(

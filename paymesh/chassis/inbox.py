@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import Column, DateTime, MetaData, String, Table, func, insert, select
+from sqlalchemy import Column, DateTime, MetaData, String, Table, func, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 
@@ -33,15 +35,19 @@ async def applied(conn: AsyncConnection, inbox: Table, consumer: str, event_ids:
 async def claim(conn: AsyncConnection, inbox: Table, consumer: str, event_ids: Iterable[str]) -> set[str]:
     """Record `event_ids` as applied by `consumer`; return those not applied before.
 
-    Set-based: one SELECT for the batch, one executemany INSERT. A concurrent claimer
-    (another replica) makes the INSERT fail on the primary key and the transaction
-    roll back, so an event's effect can never commit twice.
+    One statement for the batch: a multi-row insert that skips ids already there and
+    returns the ones it took. A concurrent claimer of the same id (another replica, on
+    PostgreSQL) waits on the primary key; if that one commits, the id is not returned
+    here, so an event's effect can never commit twice.
     """
     ids = list(dict.fromkeys(event_ids))
     if not ids:
         return set()
-    done = await applied(conn, inbox, consumer, ids)
-    fresh = [i for i in ids if i not in done]
-    if fresh:
-        await conn.execute(insert(inbox), [{"consumer": consumer, "event_id": i} for i in fresh])
-    return set(fresh)
+    dialect_insert = sqlite_insert if conn.dialect.name == "sqlite" else postgresql_insert
+    statement = (
+        dialect_insert(inbox)
+        .values([{"consumer": consumer, "event_id": i} for i in ids])
+        .on_conflict_do_nothing(index_elements=["consumer", "event_id"])
+        .returning(inbox.c.event_id)
+    )
+    return {row[0] for row in await conn.execute(statement)}

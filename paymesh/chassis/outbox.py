@@ -38,6 +38,11 @@ from paymesh.chassis.jetstream import DuplicateInBatch, publish_atomic, publish_
 log = logging.getLogger(__name__)
 
 
+# Up to this many rows are published one by one (~0.45 ms each here); more go as one
+# atomic batch, whose commit costs ~3.5 ms whatever its size but one ack for all.
+SEQUENTIAL_MAX = 6
+
+
 def outbox_table(metadata: MetaData) -> Table:
     if "outbox" in metadata.tables:
         return metadata.tables["outbox"]
@@ -233,11 +238,16 @@ class OutboxRelay:
         events = await self.pending()
         if not events:
             return 0
-        try:
-            await publish_atomic(self.nc, events, timeout=self.ack_timeout_s)
-        except DuplicateInBatch:
-            # A resend after a crash between ack and mark-sent.
+        if len(events) <= SEQUENTIAL_MAX:
+            # Small batches go one by one, each acked before the next: the same order and
+            # dedupe, without the atomic commit's fixed ~3.5 ms (benchmarks/README.md).
             await publish_each(self.nc.jetstream(), events, timeout=self.ack_timeout_s)
+        else:
+            try:
+                await publish_atomic(self.nc, events, timeout=self.ack_timeout_s)
+            except DuplicateInBatch:
+                # A resend after a crash between ack and mark-sent.
+                await publish_each(self.nc.jetstream(), events, timeout=self.ack_timeout_s)
         await self.mark_sent([e.event_id for e in events])
         self.published += len(events)
         return len(events)

@@ -9,7 +9,7 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +21,7 @@ from nats.js import JetStreamContext
 from sqlalchemy import MetaData, Table
 
 from paymesh.chassis import jetstream, migrations, outbox
-from paymesh.chassis.config import Settings
+from paymesh.chassis.config import Settings, event_loop
 from paymesh.chassis.consumer import Consumer, ConsumerSpec
 from paymesh.chassis.db import Database, DatabaseConfigError, UnitOfWork
 from paymesh.chassis.events import OutboundEvent
@@ -235,6 +235,17 @@ async def migrate_only(service: str, url: str) -> None:
     print(f"{service}: database at revision {', '.join(revisions) or '(none)'}")
 
 
+def run_on_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run `main` to completion on the loop PAYMESH_EVENT_LOOP names (uvloop by default:
+    benchmarks/README.md has what it gains; grpc.aio and nats-py run on any asyncio loop)."""
+    if event_loop() == "uvloop":
+        import uvloop
+
+        uvloop.run(main)
+    else:
+        asyncio.run(main)
+
+
 def run_service(
     service: str,
     metadata: MetaData,
@@ -256,7 +267,7 @@ def run_service(
             return 0
         settings = Settings.from_env(service)
         runtime = Runtime(settings, metadata)
-        asyncio.run(serve(runtime, wire(runtime), SERVICES[service][0], migrate=not args.no_migrate))
+        run_on_loop(serve(runtime, wire(runtime), SERVICES[service][0], migrate=not args.no_migrate))
     except (StartupError, ConfigError, DatabaseConfigError, ConnectionError) as exc:
         print(f"{service}: {exc}", file=sys.stderr)
         return 2

@@ -172,7 +172,7 @@ def test_up_serves_every_service_and_sigterm_stops_all(up: tuple[Launch, dict[st
     for service, (prefix, _, _) in SERVICES.items():
         addr = env[f"{prefix}_GRPC_ADDR"]
         assert addr in launch.output
-        assert f"sqlite+aiosqlite:///{launch.data_dir / service}.db" in launch.output
+        assert f"sqlite+inloop:///{launch.data_dir / service}.db" in launch.output
         assert health_status(addr) == health_pb2.HealthCheckResponse.SERVING, service
 
     launch.process.send_signal(signal.SIGTERM)

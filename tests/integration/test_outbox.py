@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from paymesh.chassis import jetstream
+from paymesh.chassis import jetstream, outbox
 from paymesh.chassis.events import MSG_ID, TRACEPARENT, TYPE
-from paymesh.chassis.outbox import OutboxRelay, add
+from paymesh.chassis.outbox import SEQUENTIAL_MAX, OutboxRelay, add
 from paymesh.natsserver import NatsServer
 from tests.conftest import wait_for
 from tests.integration.chassis_harness import Store, ensure_order_stream, ids_of, placed, stream_messages
@@ -65,21 +65,37 @@ class CrashingRelay(OutboxRelay):
         raise CrashAfterPublish
 
 
-async def test_relay_killed_between_publish_and_mark_sent(nats_server: NatsServer, db_url: str) -> None:
+# A batch of SEQUENTIAL_MAX or fewer rows is published one by one; a larger one atomically,
+# and its resend is refused whole by the server and then sent one by one.
+@pytest.mark.parametrize("batch", [SEQUENTIAL_MAX - 1, SEQUENTIAL_MAX + 2], ids=["one-by-one", "atomic"])
+async def test_relay_killed_between_publish_and_mark_sent(
+    nats_server: NatsServer, db_url: str, batch: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refused: list[int] = []
+
+    async def publish_atomic(nc: object, events: list[object], **kw: object) -> int:
+        try:
+            return await jetstream.publish_atomic(nc, events, **kw)  # type: ignore[arg-type]
+        except jetstream.DuplicateInBatch:
+            refused.append(len(events))
+            raise
+
+    monkeypatch.setattr(outbox, "publish_atomic", publish_atomic)
     nc = await jetstream.connect([nats_server.url], "test")
     await ensure_order_stream(nc)
     async with Store(db_url) as store:
-        ids = await commit_events(store, None, 12)
-        crashing = CrashingRelay(store.db, store.outbox, nc, batch_size=5)
+        ids = await commit_events(store, None, 2 * batch + 2)
+        crashing = CrashingRelay(store.db, store.outbox, nc, batch_size=batch)
         with pytest.raises(CrashAfterPublish):
-            await crashing.relay_once()  # first 5 on the stream, still unsent in the table
-        assert len(await stream_messages(nc, "ORDER")) == 5
-        assert await crashing.unsent_count() == 12
+            await crashing.relay_once()  # the first batch on the stream, still unsent in the table
+        assert len(await stream_messages(nc, "ORDER")) == batch
+        assert await crashing.unsent_count() == len(ids)
 
-        restarted = OutboxRelay(store.db, store.outbox, nc, batch_size=5)
+        restarted = OutboxRelay(store.db, store.outbox, nc, batch_size=batch)
         while await restarted.relay_once():
             pass
         assert await restarted.unsent_count() == 0
+    assert refused == ([] if batch <= SEQUENTIAL_MAX else [batch]), "the atomic resend is refused whole once"
     messages = await stream_messages(nc, "ORDER")
     assert ids_of(messages) == ids, "each event exactly once, in commit order"
     await nc.close()

@@ -8,7 +8,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 
-from paymesh.chassis.config import ConfigError, Settings
+from paymesh.chassis.config import ConfigError, Settings, db_url, event_loop
 from paymesh.chassis.consumer import Backoff
 from paymesh.chassis.db import DatabaseConfigError, create_engine
 from paymesh.chassis.errors import AlreadyExists, invalid_argument, to_status
@@ -19,7 +19,7 @@ from paymesh.order.v1 import events_pb2
 def test_settings_defaults() -> None:
     s = Settings.from_env("payment_svc", {})
     assert s.grpc_addr == "127.0.0.1:50053"
-    assert s.db_url == "sqlite+aiosqlite:///.paymesh/payment_svc.db"
+    assert s.db_url == "sqlite+inloop:///.paymesh/payment_svc.db"
     assert s.nats_urls == ["nats://127.0.0.1:4222"]
     assert s.stream == "PAYMENT"
     assert s.gateway_addr == "127.0.0.1:50054"
@@ -37,7 +37,20 @@ def test_settings_from_environment() -> None:
     s = Settings.from_env("order_svc", env)
     assert s.nats_urls == ["nats://a:1", "nats://b:2"]
     assert (s.grpc_addr, s.db_url, s.saga_timeout_s) == ("127.0.0.1:6000", env["ORDER_SVC_DB_URL"], 2.5)
-    assert Settings.from_env("inventory_svc", {"PAYMESH_DATA_DIR": "/d"}).db_url == "sqlite+aiosqlite:////d/inventory_svc.db"
+    assert Settings.from_env("inventory_svc", {"PAYMESH_DATA_DIR": "/d"}).db_url == "sqlite+inloop:////d/inventory_svc.db"
+
+
+def test_replicas_sharing_a_sqlite_file_get_aiosqlite_and_an_explicit_url_is_kept() -> None:
+    assert db_url("order_svc", {"PAYMESH_DATA_DIR": "/d"}, shared=True) == "sqlite+aiosqlite:////d/order_svc.db"
+    explicit = {"ORDER_SVC_DB_URL": "sqlite+inloop:////x/o.db"}
+    assert db_url("order_svc", explicit, shared=True) == "sqlite+inloop:////x/o.db"
+
+
+def test_event_loop_defaults_to_uvloop_and_refuses_unknown_names() -> None:
+    assert event_loop({}) == "uvloop"
+    assert event_loop({"PAYMESH_EVENT_LOOP": "asyncio"}) == "asyncio"
+    with pytest.raises(ConfigError, match="PAYMESH_EVENT_LOOP='tokio': use one of uvloop, asyncio"):
+        event_loop({"PAYMESH_EVENT_LOOP": "tokio"})
 
 
 @pytest.mark.parametrize(

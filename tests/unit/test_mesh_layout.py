@@ -40,6 +40,13 @@ def test_each_replica_gets_its_own_address_and_payment_dials_every_gateway(tmp_p
     assert "PAYMENT_SVC_GATEWAY_ADDR" not in Mesh(env, tmp_path, out=lambda _: None).replica_env("payment_svc", 1)
 
 
+def test_replicas_on_one_sqlite_file_wait_for_its_lock_off_the_event_loop(tmp_path: Path) -> None:
+    env = {"PAYMESH_DATA_DIR": str(tmp_path)}
+    mesh = Mesh(env, tmp_path, replicas={"order_svc": 2, "payment_svc": 1}, out=lambda _: None)
+    assert mesh.replica_env("order_svc", 2)["ORDER_SVC_DB_URL"] == f"sqlite+aiosqlite:///{tmp_path}/order_svc.db"
+    assert mesh.replica_env("payment_svc", 1)["PAYMENT_SVC_DB_URL"] == f"sqlite+inloop:///{tmp_path}/payment_svc.db"
+
+
 def test_service_databases_sit_on_the_given_server() -> None:
     server = "postgresql://app:s3cret@db.internal:6432/postgres?sslmode=require"
     url = service_url(server, database_name("order_svc"))
