@@ -44,10 +44,12 @@ async def claim(conn: AsyncConnection, inbox: Table, consumer: str, event_ids: I
     if not ids:
         return set()
     dialect_insert = sqlite_insert if conn.dialect.name == "sqlite" else postgresql_insert
+    # One statement whatever the batch size, so SQLAlchemy compiles it once; with a list of
+    # parameters it is sent as multi-row inserts ("insertmanyvalues"), RETURNING included.
     statement = (
         dialect_insert(inbox)
-        .values([{"consumer": consumer, "event_id": i} for i in ids])
         .on_conflict_do_nothing(index_elements=["consumer", "event_id"])
         .returning(inbox.c.event_id)
     )
-    return {row[0] for row in await conn.execute(statement)}
+    rows = await conn.execute(statement, [{"consumer": consumer, "event_id": i} for i in ids])
+    return {row[0] for row in rows}
