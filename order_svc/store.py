@@ -94,31 +94,36 @@ class OrderRepository:
     def __init__(self, table: Table) -> None:
         self.t = table
         t = table
+        # The hot statements are built once: SQLAlchemy then skips building and keying them per call.
         # Written with executemany: one statement for every order a batch changed.
         self._save = (
             update(t)
             .where(t.c.order_id == bindparam("key_order_id"))
             .values({name: bindparam(name) for name in _MUTABLE})
         )
+        self._insert = insert(t)
+        self._get = select(t).where(t.c.order_id == bindparam("order_id"))
 
     async def add(self, conn: AsyncConnection, order: Order) -> None:
         row = {name: getattr(order, name) for name in _MUTABLE}
         await conn.execute(
-            insert(self.t).values(
-                order_id=order.order_id,
-                customer_id=order.customer_id,
-                currency=order.currency,
-                amount_minor=order.amount_minor,
-                payment_method_token=order.payment_method_token,
-                items=[[ln.sku, ln.quantity, ln.unit_price_minor] for ln in order.lines],
-                deadline=order.deadline,
-                create_time=order.create_time,
-                **{**row, "status": order.status.value},
-            )
+            self._insert,
+            {
+                "order_id": order.order_id,
+                "customer_id": order.customer_id,
+                "currency": order.currency,
+                "amount_minor": order.amount_minor,
+                "payment_method_token": order.payment_method_token,
+                "items": [[ln.sku, ln.quantity, ln.unit_price_minor] for ln in order.lines],
+                "deadline": order.deadline,
+                "create_time": order.create_time,
+                **row,
+                "status": order.status.value,
+            },
         )
 
     async def get(self, conn: AsyncConnection, order_id: str) -> Order | None:
-        rows = await conn.execute(select(self.t).where(self.t.c.order_id == order_id))
+        rows = await conn.execute(self._get, {"order_id": order_id})
         row = rows.first()
         return None if row is None else _order(row)
 

@@ -57,6 +57,10 @@ class Results:
     completed: int = 0
 
 
+# The load generator runs on the same machine as the mesh: its own CPU is reported beside the mesh's.
+CLIENT = "bench-client"
+
+
 def percentiles(values: list[float]) -> dict[str, float]:
     if not values:
         return {"p50": 0.0, "p95": 0.0, "p99": 0.0, "max": 0.0, "count": 0}
@@ -69,11 +73,13 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 
 class ProcessStats:
-    """CPU seconds and peak RSS of the mesh's processes, read from /proc (Linux)."""
+    """CPU seconds and RSS of the mesh's processes (and of this client), read from /proc (Linux):
+    RSS when measuring starts and when it ends, to see whether memory stays flat, and the peak."""
 
     def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-        self.start_cpu = {name: self.cpu_s(pid) for name, pid in pids.items()}
+        self.pids = {**pids, CLIENT: os.getpid()}
+        self.start_cpu = {name: self.cpu_s(pid) for name, pid in self.pids.items()}
+        self.start_rss = {name: self.rss_mb(pid, "VmRSS") for name, pid in self.pids.items()}
 
     @staticmethod
     def cpu_s(pid: int) -> float:
@@ -85,10 +91,11 @@ class ProcessStats:
         return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
 
     @staticmethod
-    def peak_rss_mb(pid: int) -> float:
+    def rss_mb(pid: int, field: str = "VmHWM") -> float:
+        """VmHWM: the peak resident set; VmRSS: the resident set now."""
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
+                if line.startswith(f"{field}:"):
                     return round(int(line.split()[1]) / 1024, 1)
         except OSError:
             pass
@@ -98,7 +105,9 @@ class ProcessStats:
         return {
             name: {
                 "cpu_s": round(self.cpu_s(pid) - self.start_cpu[name], 2),
-                "peak_rss_mb": self.peak_rss_mb(pid),
+                "peak_rss_mb": self.rss_mb(pid),
+                "rss_start_mb": self.start_rss[name],
+                "rss_end_mb": self.rss_mb(pid, "VmRSS"),
             }
             for name, pid in self.pids.items()
         }
@@ -313,9 +322,10 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"  {label:17} p50 {p['p50']:8.2f}  p95 {p['p95']:8.2f}  p99 {p['p99']:8.2f}  max {p['max']:8.2f}")
     lines.append(f"  outcomes          {report['outcomes']}")
     lines.append(f"  errors            {report['errors'] or 'none'}")
-    lines.append("  process           cpu_s   peak_rss_mb")
+    lines.append("  process           cpu_s   peak_rss_mb   rss_mb start -> end")
     for name, p in report["processes"].items():
-        lines.append(f"    {name:15} {p['cpu_s']:7.2f}   {p['peak_rss_mb']:8.1f}")
+        rss = f"{p['rss_start_mb']:8.1f} -> {p['rss_end_mb']:.1f}"
+        lines.append(f"    {name:15} {p['cpu_s']:7.2f}   {p['peak_rss_mb']:8.1f}   {rss}")
     drained = report["lag_drained_ms"]
     lines.append(f"  lag drained in    {f'{drained} ms' if drained is not None else 'NOT within 10 s'}")
     lines.append(f"  outbox lag        {report['outbox_lag']}")

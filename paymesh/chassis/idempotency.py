@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from google.protobuf.message import Message
-from sqlalchemy import Column, DateTime, LargeBinary, MetaData, String, Table, func, select, update
+from sqlalchemy import Column, DateTime, LargeBinary, MetaData, String, Table, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -48,6 +48,17 @@ class RequestLog:
     def __init__(self, db: Database, table: Table) -> None:
         self.db = db
         self.table = table
+        # Built once: SQLAlchemy then skips building and keying them on every call.
+        dialect_insert = sqlite_insert if db.is_sqlite else postgresql_insert
+        self._insert_new = dialect_insert(table).on_conflict_do_nothing(index_elements=["request_id"])
+        self._find_row = select(table.c.method, table.c.fingerprint, table.c.response).where(
+            table.c.request_id == bindparam("request_id")
+        )
+        self._complete = (
+            update(table)
+            .where(table.c.request_id == bindparam("key_request_id"))
+            .values(response=bindparam("response"))
+        )
 
     async def claim(self, uow: UnitOfWork, method: str, request_id: str, request: Message) -> bytes | None:
         """Inside `uow`: the stored response if this request was answered, else None after taking the id.
@@ -59,7 +70,7 @@ class RequestLog:
         """
         fp = fingerprint(method, request)
         taken = await uow.conn.execute(
-            self._insert_new().values(request_id=request_id, method=method, fingerprint=fp)
+            self._insert_new, {"request_id": request_id, "method": method, "fingerprint": fp}
         )
         if taken.rowcount == 1:
             return None
@@ -72,15 +83,9 @@ class RequestLog:
             )
         return self._replay(row, method, fp, request_id)
 
-    def _insert_new(self) -> Any:
-        dialect_insert = sqlite_insert if self.db.is_sqlite else postgresql_insert
-        return dialect_insert(self.table).on_conflict_do_nothing(index_elements=["request_id"])
-
     async def complete(self, uow: UnitOfWork, request_id: str, response: Message) -> None:
         await uow.conn.execute(
-            update(self.table)
-            .where(self.table.c.request_id == request_id)
-            .values(response=response.SerializeToString())
+            self._complete, {"key_request_id": request_id, "response": response.SerializeToString()}
         )
 
     async def run(
@@ -106,11 +111,7 @@ class RequestLog:
             return response
 
     async def _find(self, conn: AsyncConnection, request_id: str) -> tuple[str, str, bytes | None] | None:
-        result = await conn.execute(
-            select(self.table.c.method, self.table.c.fingerprint, self.table.c.response).where(
-                self.table.c.request_id == request_id
-            )
-        )
+        result = await conn.execute(self._find_row, {"request_id": request_id})
         row = result.first()
         return None if row is None else (row[0], row[1], row[2])
 

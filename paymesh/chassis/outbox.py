@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import random
@@ -23,6 +24,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     delete,
     func,
     insert,
@@ -30,6 +32,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.dml import Insert
 
 from paymesh.chassis.db import Database
 from paymesh.chassis.events import OutboundEvent
@@ -71,13 +74,19 @@ def outbox_table(metadata: MetaData) -> Table:
     return table
 
 
+@functools.cache
+def _insert(outbox: Table) -> Insert:
+    """Built once per table: SQLAlchemy then skips building and keying it on every commit."""
+    return insert(outbox)
+
+
 async def add(conn: AsyncConnection, outbox: Table, events: Sequence[OutboundEvent]) -> None:
     """Write events in the caller's transaction (one executemany); they commit or vanish with it."""
     if not events:
         return
     now = datetime.now(UTC)
     await conn.execute(
-        insert(outbox),
+        _insert(outbox),
         [
             {
                 "event_id": e.event_id,
@@ -123,6 +132,14 @@ class OutboxRelay:
         self.holder = (holder or uuid.uuid4().hex)[:64]
         self._lease_until: datetime | None = None
         self.outbox = outbox
+        self._pending = (
+            select(outbox).where(outbox.c.sent_at.is_(None)).order_by(outbox.c.id).limit(bindparam("limit"))
+        )
+        self._mark_sent = (
+            update(outbox)
+            .where(outbox.c.event_id.in_(bindparam("event_ids", expanding=True)))
+            .values(sent_at=bindparam("sent_at"))
+        )
         self.nc = nc
         self.batch_size = batch_size
         self.poll_interval_s = poll_interval_s
@@ -223,12 +240,7 @@ class OutboxRelay:
 
     async def pending(self) -> list[OutboundEvent]:
         async with self.db.read() as conn:
-            rows = await conn.execute(
-                select(self.outbox)
-                .where(self.outbox.c.sent_at.is_(None))
-                .order_by(self.outbox.c.id)
-                .limit(self.batch_size)
-            )
+            rows = await conn.execute(self._pending, {"limit": self.batch_size})
             return [
                 OutboundEvent(r.event_id, r.subject, r.type, r.payload, json.loads(r.headers)) for r in rows
             ]
@@ -254,11 +266,7 @@ class OutboxRelay:
 
     async def mark_sent(self, event_ids: list[str]) -> None:
         async with self.db.unit_of_work() as uow:
-            await uow.conn.execute(
-                update(self.outbox)
-                .where(self.outbox.c.event_id.in_(event_ids))
-                .values(sent_at=datetime.now(UTC))
-            )
+            await uow.conn.execute(self._mark_sent, {"event_ids": event_ids, "sent_at": datetime.now(UTC)})
             await uow.commit()
 
     async def _purge_sent(self) -> None:
