@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,19 +39,27 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA busy_timeout=5000")
-    # WAL is a property of the file: switch it once. Switching needs the file to itself, so a
-    # second process connecting while the first holds a transaction must not try it again.
-    if _journal_mode(cur) != "wal":
-        try:
-            cur.execute("PRAGMA journal_mode=WAL")
-        except Exception:
-            # Two processes opening a new file at once both try; SQLite refuses the loser
-            # without waiting. Fine if the winner switched it.
-            if _journal_mode(cur) != "wal":
-                raise
+    _switch_to_wal(cur)
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
+
+
+def _switch_to_wal(cur: Any, timeout_s: float = 5.0) -> None:
+    """WAL is a property of the file: switch it once. Switching needs the file to itself and
+    SQLite refuses it at once (no busy wait) while another connection holds a lock, as when
+    two processes open a new file together: retry until it is WAL, whoever switched it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if _journal_mode(cur) != "wal":
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.fetchall()  # the mode it could take (an in-memory database stays "memory")
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.02)  # another connection holds the new file for a moment
 
 
 def _journal_mode(cur: Any) -> str:
