@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,11 @@ from paymesh.chassis.db import Database, UnitOfWork
 from paymesh.chassis.events import InboundEvent, UndecodableEvent, decode
 
 log = logging.getLogger(__name__)
+
+# How long one pull request waits for a first message before it is renewed.
+FETCH_WAIT_S = 0.5
+# A safety bound on reading the answer to a no-wait pull (it comes at once).
+NO_WAIT_ANSWER_S = 2.0
 
 # The handler gets the batch's new events (already-applied ones are filtered by the
 # inbox) and applies them in the given transaction; the chassis commits and acks.
@@ -101,7 +107,8 @@ class Consumer:
     def name(self) -> str:
         return self.spec.durable
 
-    async def start(self) -> None:
+    async def bind(self) -> None:
+        """Create or update the durable consumer on the server and subscribe to pull from it."""
         spec = self.spec
         config = ConsumerConfig(
             durable_name=spec.durable,
@@ -116,7 +123,10 @@ class Consumer:
         )
         await self.js.add_consumer(spec.stream, config)
         self._sub = await self.js.pull_subscribe_bind(durable=spec.durable, stream=spec.stream)
-        self._task = asyncio.create_task(self.run(), name=f"consumer-{spec.durable}")
+
+    async def start(self) -> None:
+        await self.bind()
+        self._task = asyncio.create_task(self.run(), name=f"consumer-{self.spec.durable}")
 
     async def stop(self) -> None:
         self._stopping = True
@@ -135,7 +145,7 @@ class Consumer:
         while not self._stopping:
             self._fetching = True
             try:
-                msgs = await self._sub.fetch(self.spec.batch_size, timeout=0.5)
+                msgs = await self.next_batch()
             except TimeoutError:
                 continue
             except Exception as exc:  # NATS down or reconnecting: keep trying
@@ -153,6 +163,35 @@ class Consumer:
                 # An ack or DLQ publish lost to a NATS outage: the unacked messages come
                 # back after ack_wait, and the inbox skips those already applied.
                 log.exception("consumer %s: batch left for redelivery", self.name)
+
+    async def next_batch(self) -> list[Any]:
+        """Wait for the first message, then take what else is waiting already, up to the batch size.
+
+        Not nats-py's `fetch(n)` for n > 1: a message that reaches its lingering request is held
+        there until the request expires (measured with a 0.5 s wait: 13 % of the events reaching
+        an idle consumer waited 100–450 ms). A one-message fetch returns as soon as it has it;
+        the rest is asked for with a no-wait pull, which the server answers at once.
+        """
+        first = await self._sub.fetch(1, timeout=FETCH_WAIT_S)
+        if self.spec.batch_size > 1:
+            first += await self._waiting(self.spec.batch_size - len(first))
+        return first
+
+    async def _waiting(self, limit: int) -> list[Any]:
+        """Up to `limit` messages the server holds for this consumer now, without waiting for more."""
+        sub = self._sub
+        # nats-py keeps the pull subject and the reply inbox on the subscription; it has no public no-wait pull.
+        await self.js._nc.publish(sub._nms, json.dumps({"batch": limit, "no_wait": True}).encode(), reply=sub._deliver)
+        out: list[Any] = []
+        while len(out) < limit:
+            try:
+                msg = await sub._sub.next_msg(timeout=NO_WAIT_ANSWER_S)
+            except TimeoutError:
+                break
+            if JetStreamContext.is_status_msg(msg):
+                break  # 404: nothing more waiting (or a late answer to an earlier request)
+            out.append(msg)
+        return out
 
     async def process(self, msgs: list[Any]) -> None:
         """Apply a fetched batch: decode, one transaction for all, else one by one."""

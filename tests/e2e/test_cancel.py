@@ -25,6 +25,9 @@ async def test_cancel_while_pending_voids_and_holds_nothing(mesh: Mesh, clients:
     assert (await clients.get_order(order.order_id)).status == OS.ORDER_STATUS_PENDING
     cancelling = await clients.cancel(order.order_id)
     assert cancelling.status in statuses("CANCELLING", "CANCELLED")
+    # payment_svc has seen the cancel before the reservation can reach it: otherwise the charge
+    # may start first, which is the cancel-during-charge race (refund), tested below.
+    await trail.wait_for("payment.voided")
     await mesh.restart("inventory_svc")
 
     final = await clients.wait_order(order.order_id, statuses("CANCELLED"), timeout=30)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 
+from paymesh.chassis import consumer as consumer_module
 from paymesh.chassis.consumer import RetryLater
 from paymesh.chassis.db import UnitOfWork
 from paymesh.chassis.events import InboundEvent
@@ -11,6 +15,41 @@ from tests.conftest import wait_for
 from tests.integration.chassis_harness import Rig, all_acked, consumer_for, placed, publish, stream_messages
 
 pytestmark = pytest.mark.timeout(60)
+
+
+async def test_a_pull_returns_at_its_first_message_then_takes_what_else_waits(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def handler(uow: UnitOfWork, events: list[InboundEvent]) -> None:
+        raise AssertionError("not run: the test pulls by hand")
+
+    consumer = consumer_for(rig, handler)
+    await consumer.bind()
+    try:
+        # A long wait: a message held until the pull expires would take ten seconds to come.
+        monkeypatch.setattr(consumer_module, "FETCH_WAIT_S", 10.0)
+        pulling = asyncio.create_task(consumer.next_batch())
+        await asyncio.sleep(0.3)  # the pull is waiting on the server when the event comes
+        await publish(rig.nc, placed(order_id="o-first"))
+        published = time.monotonic()
+        first = await asyncio.wait_for(pulling, 5)
+        assert time.monotonic() - published < 2.0, "returned at the first message"
+        assert [m.subject for m in first] == ["order.placed.o-first"]
+        await first[0].ack()
+
+        waiting = [placed(order_id=f"o-{i}") for i in range(5)]
+        for event in waiting:
+            await publish(rig.nc, event)
+        batch = await asyncio.wait_for(consumer.next_batch(), 5)
+        assert [m.subject for m in batch] == [e.subject for e in waiting], "everything waiting, in one batch"
+        for m in batch:
+            await m.ack()
+
+        monkeypatch.setattr(consumer_module, "FETCH_WAIT_S", 0.3)
+        with pytest.raises(TimeoutError):
+            await consumer.next_batch()  # nothing waiting: the pull ends at its wait
+    finally:
+        await consumer.stop()
 
 async def test_a_fetched_batch_is_applied_in_one_transaction(rig: Rig) -> None:
     calls: list[int] = []

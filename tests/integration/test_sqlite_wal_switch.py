@@ -29,7 +29,7 @@ async def test_opening_a_new_file_another_connection_is_writing_waits_and_switch
     holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     holder.execute("CREATE TABLE other (x INTEGER)")  # the file exists, in rollback-journal mode
     holder.execute("BEGIN IMMEDIATE")  # another process's writer, mid-transaction
-    release = threading.Timer(0.3, holder.rollback)
+    release = threading.Timer(1.0, holder.rollback)
     release.start()
     db = Database(f"{driver}:///{path}", MetaData())
     started = time.monotonic()
@@ -41,7 +41,7 @@ async def test_opening_a_new_file_another_connection_is_writing_waits_and_switch
         release.join()
         await db.dispose()
         holder.close()
-    assert time.monotonic() - started >= 0.25, "it waited for the other writer"
+    assert time.monotonic() - started >= 0.5, "it waited for the other writer"
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("SELECT count(*) FROM opened").fetchone()[0] == 0
