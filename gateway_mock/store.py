@@ -17,12 +17,11 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway_mock.domain import Charge, ChargeQuery, ChargeStatus, Refund
 from gateway_mock.faults import FaultConfig
-from paymesh.chassis.db import as_utc
+from paymesh.chassis.db import as_utc, conflict_insert
 
 KEY_LEN = 64
 ID_LEN = 64
@@ -210,8 +209,7 @@ class Store:
 
     async def count_attempt(self, conn: AsyncConnection, key: str) -> int:
         """Add one attempt for `key` and return how many there have been, counting this one."""
-        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-        stmt = dialect.insert(self.key_attempts).values(idempotency_key=key, attempts=1)
+        stmt = conflict_insert(self.key_attempts, conn.dialect.name).values(idempotency_key=key, attempts=1)
         stmt = stmt.on_conflict_do_update(
             index_elements=[self.key_attempts.c.idempotency_key],
             set_={"attempts": self.key_attempts.c.attempts + 1},

@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import MetaData, event
-from sqlalchemy.dialects import registry
+from sqlalchemy import MetaData, Table, event
+from sqlalchemy.dialects import postgresql, registry, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -26,6 +26,13 @@ def as_utc(value: datetime) -> datetime:
     """A stored time as an aware UTC datetime: SQLite hands them back without their zone,
     and every time paymesh writes is UTC."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def conflict_insert(table: Table, dialect_name: str) -> Any:
+    """`INSERT` into `table` with `on_conflict_do_nothing` / `on_conflict_do_update`, in the
+    dialect of the database (`sqlite` or `postgresql`: both spell ON CONFLICT alike)."""
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    return dialect.insert(table)
 
 
 class DatabaseConfigError(ValueError):

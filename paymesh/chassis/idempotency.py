@@ -8,11 +8,9 @@ from typing import TypeVar
 
 from google.protobuf.message import Message
 from sqlalchemy import Column, DateTime, LargeBinary, MetaData, String, Table, bindparam, func, select, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from paymesh.chassis.db import Database, UnitOfWork
+from paymesh.chassis.db import Database, UnitOfWork, conflict_insert
 from paymesh.chassis.errors import Aborted, AlreadyExists
 
 R = TypeVar("R", bound=Message)
@@ -49,8 +47,9 @@ class RequestLog:
         self.db = db
         self.table = table
         # Built once: SQLAlchemy then skips building and keying them on every call.
-        dialect_insert = sqlite_insert if db.is_sqlite else postgresql_insert
-        self._insert_new = dialect_insert(table).on_conflict_do_nothing(index_elements=["request_id"])
+        self._insert_new = conflict_insert(table, db.engine.dialect.name).on_conflict_do_nothing(
+            index_elements=["request_id"]
+        )
         self._find_row = select(table.c.method, table.c.fingerprint, table.c.response).where(
             table.c.request_id == bindparam("request_id")
         )

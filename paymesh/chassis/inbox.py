@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
+from typing import Any
 
 from sqlalchemy import Column, DateTime, MetaData, String, Table, func, select
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+from paymesh.chassis.db import conflict_insert
 
 
 def inbox_table(metadata: MetaData) -> Table:
@@ -43,13 +45,18 @@ async def claim(conn: AsyncConnection, inbox: Table, consumer: str, event_ids: I
     ids = list(dict.fromkeys(event_ids))
     if not ids:
         return set()
-    dialect_insert = sqlite_insert if conn.dialect.name == "sqlite" else postgresql_insert
-    # One statement whatever the batch size, so SQLAlchemy compiles it once; with a list of
-    # parameters it is sent as multi-row inserts ("insertmanyvalues"), RETURNING included.
-    statement = (
-        dialect_insert(inbox)
+    rows = await conn.execute(
+        _claim_statement(inbox, conn.dialect.name), [{"consumer": consumer, "event_id": i} for i in ids]
+    )
+    return {row[0] for row in rows}
+
+
+@functools.cache
+def _claim_statement(inbox: Table, dialect_name: str) -> Any:
+    """Built once per table: one statement whatever the batch size, so SQLAlchemy compiles and keys
+    it once; given a list of parameters it is sent as multi-row inserts, RETURNING included."""
+    return (
+        conflict_insert(inbox, dialect_name)
         .on_conflict_do_nothing(index_elements=["consumer", "event_id"])
         .returning(inbox.c.event_id)
     )
-    rows = await conn.execute(statement, [{"consumer": consumer, "event_id": i} for i in ids])
-    return {row[0] for row in rows}
