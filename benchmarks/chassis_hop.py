@@ -11,74 +11,50 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
-from sqlalchemy import MetaData
+from chassis_rig import chassis_rig  # beside this script
 
-from paymesh.chassis import jetstream
-from paymesh.chassis.consumer import Consumer, ConsumerSpec
-from paymesh.chassis.db import Database, UnitOfWork
+from paymesh.chassis.db import UnitOfWork
 from paymesh.chassis.events import InboundEvent, OutboundEvent, new_event_id
-from paymesh.chassis.inbox import inbox_table
-from paymesh.chassis.outbox import OutboxRelay, add, outbox_table
-from paymesh.natsserver import NatsServer
+from paymesh.chassis.outbox import OutboxRelay, add
 from paymesh.order.v1 import events_pb2
 
 
 async def main(count: int, driver: str, fsync: bool) -> None:
-    with tempfile.TemporaryDirectory(prefix="paymesh-hop-") as tmp:
-        server = NatsServer(Path(tmp) / "nats", sync_always=fsync).start()
-        try:
-            nc = await jetstream.connect([server.url], "hop")
-            js = nc.jetstream()
-            await jetstream.ensure_stream(js, "ORDER", ["order.>"])
-            await jetstream.ensure_stream(js, jetstream.DLQ_STREAM, jetstream.DLQ_SUBJECTS)
-            metadata = MetaData()
-            outbox, inbox = outbox_table(metadata), inbox_table(metadata)
-            db = Database(f"sqlite+{driver}:///{Path(tmp) / 'hop.db'}", metadata)
-            await db.create_schema()
-            relay = OutboxRelay(db, outbox, nc)
-            relay.start()
+    async with chassis_rig("hop", driver=driver, fsync=fsync) as rig:
+        relay = OutboxRelay(rig.db, rig.outbox, rig.nc)
+        relay.start()
 
-            async def confirm(uow: UnitOfWork, events: list[InboundEvent]) -> None:
-                caused = [
-                    OutboundEvent.of(
-                        f"order.confirmed.{e.order_id}",
-                        events_pb2.OrderConfirmed(event_id=new_event_id(), order_id=e.order_id),
-                    )
-                    for e in events
-                ]
-                await add(uow.conn, outbox, caused)
-                uow.after_commit(relay.wake)
-
-            types = {events_pb2.OrderPlaced.DESCRIPTOR.full_name: events_pb2.OrderPlaced}
-            consumer = Consumer(ConsumerSpec("hop", "ORDER", ["order.placed.*"], confirm, types), js, db, inbox, "hop")
-            await consumer.start()
-            seen: dict[str, asyncio.Event] = {}
-
-            async def on_confirmed(msg: object) -> None:
-                seen[msg.subject.rsplit(".", 1)[1]].set()  # type: ignore[attr-defined]
-
-            await nc.subscribe("order.confirmed.*", cb=on_confirmed)
-            gaps = []
-            for i in range(count):
-                order_id = f"o{i}"
-                seen[order_id] = asyncio.Event()
-                event = OutboundEvent.of(
-                    f"order.placed.{order_id}", events_pb2.OrderPlaced(event_id=new_event_id(), order_id=order_id)
+        async def confirm(uow: UnitOfWork, events: list[InboundEvent]) -> None:
+            caused = [
+                OutboundEvent.of(
+                    f"order.confirmed.{e.order_id}",
+                    events_pb2.OrderConfirmed(event_id=new_event_id(), order_id=e.order_id),
                 )
-                start = time.perf_counter()
-                await js.publish(event.subject, event.payload, headers=event.nats_headers())
-                await asyncio.wait_for(seen[order_id].wait(), 10)
-                gaps.append((time.perf_counter() - start) * 1000)
-            await consumer.stop()
-            await relay.stop()
-            await db.dispose()
-            await nc.close()
-        finally:
-            server.stop()
+                for e in events
+            ]
+            await add(uow.conn, rig.outbox, caused)
+            uow.after_commit(relay.wake)
+
+        consumer = rig.consumer("hop", confirm)
+        await consumer.start()
+        seen: dict[str, asyncio.Event] = {}
+
+        async def on_confirmed(msg: object) -> None:
+            seen[msg.subject.rsplit(".", 1)[1]].set()  # type: ignore[attr-defined]
+
+        await rig.nc.subscribe("order.confirmed.*", cb=on_confirmed)
+        gaps = []
+        for i in range(count):
+            order_id = f"o{i}"
+            seen[order_id] = asyncio.Event()
+            start = time.perf_counter()
+            await rig.publish_placed(order_id)
+            await asyncio.wait_for(seen[order_id].wait(), 10)
+            gaps.append((time.perf_counter() - start) * 1000)
+        await consumer.stop()
+        await relay.stop()
     gaps = sorted(gaps[5:])  # the first few warm the connections up
     print(f"{len(gaps)} hops: median {statistics.median(gaps):.1f} ms, p90 {gaps[int(0.9 * len(gaps))]:.1f} ms")
 

@@ -14,68 +14,44 @@ import argparse
 import asyncio
 import random
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import uvloop
-from sqlalchemy import MetaData
+from chassis_rig import chassis_rig  # beside this script
 
-from paymesh.chassis import jetstream
-from paymesh.chassis.consumer import FETCH_WAIT_S, Consumer, ConsumerSpec
-from paymesh.chassis.db import Database, UnitOfWork
-from paymesh.chassis.events import InboundEvent, OutboundEvent, new_event_id
-from paymesh.chassis.inbox import inbox_table
-from paymesh.natsserver import NatsServer
-from paymesh.order.v1 import events_pb2
+from paymesh.chassis.consumer import FETCH_WAIT_S
+from paymesh.chassis.db import UnitOfWork
+from paymesh.chassis.events import InboundEvent
 
 
 async def main(count: int, nats_fetch: bool) -> None:
-    with tempfile.TemporaryDirectory(prefix="paymesh-pickup-") as tmp:
-        server = NatsServer(Path(tmp) / "nats").start()
-        try:
-            nc = await jetstream.connect([server.url], "pickup")
-            js = nc.jetstream()
-            await jetstream.ensure_stream(js, "ORDER", ["order.>"])
-            await jetstream.ensure_stream(js, jetstream.DLQ_STREAM, jetstream.DLQ_SUBJECTS)
-            metadata = MetaData()
-            inbox = inbox_table(metadata)
-            db = Database(f"sqlite+inloop:///{Path(tmp) / 'pickup.db'}", metadata)
-            await db.create_schema()
-            applied: dict[str, float] = {}
-            arrived = asyncio.Event()
+    async with chassis_rig("pickup") as rig:
+        applied: dict[str, float] = {}
+        arrived = asyncio.Event()
 
-            async def handler(uow: UnitOfWork, events: list[InboundEvent]) -> None:
-                for event in events:
-                    applied[event.order_id] = time.perf_counter()
-                arrived.set()
+        async def handler(uow: UnitOfWork, events: list[InboundEvent]) -> None:
+            for event in events:
+                applied[event.order_id] = time.perf_counter()
+            arrived.set()
 
-            types = {events_pb2.OrderPlaced.DESCRIPTOR.full_name: events_pb2.OrderPlaced}
-            consumer = Consumer(ConsumerSpec("pickup", "ORDER", ["order.placed.*"], handler, types), js, db, inbox, "b")
-            if nats_fetch:
+        consumer = rig.consumer("pickup", handler)
+        if nats_fetch:
 
-                async def fetch_n() -> list[object]:
-                    return await consumer._sub.fetch(consumer.spec.batch_size, timeout=FETCH_WAIT_S)
+            async def fetch_n() -> list[object]:
+                return await consumer._sub.fetch(consumer.spec.batch_size, timeout=FETCH_WAIT_S)
 
-                consumer.next_batch = fetch_n  # type: ignore[method-assign]
-            await consumer.start()
-            delays = []
-            for i in range(count):
-                await asyncio.sleep(random.uniform(0.0, 0.7))  # arrivals at random moments of the pull
-                order_id = f"o{i}"
-                event = OutboundEvent.of(
-                    f"order.placed.{order_id}", events_pb2.OrderPlaced(event_id=new_event_id(), order_id=order_id)
-                )
-                arrived.clear()
-                start = time.perf_counter()
-                await js.publish(event.subject, event.payload, headers=event.nats_headers())
-                await asyncio.wait_for(arrived.wait(), 10)
-                delays.append((applied[order_id] - start) * 1000)
-            await consumer.stop()
-            await db.dispose()
-            await nc.close()
-        finally:
-            server.stop()
+            consumer.next_batch = fetch_n  # type: ignore[method-assign]
+        await consumer.start()
+        delays = []
+        for i in range(count):
+            await asyncio.sleep(random.uniform(0.0, 0.7))  # arrivals at random moments of the pull
+            order_id = f"o{i}"
+            arrived.clear()
+            start = time.perf_counter()
+            await rig.publish_placed(order_id)
+            await asyncio.wait_for(arrived.wait(), 10)
+            delays.append((applied[order_id] - start) * 1000)
+        await consumer.stop()
     delays.sort()
     slow = sum(1 for d in delays if d > 100)
     print(
