@@ -1,6 +1,6 @@
 # One image for the four services; the container's command names which one runs:
 #   docker run paymesh order_svc        (python -m order_svc)
-#   docker run paymesh paymesh.healthcheck 127.0.0.1:50051
+#   docker run paymesh paymesh.ops.healthcheck 127.0.0.1:50051
 # docker-compose.yml builds it once and runs two replicas of each service from it.
 FROM python:3.11-slim
 
@@ -27,7 +27,7 @@ WORKDIR /home/paymesh
 # Nothing is written here when the stores are on PostgreSQL, as in docker-compose.yml.
 ENV PAYMESH_DATA_DIR=/home/paymesh/data
 
-# Health: `python -m paymesh.healthcheck ADDR` (exit 0 when SERVING); each service's port is
+# Health: `python -m paymesh.ops.healthcheck ADDR` (exit 0 when SERVING); each service's port is
 # its own, so docker-compose.yml sets the check per service.
 EXPOSE 50051 50052 50053 50054
 ENTRYPOINT ["python", "-m"]

@@ -19,7 +19,7 @@ from paymesh.chassis.db import Database
 from paymesh.chassis.events import OutboundEvent, new_event_id
 from paymesh.chassis.inbox import inbox_table
 from paymesh.chassis.outbox import outbox_table
-from paymesh.natsserver import NatsServer
+from paymesh.ops.natsserver import NatsServer
 from paymesh.order.v1 import events_pb2
 
 

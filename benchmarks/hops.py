@@ -17,9 +17,9 @@ from pathlib import Path
 
 import nats
 
-from paymesh.bench import Driver
-from paymesh.launcher import Mesh
-from paymesh.natsserver import free_port
+from paymesh.ops.launcher import Mesh
+from paymesh.ops.natsserver import free_port
+from paymesh.tools.bench import Driver
 
 CHAIN = ["order.placed", "inventory.reserved", "payment.succeeded", "order.confirmed"]
 

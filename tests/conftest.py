@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from paymesh.natsserver import NatsServer
+from paymesh.ops.natsserver import NatsServer
 
 # CI and `make test` always have a PostgreSQL here (see .ci/run); tests fail, never skip, without it.
 PG_ADMIN_URL = os.environ.get("PAYMESH_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")

@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 
 from paymesh.chassis.config import SERVICES
-from paymesh.launcher import START_TIMEOUT_S, Mesh
+from paymesh.ops.launcher import START_TIMEOUT_S, Mesh
 from tests.conftest import PG_ADMIN_URL, _async_url
 from tests.e2e.events import Bus
 from tests.e2e.harness import Clients, mesh_env

@@ -19,8 +19,8 @@ from grpc_status import rpc_status
 from paymesh.chassis.config import SERVICES
 from paymesh.gateway.v1 import gateway_pb2, gateway_service_pb2, gateway_service_pb2_grpc
 from paymesh.inventory.v1 import inventory_pb2, inventory_service_pb2, inventory_service_pb2_grpc
-from paymesh.launcher import REPLICA_PORT_STEP, Mesh
-from paymesh.natsserver import free_port, port_is_free, reserve_port
+from paymesh.ops.launcher import REPLICA_PORT_STEP, Mesh
+from paymesh.ops.natsserver import free_port, port_is_free, reserve_port
 from paymesh.order.v1 import order_pb2, order_service_pb2, order_service_pb2_grpc
 from paymesh.payment.v1 import payment_pb2, payment_service_pb2, payment_service_pb2_grpc
 

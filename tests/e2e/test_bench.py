@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from paymesh.natsserver import free_port
+from paymesh.ops.natsserver import free_port
 
 
 @pytest.mark.timeout(120)
@@ -20,7 +20,7 @@ def test_bench_reports_the_promised_figures(tmp_path: Path) -> None:
     for prefix in ("ORDER_SVC", "INVENTORY_SVC", "PAYMENT_SVC", "GATEWAY_MOCK"):
         env[f"{prefix}_GRPC_ADDR"] = f"127.0.0.1:{free_port()}"
     result = subprocess.run(
-        [sys.executable, "-m", "paymesh.cli", "bench", "--concurrency", "4", "--duration", "3", "--warmup", "1",
+        [sys.executable, "-m", "paymesh.ops.cli", "bench", "--concurrency", "4", "--duration", "3", "--warmup", "1",
          "--json", "--data-dir", str(tmp_path / "data")],
         env=env, capture_output=True, text=True, timeout=110,
     )

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 import pytest
 
-from paymesh.launcher import Mesh
+from paymesh.ops.launcher import Mesh
 from paymesh.payment.v1 import payment_service_pb2
 from tests.e2e.events import Bus
 from tests.e2e.harness import CS, OS, PS, Clients, new_id, refused, statuses

@@ -24,7 +24,7 @@ def test_chaos_run_keeps_every_invariant(tmp_path: Path) -> None:
     """
     args = ["--orders", "200", "--kills", "2", "--nats-restarts", "1", "--seed", "7", "--data-dir", str(tmp_path)]
     run = subprocess.run(
-        [sys.executable, "-m", "paymesh.cli", "chaos", *args], capture_output=True, text=True, timeout=140,
+        [sys.executable, "-m", "paymesh.ops.cli", "chaos", *args], capture_output=True, text=True, timeout=140,
         check=False,
     )
     report = run.stdout

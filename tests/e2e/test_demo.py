@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from paymesh.launcher import Mesh
+from paymesh.ops.launcher import Mesh
 from tests.e2e.harness import mesh_env
 
 EXPECTED = {
@@ -27,7 +27,7 @@ def test_demo_runs_every_scenario_to_its_expected_end(tmp_path: Path) -> None:
     env = mesh_env(tmp_path / "data")
 
     done = subprocess.run(
-        [sys.executable, "-m", "paymesh.cli", "demo"],
+        [sys.executable, "-m", "paymesh.ops.cli", "demo"],
         env=env,
         cwd=tmp_path,
         capture_output=True,
@@ -54,7 +54,7 @@ def test_demo_uses_a_running_mesh_named_by_the_environment(shared_mesh: Mesh, tm
     env = {k: v for k, v in shared_mesh.env.items() if k != "PAYMESH_NATS_PORT"}
 
     done = subprocess.run(
-        [sys.executable, "-m", "paymesh.cli", "demo", "--data-dir", str(tmp_path / "unused")],
+        [sys.executable, "-m", "paymesh.ops.cli", "demo", "--data-dir", str(tmp_path / "unused")],
         env=env,
         cwd=tmp_path,
         capture_output=True,

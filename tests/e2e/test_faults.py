@@ -9,9 +9,9 @@ from collections.abc import Awaitable, Callable
 import grpc
 import pytest
 
-from paymesh.chaos import collect
-from paymesh.invariants import format_report, run_checks
-from paymesh.launcher import Mesh
+from paymesh.ops.launcher import Mesh
+from paymesh.tools.chaos import collect
+from paymesh.tools.invariants import format_report, run_checks
 from tests.e2e.events import Bus
 from tests.e2e.harness import CS, PS, TERMINAL, Clients, by_status, new_id, statuses
 

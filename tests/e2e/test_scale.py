@@ -30,9 +30,9 @@ import nats.js.errors
 import pytest
 
 from paymesh.chassis.jetstream import consumer_backlog
-from paymesh.databases import admin_dsn
 from paymesh.gateway.v1 import gateway_pb2, gateway_service_pb2
-from paymesh.launcher import Mesh
+from paymesh.ops.databases import admin_dsn
+from paymesh.ops.launcher import Mesh
 from paymesh.order.v1 import order_pb2, order_service_pb2
 from tests.e2e.events import Bus
 from tests.e2e.harness import CS, TERMINAL, Clients, by_status, eventually, status_name, statuses

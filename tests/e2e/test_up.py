@@ -23,11 +23,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from paymesh.chassis.config import SERVICES
-from paymesh.databases import drop_databases
+from paymesh.ops.databases import drop_databases
 from tests.conftest import PG_ADMIN_URL
 from tests.e2e.harness import mesh_env
 
-UP = [sys.executable, "-m", "paymesh.cli", "up"]
+UP = [sys.executable, "-m", "paymesh.ops.cli", "up"]
 UP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 40.0
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from paymesh.chassis import jetstream
-from paymesh.natsserver import NatsServer
+from paymesh.ops.natsserver import NatsServer
 from tests.integration.chassis_harness import Rig, Store, ensure_order_stream
 
 

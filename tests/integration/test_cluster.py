@@ -14,7 +14,7 @@ from paymesh.chassis import jetstream
 from paymesh.chassis.db import UnitOfWork
 from paymesh.chassis.events import InboundEvent
 from paymesh.chassis.outbox import OutboxRelay, add
-from paymesh.natsserver import NatsCluster
+from paymesh.ops.natsserver import NatsCluster
 from tests.conftest import wait_for
 from tests.integration.chassis_harness import FAST, TYPES, Store, ids_of, placed, stream_messages
 

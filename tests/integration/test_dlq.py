@@ -6,7 +6,7 @@ import pytest
 
 from paymesh.chassis.db import UnitOfWork
 from paymesh.chassis.events import InboundEvent
-from paymesh.dlq import format_table, list_dead_letters, replay
+from paymesh.ops.dlq import format_table, list_dead_letters, replay
 from tests.conftest import wait_for
 from tests.integration.chassis_harness import Rig, all_acked, consumer_for, placed, publish
 

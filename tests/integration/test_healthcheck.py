@@ -14,7 +14,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from paymesh import healthcheck
-from paymesh.natsserver import free_port
+from paymesh.ops.natsserver import free_port
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -46,9 +46,9 @@ def health_server() -> Iterator[Health]:
 
 
 def probe(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run the probe as the compose health check does: `python -m paymesh.healthcheck ...`."""
+    """Run the probe as the compose health check does: `python -m paymesh.ops.healthcheck ...`."""
     return subprocess.run(
-        [sys.executable, "-m", "paymesh.healthcheck", *args],
+        [sys.executable, "-m", "paymesh.ops.healthcheck", *args],
         capture_output=True, text=True, timeout=20, check=False,
     )
 
@@ -107,4 +107,4 @@ def test_a_server_that_never_answers_times_out_after_2s() -> None:
 @pytest.mark.parametrize("args", [[], ["a", "b", "c"], ["no-port-here"], ["host:notaport"], ["--help"]])
 def test_bad_arguments_exit_1_with_usage(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert healthcheck.main(args) == 1
-    assert "usage: python -m paymesh.healthcheck" in capsys.readouterr().err
+    assert "usage: python -m paymesh.ops.healthcheck" in capsys.readouterr().err

@@ -9,7 +9,7 @@ import pytest
 from paymesh.chassis import jetstream, outbox
 from paymesh.chassis.events import MSG_ID, TRACEPARENT, TYPE
 from paymesh.chassis.outbox import SEQUENTIAL_MAX, OutboxRelay, add
-from paymesh.natsserver import NatsServer
+from paymesh.ops.natsserver import NatsServer
 from tests.conftest import wait_for
 from tests.integration.chassis_harness import Store, ensure_order_stream, ids_of, placed, stream_messages
 

@@ -14,7 +14,7 @@ from grpc_status import rpc_status
 from paymesh.chassis.config import Settings
 from paymesh.chassis.errors import NotFound, invalid_argument
 from paymesh.chassis.service import GrpcService, Runtime, ServiceHost, StartupError, Wiring
-from paymesh.natsserver import NatsServer, free_port
+from paymesh.ops.natsserver import NatsServer, free_port
 from paymesh.order.v1 import order_service_pb2, order_service_pb2_grpc
 from tests.conftest import wait_for
 from tests.integration.chassis_harness import placed, stream_messages

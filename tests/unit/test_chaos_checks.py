@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from paymesh.invariants import (
+from paymesh.tools.invariants import (
     ChargeFact,
     DeadLetterFact,
     Observed,

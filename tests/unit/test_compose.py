@@ -25,14 +25,14 @@ import yaml
 from sqlalchemy.engine import make_url
 
 from paymesh.chassis import config
-from paymesh.natsserver import nats_server_binary
+from paymesh.ops.natsserver import nats_server_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 CONFIG_PY = ROOT / "paymesh" / "chassis" / "config.py"
-HEALTH_MODULE = "paymesh.healthcheck"
+HEALTH_MODULE = "paymesh.ops.healthcheck"
 REPLICAS = 2
 WILDCARD_HOSTS = {"0.0.0.0", "[::]", "::"}
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]", "::1"}

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from paymesh.databases import DatabaseSetupError, admin_dsn, database_name, service_url, shown
-from paymesh.launcher import LaunchError, Mesh, check_service_ports, grpc_target, replica_addr, replica_name
+from paymesh.ops.databases import DatabaseSetupError, admin_dsn, database_name, service_url, shown
+from paymesh.ops.launcher import LaunchError, Mesh, check_service_ports, grpc_target, replica_addr, replica_name
 
 
 def test_replica_r_listens_on_the_first_port_plus_100_per_replica() -> None:

@@ -14,7 +14,7 @@ from gateway_mock.store import metadata
 from paymesh.chassis.config import Settings
 from paymesh.chassis.service import Runtime, ServiceHost
 from paymesh.gateway.v1 import gateway_service_pb2_grpc
-from paymesh.natsserver import NatsServer, free_port
+from paymesh.ops.natsserver import NatsServer, free_port
 
 
 @pytest.fixture

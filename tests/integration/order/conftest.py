@@ -22,7 +22,7 @@ from paymesh.chassis.config import Settings
 from paymesh.chassis.events import OutboundEvent, new_event_id
 from paymesh.chassis.service import Runtime, ServiceHost
 from paymesh.inventory.v1 import events_pb2 as inventory_events
-from paymesh.natsserver import NatsServer, free_port
+from paymesh.ops.natsserver import NatsServer, free_port
 from paymesh.order.v1 import events_pb2 as order_events
 from paymesh.order.v1 import order_pb2, order_service_pb2, order_service_pb2_grpc
 from paymesh.payment.v1 import events_pb2 as payment_events

@@ -26,7 +26,7 @@ from paymesh.chassis.config import Settings
 from paymesh.chassis.events import OutboundEvent, new_event_id
 from paymesh.chassis.service import Runtime
 from paymesh.inventory.v1 import events_pb2 as inventory_events
-from paymesh.natsserver import NatsServer, free_port
+from paymesh.ops.natsserver import NatsServer, free_port
 from paymesh.order.v1 import events_pb2 as order_events
 from paymesh.payment.v1 import events_pb2 as payment_events
 from paymesh.payment.v1 import payment_pb2, payment_service_pb2, payment_service_pb2_grpc

@@ -11,7 +11,7 @@ import grpc
 
 from paymesh.chassis.errors import FailedPrecondition, InvalidArgument, NotFound, to_status
 from paymesh.gateway.v1 import gateway_pb2, gateway_service_pb2, gateway_service_pb2_grpc
-from paymesh.natsserver import free_port
+from paymesh.ops.natsserver import free_port
 
 TOKENS = {
     "tok_visa",

@@ -8,7 +8,7 @@ import pybreaker
 import pytest
 
 from payment_svc.domain import GATEWAY_UNAVAILABLE
-from paymesh.natsserver import NatsServer, free_port
+from paymesh.ops.natsserver import NatsServer, free_port
 from tests.conftest import wait_for
 from tests.integration.payment.conftest import PS, Rig, new_order_id, running, settings_for
 from tests.integration.payment.scripted_gateway import GatewayServer

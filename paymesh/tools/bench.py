@@ -118,7 +118,7 @@ class Driver:
 
     def __init__(self, env: dict[str, str]) -> None:
         from paymesh.chassis.config import grpc_addr
-        from paymesh.launcher import dial_addr
+        from paymesh.ops.launcher import dial_addr
 
         self.channels = {s: grpc.aio.insecure_channel(dial_addr(grpc_addr(s, env))) for s in SERVICES}
         self.orders = order_service_pb2_grpc.OrderServiceStub(self.channels["order_svc"])
@@ -335,7 +335,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 async def bench(opts: Options, data_dir: Path | None) -> dict[str, Any]:
     """Start a mesh on the embedded defaults in a fresh data dir (unless one is given), run, stop it."""
-    from paymesh.launcher import Mesh
+    from paymesh.ops.launcher import Mesh
 
     quiet = opts.json_out
 
@@ -346,7 +346,7 @@ async def bench(opts: Options, data_dir: Path | None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="paymesh-bench-") as tmp:
         env = dict(os.environ)
         if not env.get("PAYMESH_NATS_PORT"):
-            from paymesh.natsserver import free_port
+            from paymesh.ops.natsserver import free_port
 
             env["PAYMESH_NATS_PORT"] = str(free_port())
         mesh = Mesh(env, (data_dir or Path(tmp)).resolve(), out=out, err=out)

@@ -17,7 +17,7 @@ import grpc
 from paymesh.chassis.config import SERVICES, grpc_addr
 from paymesh.gateway.v1 import gateway_pb2, gateway_service_pb2, gateway_service_pb2_grpc
 from paymesh.inventory.v1 import inventory_service_pb2, inventory_service_pb2_grpc
-from paymesh.launcher import LaunchError, Mesh, dial_addr, wait_serving
+from paymesh.ops.launcher import LaunchError, Mesh, dial_addr, wait_serving
 from paymesh.order.v1 import order_pb2, order_service_pb2, order_service_pb2_grpc
 
 OS = order_pb2.OrderStatus

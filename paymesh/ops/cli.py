@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 
 def run_up(args: argparse.Namespace) -> int:
-    from paymesh.launcher import up  # imported here so `paymesh --help` does not load gRPC
+    from paymesh.ops.launcher import up  # imported here so `paymesh --help` does not load gRPC
 
     return up(
         data_dir=args.data_dir,
@@ -80,7 +80,7 @@ def add_up(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from paymesh.demo import run  # imported here so `paymesh --help` does not load gRPC
+    from paymesh.tools.demo import run  # imported here so `paymesh --help` does not load gRPC
 
     return run(data_dir=args.data_dir)
 
@@ -108,7 +108,7 @@ def add_demo(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 def run_dlq(args: argparse.Namespace) -> int:
     import os
 
-    from paymesh.dlq import main as dlq_main
+    from paymesh.ops.dlq import main as dlq_main
 
     nats_url = args.nats_url or os.environ.get("PAYMESH_NATS_URL") or "nats://127.0.0.1:4222"
     return dlq_main(nats_url, args.action, args.subject, args.seq)
@@ -133,8 +133,8 @@ def add_dlq(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from paymesh.bench import Options
-    from paymesh.bench import main as bench_main
+    from paymesh.tools.bench import Options
+    from paymesh.tools.bench import main as bench_main
 
     opts = Options(
         rate=args.rate,
@@ -170,13 +170,13 @@ def add_bench(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def run_chaos(args: argparse.Namespace) -> int:
-    from paymesh.chaos import main as chaos_main
+    from paymesh.tools.chaos import main as chaos_main
 
     return chaos_main(args)
 
 
 def add_chaos(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from paymesh.chaos import add_arguments
+    from paymesh.tools.chaos import add_arguments
 
     parser = subcommands.add_parser(
         "chaos",

@@ -1,4 +1,4 @@
-"""`python -m paymesh.healthcheck ADDR [SERVICE]`: exit 0 when ADDR's gRPC health says SERVING, else 1.
+"""`python -m paymesh.ops.healthcheck ADDR [SERVICE]`: exit 0 when ADDR's gRPC health says SERVING, else 1.
 
 The container health probe (docker-compose.yml), so the image needs no grpcurl. It asks
 `grpc.health.v1.Health/Check` for SERVICE (default "": the whole server), gives up after
@@ -19,7 +19,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 TIMEOUT_S = 2.0
-USAGE = "usage: python -m paymesh.healthcheck ADDR [SERVICE]   (e.g. 127.0.0.1:50051 paymesh.order.v1.OrderService)"
+USAGE = "usage: python -m paymesh.ops.healthcheck ADDR [SERVICE]   (e.g. 127.0.0.1:50051 paymesh.order.v1.OrderService)"
 
 _WILDCARD_HOSTS = {"", "0.0.0.0", "[::]", "::"}
 

@@ -22,8 +22,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from paymesh.chassis.config import SERVICES, db_url, grpc_addr
-from paymesh.databases import DEFAULT_PREFIX, DatabaseSetupError, ensure_databases, shown
-from paymesh.natsserver import NatsCluster, NatsServer, NatsServerError, free_port, port_is_free
+from paymesh.ops.databases import DEFAULT_PREFIX, DatabaseSetupError, ensure_databases, shown
+from paymesh.ops.natsserver import NatsCluster, NatsServer, NatsServerError, free_port, port_is_free
 
 # gateway_mock first: payment_svc calls it, and nothing calls the others at start.
 START_ORDER = ("gateway_mock", "inventory_svc", "payment_svc", "order_svc")

@@ -2,7 +2,7 @@
 
 Two parts: `collect` reads the facts of a set of orders from the four services (the e2e invariant test
 in tests/e2e/test_faults.py uses it too), and the driver that starts the mesh, places orders at a
-bounded rate, injects seeded faults, waits for the orders to end and checks them (`paymesh.invariants`).
+bounded rate, injects seeded faults, waits for the orders to end and checks them (`paymesh.tools.invariants`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,10 @@ import nats
 from paymesh.chassis.config import SERVICES
 from paymesh.chassis.jetstream import consumer_backlog
 from paymesh.gateway.v1 import gateway_pb2, gateway_service_pb2, gateway_service_pb2_grpc
-from paymesh.invariants import (
+from paymesh.inventory.v1 import inventory_pb2, inventory_service_pb2, inventory_service_pb2_grpc
+from paymesh.order.v1 import order_pb2, order_service_pb2, order_service_pb2_grpc
+from paymesh.payment.v1 import payment_pb2, payment_service_pb2, payment_service_pb2_grpc
+from paymesh.tools.invariants import (
     IN_FLIGHT_PAYMENTS,
     TERMINAL,
     ChargeFact,
@@ -43,9 +46,6 @@ from paymesh.invariants import (
     format_report,
     run_checks,
 )
-from paymesh.inventory.v1 import inventory_pb2, inventory_service_pb2, inventory_service_pb2_grpc
-from paymesh.order.v1 import order_pb2, order_service_pb2, order_service_pb2_grpc
-from paymesh.payment.v1 import payment_pb2, payment_service_pb2, payment_service_pb2_grpc
 
 T = TypeVar("T")
 
@@ -480,7 +480,7 @@ class Channels:
 
 def mesh_env(data_dir: Path) -> dict[str, str]:
     """This environment without PAYMESH_ or service settings, then loopback ports of our own."""
-    from paymesh.natsserver import free_port
+    from paymesh.ops.natsserver import free_port
 
     prefixes = tuple(f"{prefix}_" for prefix, _, _ in SERVICES.values()) + ("PAYMESH_",)
     env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
@@ -496,7 +496,7 @@ def mesh_env(data_dir: Path) -> dict[str, str]:
 
 
 async def dead_letters(nats_url: str) -> list[DeadLetterFact]:
-    from paymesh.dlq import list_dead_letters
+    from paymesh.ops.dlq import list_dead_letters
 
     nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=1)
     try:
@@ -515,7 +515,7 @@ async def stray_charges(stubs: Stubs, mine: set[str]) -> list[ChargeFact]:
 
 
 async def chaos(opts: Options, say: Callable[[str], None]) -> tuple[list[CheckResult], Tally, Observed]:
-    from paymesh.launcher import Mesh
+    from paymesh.ops.launcher import Mesh
 
     window_s = opts.orders / opts.rate
     plan = make_plan(opts.seed, opts.orders, opts.kills, opts.nats_restarts, window_s)
@@ -606,7 +606,7 @@ def main(args: argparse.Namespace) -> int:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
         return await chaos(opts, say)
 
-    from paymesh.launcher import LaunchError
+    from paymesh.ops.launcher import LaunchError
 
     try:
         results, tally, _ = asyncio.run(run())

@@ -1,0 +1,1 @@
+"""Running a mesh: the `paymesh` command, the launcher, nats-server, databases, dead letters, health checks."""

@@ -1,0 +1,1 @@
+"""Measuring a mesh: bench, chaos, the invariant checks and the demo."""
