@@ -36,12 +36,8 @@ log = logging.getLogger(__name__)
 Publish = Callable[[UnitOfWork, Sequence[OutboundEvent]], Awaitable[None]]
 
 
-def _types(*messages: type[Message]) -> dict[str, type[Message]]:
-    return {m.DESCRIPTOR.full_name: m for m in messages}
-
-
-ORDER_TYPES = _types(order_events.OrderPlaced, order_events.OrderCancelled)
-PAYMENT_TYPES = _types(payment_events.PaymentSucceeded, payment_events.PaymentFailed)
+ORDER_EVENTS = (order_events.OrderPlaced, order_events.OrderCancelled)
+PAYMENT_EVENTS = (payment_events.PaymentSucceeded, payment_events.PaymentFailed)
 
 
 @dataclass
@@ -145,14 +141,14 @@ class SagaHandlers:
                 stream="ORDER",
                 filter_subjects=["order.placed.*", "order.cancelled.*"],
                 handler=self.on_order_events,
-                types=ORDER_TYPES,
+                events=ORDER_EVENTS,
             ),
             ConsumerSpec(
                 durable="inventory_svc-payment",
                 stream="PAYMENT",
                 filter_subjects=["payment.succeeded.*", "payment.failed.*"],
                 handler=self.on_payment_events,
-                types=PAYMENT_TYPES,
+                events=PAYMENT_EVENTS,
             ),
         ]
 

@@ -1,8 +1,7 @@
 """`python -m order_svc`: run order_svc with settings from the environment."""
 
-from order_svc.service import wire
-from order_svc.store import metadata
+from order_svc.service import SPEC
 from paymesh.chassis.service import run_service
 
 if __name__ == "__main__":
-    raise SystemExit(run_service("order_svc", metadata(), wire))
+    raise SystemExit(run_service(SPEC))

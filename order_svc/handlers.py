@@ -6,8 +6,6 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf.message import Message
-
 from order_svc.domain import InvalidTransition, Order
 from order_svc.messages import outbound
 from order_svc.store import OrderRepository
@@ -22,14 +20,10 @@ from paymesh.payment.v1 import events_pb2 as payment_events
 log = logging.getLogger(__name__)
 
 
-def _types(*classes: type[Message]) -> dict[str, type[Message]]:
-    return {cls.DESCRIPTOR.full_name: cls for cls in classes}
-
-
-INVENTORY_TYPES = _types(
+INVENTORY_EVENTS = (
     inventory_events.InventoryReserved, inventory_events.InventoryRejected, inventory_events.InventoryReleased
 )
-PAYMENT_TYPES = _types(
+PAYMENT_EVENTS = (
     payment_events.PaymentSucceeded,
     payment_events.PaymentFailed,
     payment_events.PaymentRefunded,
@@ -106,13 +100,13 @@ def consumers(answers: SagaAnswers) -> list[ConsumerSpec]:
             stream="INVENTORY",
             filter_subjects=["inventory.reserved.*", "inventory.rejected.*", "inventory.released.*"],
             handler=answers.apply,
-            types=INVENTORY_TYPES,
+            events=INVENTORY_EVENTS,
         ),
         ConsumerSpec(
             durable="order_svc-payment",
             stream="PAYMENT",
             filter_subjects=["payment.>"],
             handler=answers.apply,
-            types=PAYMENT_TYPES,
+            events=PAYMENT_EVENTS,
         ),
     ]

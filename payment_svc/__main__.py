@@ -1,8 +1,7 @@
 """`python -m payment_svc`: run payment_svc with settings from the environment."""
 
-from payment_svc.service import wire
-from payment_svc.store import metadata
+from payment_svc.service import SPEC
 from paymesh.chassis.service import run_service
 
 if __name__ == "__main__":
-    raise SystemExit(run_service("payment_svc", metadata(), wire))
+    raise SystemExit(run_service(SPEC))

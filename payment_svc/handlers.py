@@ -92,14 +92,14 @@ class Saga:
                 stream="ORDER",
                 filter_subjects=["order.placed.*", "order.cancelled.*"],
                 handler=self.apply_order_events,
-                types={PLACED: order_events.OrderPlaced, CANCELLED: order_events.OrderCancelled},
+                events=(order_events.OrderPlaced, order_events.OrderCancelled),
             ),
             ConsumerSpec(
                 durable="payment_svc-inventory",
                 stream="INVENTORY",
                 filter_subjects=["inventory.reserved.*"],
                 handler=self.apply_reservations,
-                types={RESERVED: inventory_events.InventoryReserved},
+                events=(inventory_events.InventoryReserved,),
                 prepare=self.charge,
                 # A charge the gateway has not answered is asked again through redelivery,
                 # for as long as it takes: never dead-letter it as a crash loop too early.

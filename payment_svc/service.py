@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from payment_svc.api import PaymentApi
@@ -9,13 +10,26 @@ from payment_svc.domain import RetryPolicy
 from payment_svc.gateway import GatewayClient, GatewayPolicy
 from payment_svc.handlers import Recorder, Saga
 from payment_svc.refunds import Refunder
-from payment_svc.store import PaymentStore
-from paymesh.chassis.config import SERVICES
+from payment_svc.store import PaymentStore, metadata
 from paymesh.chassis.service import GrpcService, Runtime, ServiceHost, Wiring
+from paymesh.chassis.spec import ServiceSpec
 from paymesh.payment.v1 import payment_service_pb2_grpc
 
 SERVICE_NAME = "paymesh.payment.v1.PaymentService"
-ENV_PREFIX = SERVICES["payment_svc"][0]
+
+
+@dataclass(frozen=True)
+class PaymentSettings:
+    """What payment_svc alone reads from the environment."""
+
+    # The payment gateway: PAYMENT_SVC_GATEWAY_ADDR, else where gateway_mock listens by default.
+    gateway_addr: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> PaymentSettings:
+        return cls(
+            gateway_addr=env.get("PAYMENT_SVC_GATEWAY_ADDR") or env.get("GATEWAY_MOCK_GRPC_ADDR") or "127.0.0.1:50054"
+        )
 
 
 @dataclass(frozen=True)
@@ -33,11 +47,11 @@ class PaymentConfig:
 class PaymentService:
     """payment_svc's parts (gateway client, refunder, saga handlers, servicer) on the chassis' host."""
 
-    def __init__(self, runtime: Runtime, config: PaymentConfig | None = None) -> None:
+    def __init__(self, runtime: Runtime, settings: PaymentSettings, config: PaymentConfig | None = None) -> None:
         config = config or PaymentConfig()
         self.runtime = runtime
         self.store = PaymentStore(runtime.metadata)
-        self.gateway = GatewayClient(runtime.settings.gateway_addr, config.gateway)
+        self.gateway = GatewayClient(settings.gateway_addr, config.gateway)
         self.recorder = Recorder(runtime, self.store)
         self.refunder = Refunder(
             runtime,
@@ -66,7 +80,7 @@ class PaymentService:
             on_start=[self.gateway.start, self.refunder.start],
             on_stop=[self.refunder.stop, self.gateway.close],
         )
-        self.host = ServiceHost(runtime, self.wiring, ENV_PREFIX)
+        self.host = ServiceHost(runtime, self.wiring)
 
     async def start(self) -> None:
         await self.host.start()
@@ -75,5 +89,17 @@ class PaymentService:
         await self.host.stop()
 
 
-def wire(runtime: Runtime) -> Wiring:
-    return PaymentService(runtime).wiring
+def wire(runtime: Runtime, settings: PaymentSettings) -> Wiring:
+    return PaymentService(runtime, settings).wiring
+
+
+SPEC = ServiceSpec(
+    name="payment_svc",
+    env_prefix="PAYMENT_SVC",
+    grpc_port=50053,
+    stream="PAYMENT",
+    metadata=metadata,
+    migrations="payment_svc.migrations",
+    wire=wire,
+    settings=PaymentSettings.from_env,
+)

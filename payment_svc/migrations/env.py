@@ -1,5 +1,6 @@
 """The `alembic -n payment_svc ...` entry point (see alembic.ini); the service itself migrates without it."""
 
+from payment_svc.service import SPEC
 from paymesh.chassis.migrations import run_alembic_env
 
-run_alembic_env("payment_svc")
+run_alembic_env(SPEC)

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-# service name -> (environment prefix, default gRPC port, JetStream stream it owns)
-SERVICES: dict[str, tuple[str, int, str | None]] = {
-    "order_svc": ("ORDER_SVC", 50051, "ORDER"),
-    "inventory_svc": ("INVENTORY_SVC", 50052, "INVENTORY"),
-    "payment_svc": ("PAYMENT_SVC", 50053, "PAYMENT"),
-    "gateway_mock": ("GATEWAY_MOCK", 50054, None),
-}
+from paymesh.chassis.spec import ServiceSpec
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 
@@ -21,32 +17,30 @@ class ConfigError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
 
 
-def data_dir(env: dict[str, str] | None = None) -> Path:
+def data_dir(env: Mapping[str, str] | None = None) -> Path:
     env = os.environ if env is None else env
     return Path(env.get("PAYMESH_DATA_DIR", ".paymesh"))
 
 
-def grpc_addr(service: str, env: dict[str, str] | None = None) -> str:
+def grpc_addr(spec: ServiceSpec[Any], env: Mapping[str, str] | None = None) -> str:
     env = os.environ if env is None else env
-    prefix, port, _ = SERVICES[service]
-    return env.get(f"{prefix}_GRPC_ADDR", f"127.0.0.1:{port}")
+    return env.get(f"{spec.env_prefix}_GRPC_ADDR") or spec.default_grpc_addr
 
 
-def db_url(service: str, env: dict[str, str] | None = None, *, shared: bool = False) -> str:
+def db_url(spec: ServiceSpec[Any], env: Mapping[str, str] | None = None, *, shared: bool = False) -> str:
     """`<SVC>_DB_URL`, else a SQLite file under the data dir. The default runs sqlite3 on the
     event loop (`sqlite+inloop`), right for one process per file; `shared` (several replicas
     on the file) gives aiosqlite's thread instead, so waiting on another process's lock never
     holds the loop."""
     env = os.environ if env is None else env
-    prefix, _, _ = SERVICES[service]
     driver = "sqlite+aiosqlite" if shared else "sqlite+inloop"
-    return env.get(f"{prefix}_DB_URL") or f"{driver}:///{data_dir(env) / f'{service}.db'}"
+    return env.get(f"{spec.env_prefix}_DB_URL") or f"{driver}:///{data_dir(env) / f'{spec.name}.db'}"
 
 
 EVENT_LOOPS = ("uvloop", "asyncio")
 
 
-def event_loop(env: dict[str, str] | None = None) -> str:
+def event_loop(env: Mapping[str, str] | None = None) -> str:
     """PAYMESH_EVENT_LOOP: `uvloop` (the default) or `asyncio` (the standard library's loop)."""
     env = os.environ if env is None else env
     choice = env.get("PAYMESH_EVENT_LOOP") or "uvloop"
@@ -55,7 +49,7 @@ def event_loop(env: dict[str, str] | None = None) -> str:
     return choice
 
 
-def _float(env: dict[str, str], name: str, default: float) -> float:
+def env_float(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -68,7 +62,7 @@ def _float(env: dict[str, str], name: str, default: float) -> float:
     return value
 
 
-def _int(env: dict[str, str], name: str, default: int) -> int:
+def env_int(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -86,6 +80,7 @@ class Settings:
     """Everything a service reads from its environment; built once in `__main__`, passed down."""
 
     service: str
+    env_prefix: str
     grpc_addr: str
     db_url: str
     nats_urls: list[str]
@@ -93,24 +88,21 @@ class Settings:
     stream_replicas: int
     saga_timeout_s: float
     data_dir: Path
-    gateway_addr: str
     shutdown_grace_s: float
 
     @classmethod
-    def from_env(cls, service: str, env: dict[str, str] | None = None) -> Settings:
+    def from_env(cls, spec: ServiceSpec[Any], env: Mapping[str, str] | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
-        if service not in SERVICES:
-            raise ConfigError(f"unknown service {service!r}; expected one of {sorted(SERVICES)}")
         nats = env.get("PAYMESH_NATS_URL") or DEFAULT_NATS_URL
         return cls(
-            service=service,
-            grpc_addr=grpc_addr(service, env),
-            db_url=db_url(service, env),
+            service=spec.name,
+            env_prefix=spec.env_prefix,
+            grpc_addr=grpc_addr(spec, env),
+            db_url=db_url(spec, env),
             nats_urls=[u.strip() for u in nats.split(",") if u.strip()],
-            stream=SERVICES[service][2],
-            stream_replicas=_int(env, "PAYMESH_STREAM_REPLICAS", 1),
-            saga_timeout_s=_float(env, "PAYMESH_SAGA_TIMEOUT_S", 30.0),
+            stream=spec.stream,
+            stream_replicas=env_int(env, "PAYMESH_STREAM_REPLICAS", 1),
+            saga_timeout_s=env_float(env, "PAYMESH_SAGA_TIMEOUT_S", 30.0),
             data_dir=data_dir(env),
-            gateway_addr=env.get("PAYMENT_SVC_GATEWAY_ADDR") or grpc_addr("gateway_mock", env),
-            shutdown_grace_s=_float(env, "PAYMESH_SHUTDOWN_GRACE_S", 5.0),
+            shutdown_grace_s=env_float(env, "PAYMESH_SHUTDOWN_GRACE_S", 5.0),
         )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,8 +15,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from sqlalchemy import Table
 
 from paymesh.chassis import inbox
+from paymesh.chassis.backoff import Backoff
 from paymesh.chassis.db import Database, UnitOfWork
-from paymesh.chassis.events import InboundEvent, UndecodableEvent, decode
+from paymesh.chassis.events import InboundEvent, UndecodableEvent, decode, message_types
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 FETCH_WAIT_S = 0.5
 # A safety bound on reading the answer to a no-wait pull (it comes at once).
 NO_WAIT_ANSWER_S = 2.0
+# Between fetches while NATS is unreachable or reconnecting.
+FETCH_RETRY = Backoff(base_s=0.2, cap_s=2.0)
 
 # The handler gets the batch's new events (already-applied ones are filtered by the
 # inbox) and applies them in the given transaction; the chassis commits and acks.
@@ -48,18 +50,6 @@ class PermanentFailure(Exception):
     """This event can never be applied: dead-letter it now instead of retrying."""
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """Delay before redelivery n (1-based): exponential with full jitter, capped."""
-
-    base_s: float = 0.5
-    cap_s: float = 30.0
-
-    def delay(self, attempt: int) -> float:
-        ceiling = min(self.cap_s, self.base_s * 2 ** max(attempt - 1, 0))
-        return random.uniform(ceiling / 2, ceiling)
-
-
 @dataclass
 class ConsumerSpec:
     """What a service consumes: a durable on another service's stream and its handler."""
@@ -68,7 +58,8 @@ class ConsumerSpec:
     stream: str
     filter_subjects: list[str]
     handler: BatchHandler
-    types: dict[str, type[Message]]
+    # The event classes this durable applies; the decoder's type map is derived from them.
+    events: tuple[type[Message], ...]
     # Deliveries after which an event that raised goes to the DLQ. RetryLater naks
     # count as deliveries too but never dead-letter by themselves.
     max_deliver: int = 5
@@ -79,6 +70,10 @@ class ConsumerSpec:
     ack_wait_s: float = 30.0
     backoff: Backoff = field(default_factory=Backoff)
     prepare: Prepare | None = None
+
+
+    def __post_init__(self) -> None:
+        self.types: dict[str, type[Message]] = message_types(*self.events)
 
 
 def dlq_subject(service: str, durable: str) -> str:
@@ -150,7 +145,7 @@ class Consumer:
                 continue
             except Exception as exc:  # NATS down or reconnecting: keep trying
                 failures += 1
-                delay = min(0.1 * 2**failures, 2.0)
+                delay = FETCH_RETRY.delay(failures)
                 log.warning("consumer %s: fetch failed (%s); retrying in %.1fs", self.name, exc, delay)
                 await asyncio.sleep(delay)  # backoff while the server is unreachable
                 continue

@@ -7,6 +7,7 @@ import secrets
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import ModuleType
 from typing import Any
 
 from google.protobuf.message import DecodeError, Message
@@ -80,6 +81,20 @@ class OutboundEvent:
 
     def nats_headers(self) -> dict[str, str]:
         return {**self.headers, MSG_ID: self.event_id, TYPE: self.type}
+
+
+def message_types(*sources: type[Message] | ModuleType) -> dict[str, type[Message]]:
+    """The `Paymesh-Type` -> class map for the given event classes, or every message of the given
+    generated modules (`paymesh.order.v1.events_pb2`): the one way a registry of events is made."""
+    out: dict[str, type[Message]] = {}
+    for source in sources:
+        if isinstance(source, ModuleType):
+            for name in source.DESCRIPTOR.message_types_by_name:
+                cls = getattr(source, name)
+                out[cls.DESCRIPTOR.full_name] = cls
+        else:
+            out[source.DESCRIPTOR.full_name] = source
+    return out
 
 
 class UndecodableEvent(Exception):

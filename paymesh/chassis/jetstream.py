@@ -15,6 +15,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
+from paymesh.chassis.backoff import Backoff
 from paymesh.chassis.events import OutboundEvent
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,8 @@ DLQ_SUBJECTS = ["dlq.>"]
 DUPLICATE_WINDOW_S = 120.0
 MAX_ATOMIC_BATCH = 1000  # nats-server's limit on one atomic batch
 API_RETRY_S = 30.0  # how long ensure_stream asks a JetStream API that times out
+# Between attempts to reach a NATS server that is not up yet, or a JetStream API that timed out.
+RETRY = Backoff(base_s=0.1, cap_s=2.0)
 
 
 class PublishError(RuntimeError):
@@ -45,8 +48,9 @@ ERR_BATCH_DUPLICATE_MSG_ID = 10201
 async def connect(urls: Sequence[str], name: str, *, timeout: float = 30.0) -> NATS:
     """Connect, retrying the first connection until `timeout`; reconnect forever afterwards."""
     deadline = time.monotonic() + timeout
-    delay = 0.1
+    attempt = 0
     while True:
+        attempt += 1
         try:
             return await nats.connect(
                 servers=list(urls),
@@ -60,11 +64,11 @@ async def connect(urls: Sequence[str], name: str, *, timeout: float = 30.0) -> N
                 reconnected_cb=_log_reconnect,
             )
         except Exception as exc:  # nats raises several unrelated types for "no server yet"
+            delay = RETRY.delay(attempt)
             if time.monotonic() + delay > deadline:
                 raise ConnectionError(f"cannot connect to NATS at {', '.join(urls)}: {exc}") from exc
             log.warning("NATS at %s not reachable yet (%s); retrying", ",".join(urls), exc)
             await asyncio.sleep(delay)  # backoff between connection attempts
-            delay = min(delay * 2, 2.0)
 
 
 async def _log_error(exc: Exception) -> None:
@@ -103,16 +107,17 @@ async def ensure_stream(
     """
     config = stream_config(name, subjects, replicas)
     deadline = time.monotonic() + timeout
-    delay = 0.2
+    attempt = 0
     while True:
+        attempt += 1
         try:
             return await _ensure_stream(js, config)
         except nats.errors.TimeoutError:
+            delay = RETRY.delay(attempt + 1)
             if time.monotonic() + delay > deadline:
                 raise
             log.warning("stream %s: JetStream API timed out; asking again in %.1fs", name, delay)
             await asyncio.sleep(delay)  # backoff between attempts, under the deadline
-            delay = min(delay * 2, 2.0)
 
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:

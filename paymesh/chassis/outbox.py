@@ -6,7 +6,6 @@ import asyncio
 import functools
 import json
 import logging
-import random
 import time
 import uuid
 from collections.abc import Sequence
@@ -34,9 +33,11 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.dml import Insert
 
+from paymesh.chassis.backoff import Backoff
 from paymesh.chassis.db import Database
 from paymesh.chassis.events import OutboundEvent
 from paymesh.chassis.jetstream import DuplicateInBatch, publish_atomic, publish_each
+from paymesh.chassis.periodic import pause
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 # Up to this many rows are published one by one (~0.45 ms each here); more go as one
 # atomic batch, whose commit costs ~3.5 ms whatever its size but one ack for all.
 SEQUENTIAL_MAX = 6
+# Between attempts to publish the same oldest rows while NATS is away.
+PUBLISH_RETRY = Backoff(base_s=0.1, cap_s=2.0)
 
 
 def outbox_table(metadata: MetaData) -> Table:
@@ -180,7 +183,7 @@ class OutboxRelay:
             except Exception as exc:
                 streak += 1
                 self.failures += 1
-                delay = min(0.05 * 2**streak, 2.0) * random.uniform(0.5, 1.0)
+                delay = PUBLISH_RETRY.delay(streak)
                 log.warning("outbox relay: %s; retrying in %.2fs", exc, delay)
                 await self._sleep(delay)
                 continue
@@ -192,10 +195,7 @@ class OutboxRelay:
 
     async def _sleep(self, seconds: float) -> None:
         """Wait for a wake-up (a commit) or the timeout, whichever comes first."""
-        try:
-            await asyncio.wait_for(self._wake.wait(), seconds)
-        except TimeoutError:
-            pass
+        await pause(seconds, self._wake)
         self._wake.clear()
 
     async def hold_lease(self) -> bool:

@@ -6,28 +6,32 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from sqlalchemy import MetaData, Table
+from sqlalchemy import Table
 
 from paymesh.chassis import jetstream, migrations, outbox
-from paymesh.chassis.config import Settings, event_loop
+from paymesh.chassis.config import ConfigError, Settings, db_url, event_loop
 from paymesh.chassis.consumer import Consumer, ConsumerSpec
 from paymesh.chassis.db import Database, DatabaseConfigError, UnitOfWork
 from paymesh.chassis.events import OutboundEvent
 from paymesh.chassis.idempotency import RequestLog, requests_table
 from paymesh.chassis.inbox import inbox_table
-from paymesh.chassis.observability import CallInterceptor
+from paymesh.chassis.observability import CallInterceptor, configure_logging
+from paymesh.chassis.spec import ServiceSpec
+
+S = TypeVar("S")
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +67,11 @@ class Wiring:
 class Runtime:
     """The shared parts a service's code receives: database, request log, outbox, JetStream."""
 
-    def __init__(self, settings: Settings, metadata: MetaData) -> None:
+    def __init__(self, spec: ServiceSpec[Any], settings: Settings) -> None:
+        self.spec = spec
         self.settings = settings
-        self.metadata = migrations.complete_metadata(metadata)
+        metadata = migrations.service_metadata(spec)
+        self.metadata = metadata
         self.outbox: Table = outbox.outbox_table(metadata)
         self.inbox: Table = inbox_table(metadata)
         self.db = Database(settings.db_url, metadata)
@@ -109,10 +115,9 @@ def bind(server: grpc.aio.Server, addr: str, env_prefix: str) -> None:
 class ServiceHost:
     """Starts and stops one service in the order STYLE.md gives."""
 
-    def __init__(self, runtime: Runtime, wiring: Wiring, env_prefix: str, *, migrate: bool = True) -> None:
+    def __init__(self, runtime: Runtime, wiring: Wiring, *, migrate: bool = True) -> None:
         self.runtime = runtime
         self.wiring = wiring
-        self.env_prefix = env_prefix
         # False when an operator runs `python -m <service> migrate` as its own deploy step.
         self.migrate = migrate
         # so_reuseport off: a second process on a taken port must fail, not share it.
@@ -131,7 +136,7 @@ class ServiceHost:
             [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        bind(self.server, settings.grpc_addr, self.env_prefix)
+        bind(self.server, settings.grpc_addr, settings.env_prefix)
         await self.server.start()
         log.info("%s listening on %s (NOT_SERVING until ready)", settings.service, settings.grpc_addr)
 
@@ -189,17 +194,17 @@ class ServiceHost:
 
 
 async def migrate_schema(runtime: Runtime) -> None:
-    service = runtime.settings.service
+    spec = runtime.spec
     try:
-        revisions = await migrations.upgrade(runtime.db.engine, service)
+        revisions = await migrations.upgrade(runtime.db.engine, spec)
     except migrations.MigrationError as exc:
         raise StartupError(str(exc)) from exc
-    log.info("%s database at revision %s", service, ", ".join(revisions) or "(none)")
+    log.info("%s database at revision %s", spec.name, ", ".join(revisions) or "(none)")
 
 
-async def serve(runtime: Runtime, wiring: Wiring, env_prefix: str, *, migrate: bool = True) -> None:
+async def serve(runtime: Runtime, wiring: Wiring, *, migrate: bool = True) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
-    host = ServiceHost(runtime, wiring, env_prefix, migrate=migrate)
+    host = ServiceHost(runtime, wiring, migrate=migrate)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -227,12 +232,12 @@ def parse_args(service: str, argv: Sequence[str]) -> argparse.Namespace:
     return parser.parse_args(list(argv))
 
 
-async def migrate_only(service: str, url: str) -> None:
+async def migrate_only(spec: ServiceSpec[Any], url: str) -> None:
     try:
-        revisions = await migrations.migrate(url, service)
+        revisions = await migrations.migrate(url, spec)
     except migrations.MigrationError as exc:
         raise StartupError(str(exc)) from exc
-    print(f"{service}: database at revision {', '.join(revisions) or '(none)'}")
+    print(f"{spec.name}: database at revision {', '.join(revisions) or '(none)'}")
 
 
 def run_on_loop(main: Coroutine[Any, Any, None]) -> None:
@@ -246,29 +251,22 @@ def run_on_loop(main: Coroutine[Any, Any, None]) -> None:
         asyncio.run(main)
 
 
-def run_service(
-    service: str,
-    metadata: MetaData,
-    wire: Callable[[Runtime], Wiring],
-    argv: Sequence[str] | None = None,
-) -> int:
+def run_service(spec: ServiceSpec[S], argv: Sequence[str] | None = None) -> int:
     """The body of a service's `__main__`: settings from the environment, run until signalled.
     `argv` (default `sys.argv[1:]`): `migrate` migrates the database and exits; `--no-migrate`
     serves without migrating."""
-    from paymesh.chassis.config import SERVICES, ConfigError, db_url
-    from paymesh.chassis.observability import configure_logging
-
-    args = parse_args(service, sys.argv[1:] if argv is None else argv)
-    configure_logging(service)
+    args = parse_args(spec.name, sys.argv[1:] if argv is None else argv)
+    configure_logging(spec.name)
     try:
         if args.command == "migrate":
             # Needs the database only: no NATS, no gRPC port.
-            asyncio.run(migrate_only(service, db_url(service)))
+            asyncio.run(migrate_only(spec, db_url(spec)))
             return 0
-        settings = Settings.from_env(service)
-        runtime = Runtime(settings, metadata)
-        run_on_loop(serve(runtime, wire(runtime), SERVICES[service][0], migrate=not args.no_migrate))
+        env = dict(os.environ)
+        runtime = Runtime(spec, Settings.from_env(spec, env))
+        wiring = spec.wire(runtime, spec.settings(env))
+        run_on_loop(serve(runtime, wiring, migrate=not args.no_migrate))
     except (StartupError, ConfigError, DatabaseConfigError, ConnectionError) as exc:
-        print(f"{service}: {exc}", file=sys.stderr)
+        print(f"{spec.name}: {exc}", file=sys.stderr)
         return 2
     return 0

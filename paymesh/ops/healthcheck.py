@@ -7,7 +7,7 @@ UNKNOWN, SERVICE_UNKNOWN, nothing listening, a timeout, bad arguments) exits 1: 
 reads 0 as healthy and 1 as unhealthy, and reserves every other code.
 
 A wildcard host (`0.0.0.0:50051`, `[::]:50051`, `:50051`, what a service binds inside a
-container) is dialled on loopback, so the probe can take a service's `*_GRPC_ADDR` as it is.
+container) is dialled on loopback (`[::]` on `[::1]`), so the probe can take a service's `*_GRPC_ADDR` as it is.
 """
 
 from __future__ import annotations
@@ -18,25 +18,14 @@ from collections.abc import Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from paymesh.ops.addresses import dial_addr
+
 TIMEOUT_S = 2.0
 USAGE = "usage: python -m paymesh.ops.healthcheck ADDR [SERVICE]   (e.g. 127.0.0.1:50051 paymesh.order.v1.OrderService)"
 
-_WILDCARD_HOSTS = {"", "0.0.0.0", "[::]", "::"}
-
-
-def dial_target(addr: str) -> str:
-    """The address to dial for `addr`: wildcard hosts become loopback."""
-    host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"{addr!r} is not HOST:PORT")
-    if host in _WILDCARD_HOSTS:
-        host = "[::1]" if host in ("[::]", "::") else "127.0.0.1"
-    return f"{host}:{port}"
-
-
 def check(addr: str, service: str = "", timeout: float = TIMEOUT_S) -> tuple[bool, str]:
     """(serving, what was seen) for one Health/Check of `service` at `addr`."""
-    target = dial_target(addr)
+    target = dial_addr(addr)
     # The probe only dials its own container: never through an http_proxy from the environment.
     options = [("grpc.enable_http_proxy", 0)]
     with grpc.insecure_channel(target, options=options) as channel:

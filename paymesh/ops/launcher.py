@@ -8,7 +8,6 @@ run the mesh through it.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 import signal
 import subprocess
@@ -21,12 +20,14 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from paymesh.chassis.config import SERVICES, db_url, grpc_addr
+from paymesh.chassis.config import db_url, grpc_addr
+from paymesh.ops.addresses import REPLICA_PORT_STEP, bind_host, dial_addr, grpc_target, replica_addr, split_addr
 from paymesh.ops.databases import DEFAULT_PREFIX, DatabaseSetupError, ensure_databases, shown
 from paymesh.ops.natsserver import NatsCluster, NatsServer, NatsServerError, free_port, port_is_free
+from paymesh.ops.services import NAMES, spec
 
 # gateway_mock first: payment_svc calls it, and nothing calls the others at start.
-START_ORDER = ("gateway_mock", "inventory_svc", "payment_svc", "order_svc")
+START_ORDER = NAMES
 DEFAULT_NATS_PORT = 4222
 START_TIMEOUT_S = 30.0
 # A service drains its consumers and NATS connection on SIGTERM (PAYMESH_SHUTDOWN_GRACE_S, 5 s by default).
@@ -34,8 +35,6 @@ STOP_GRACE_S = 15.0
 LOG_TAIL_LINES = 20
 # How often a waiting coroutine looks at whether a child process has exited.
 EXIT_POLL_S = 0.05
-# Replica r of a service listens on its address's port + 100·(r−1): 50051, 50151, … as in docker-compose.
-REPLICA_PORT_STEP = 100
 # R3 streams on a cluster: with one node down, a majority (2 of 3) still stores and acknowledges.
 MAX_STREAM_REPLICAS = 3
 # Reconnect quickly while a service is still binding its port, instead of gRPC's 1 s+ backoff.
@@ -100,53 +99,6 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(f"  {line}" for line in tail)
 
 
-def split_addr(addr: str) -> tuple[str, int]:
-    host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(addr)
-    return host.strip("[]"), int(port)
-
-
-def bind_host(host: str) -> str:
-    """The host to probe a port on (port_is_free speaks IPv4): a wildcard address means every interface."""
-    return "0.0.0.0" if host in ("", "::", "0.0.0.0") else host
-
-
-def dial_host(host: str) -> str:
-    return "127.0.0.1" if host in ("", "::", "0.0.0.0") else host
-
-
-def dial_addr(addr: str) -> str:
-    """Where a client reaches a service listening on `addr`."""
-    host, port = split_addr(addr)
-    return f"{dial_host(host)}:{port}"
-
-
-def join_host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def replica_addr(addr: str, replica: int) -> str:
-    """The address replica `replica` listens on, given the first replica's."""
-    if replica == 1:
-        return addr
-    host, port = split_addr(addr)
-    return join_host_port(host, port + REPLICA_PORT_STEP * (replica - 1))
-
-
-def grpc_target(addrs: list[str]) -> str:
-    """One gRPC target naming every address (`ipv4:a,b`): the channel picks the first that answers and
-    fails over to the next. A single address, or host names, stay a plain `host:port` (the first)."""
-    if len(addrs) == 1:
-        return addrs[0]
-    try:
-        if all(isinstance(ipaddress.ip_address(split_addr(a)[0]), ipaddress.IPv4Address) for a in addrs):
-            return "ipv4:" + ",".join(addrs)
-    except ValueError:
-        pass
-    return addrs[0]
-
-
 def child_env(env: Mapping[str, str], data_dir: Path) -> dict[str, str]:
     """The environment every child gets: the caller's, with the data dir made absolute."""
     out = dict(env)
@@ -161,8 +113,8 @@ def check_service_ports(
 ) -> None:
     seen: dict[int, str] = {}
     for service in services:
-        variable = f"{SERVICES[service][0]}_GRPC_ADDR"
-        first = grpc_addr(service, dict(env))
+        variable = f"{spec(service).env_prefix}_GRPC_ADDR"
+        first = grpc_addr(spec(service), dict(env))
         try:
             split_addr(first)
         except ValueError:
@@ -229,8 +181,8 @@ def spawn(service: str, env: Mapping[str, str], logs: Path, replica: int = 1) ->
         os.close(log_fd)  # the child holds its own copy
     return Child(
         service=service,
-        addr=grpc_addr(service, dict(env)),
-        db_url=db_url(service, dict(env)),
+        addr=grpc_addr(spec(service), dict(env)),
+        db_url=db_url(spec(service), dict(env)),
         log_path=log_path,
         process=process,
         replica=replica,
@@ -337,7 +289,7 @@ class Mesh:
 
     def addr(self, service: str, replica: int = 1) -> str:
         """The address a client dials for `service` (its replica `replica`)."""
-        return dial_addr(replica_addr(grpc_addr(service, self.env), replica))
+        return dial_addr(replica_addr(grpc_addr(spec(service), self.env), replica))
 
     def addrs(self, service: str) -> list[str]:
         """Every replica's address, first replica first."""
@@ -358,8 +310,8 @@ class Mesh:
         """The environment of one replica: its own gRPC address; payment_svc dials every gateway replica,
         its own-numbered one first, so the payment replicas spread their charges and fail over."""
         env = dict(self.env)
-        env[f"{SERVICES[service][0]}_GRPC_ADDR"] = replica_addr(grpc_addr(service, self.env), replica)
-        env[f"{SERVICES[service][0]}_DB_URL"] = db_url(service, self.env, shared=self.replicas[service] > 1)
+        env[f"{spec(service).env_prefix}_GRPC_ADDR"] = replica_addr(grpc_addr(spec(service), self.env), replica)
+        env[f"{spec(service).env_prefix}_DB_URL"] = db_url(spec(service), self.env, shared=self.replicas[service] > 1)
         gateways = self.addrs("gateway_mock") if "gateway_mock" in self.replicas else []
         if service == "payment_svc" and len(gateways) > 1 and not self.env.get("PAYMENT_SVC_GATEWAY_ADDR"):
             first = (replica - 1) % len(gateways)
@@ -386,7 +338,7 @@ class Mesh:
         return self
 
     async def create_databases(self, server_url: str) -> None:
-        variables = {s: f"{SERVICES[s][0]}_DB_URL" for s in self.services}
+        variables = {s: f"{spec(s).env_prefix}_DB_URL" for s in self.services}
         wanted = [s for s in self.services if not self.env.get(variables[s])]
         try:
             urls = await ensure_databases(server_url, wanted, self.database_prefix)

@@ -18,8 +18,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from paymesh.chassis.config import SERVICES
 from paymesh.ops.launcher import START_TIMEOUT_S, Mesh
+from paymesh.ops.services import NAMES
 from tests.conftest import PG_ADMIN_URL, _async_url
 from tests.e2e.events import Bus
 from tests.e2e.harness import Clients, mesh_env
@@ -59,7 +59,7 @@ class PgDatabases:
         urls = {}
         conn = await asyncpg.connect(PG_ADMIN_URL, timeout=10)
         try:
-            for service in SERVICES:
+            for service in NAMES:
                 name = f"paymesh_e2e_{service}_{uuid.uuid4().hex[:8]}"
                 await conn.execute(f'CREATE DATABASE "{name}"')
                 self.names.append(name)

@@ -22,8 +22,8 @@ import nats
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from paymesh.chassis.config import SERVICES
 from paymesh.ops.databases import drop_databases
+from paymesh.ops.services import NAMES, SPECS
 from tests.conftest import PG_ADMIN_URL
 from tests.e2e.harness import mesh_env
 
@@ -85,7 +85,7 @@ class Launch:
             if line == "paymesh is up":
                 break
             row = re.fullmatch(r"([\w#]+)\s+(\S+)\s+(\d+)\s+(\S+)", line)
-            if row and row[1].split("#")[0] in SERVICES:
+            if row and row[1].split("#")[0] in NAMES:
                 pids[row[1]] = int(row[3])
             if found := re.search(r"nats-server PID (\d+)", line):
                 pids["nats-server" if line.startswith("NATS") else line.split()[0]] = int(found[1])
@@ -167,9 +167,9 @@ def assert_nothing_left(launch: Launch, pids: dict[str, int]) -> None:
 def test_up_serves_every_service_and_sigterm_stops_all(up: tuple[Launch, dict[str, str]]) -> None:
     launch, env = up
     pids = launch.table_pids()
-    assert set(pids) == {*SERVICES, "nats-server"}, launch.output
+    assert set(pids) == {*NAMES, "nats-server"}, launch.output
     assert f"nats://127.0.0.1:{env['PAYMESH_NATS_PORT']}" in launch.output
-    for service, (prefix, _, _) in SERVICES.items():
+    for service, prefix in ((s.name, s.env_prefix) for s in SPECS):
         addr = env[f"{prefix}_GRPC_ADDR"]
         assert addr in launch.output
         assert f"sqlite+inloop:///{launch.data_dir / service}.db" in launch.output
@@ -244,11 +244,11 @@ def test_up_with_replicas_a_cluster_and_postgres_serves_and_stops(launches: list
         launch.wait_for("paymesh is up", UP_TIMEOUT_S)
         pids = launch.table_pids()
         nodes = {"paymesh-n1", "paymesh-n2", "paymesh-n3"}
-        assert set(pids) == {*SERVICES, *(f"{s}#2" for s in SERVICES), *nodes}, launch.output
+        assert set(pids) == {*NAMES, *(f"{s}#2" for s in NAMES), *nodes}, launch.output
         nats_line = next(line for line in launch.lines if line.startswith("NATS  "))
         assert "JetStream cluster of 3, streams R3" in nats_line, launch.output
         assert asyncio.run(stream_replicas(nats_line.split()[1])) == {"ORDER": 3, "INVENTORY": 3, "PAYMENT": 3}
-        for service, (variable, _, _) in SERVICES.items():
+        for service, variable in ((s.name, s.env_prefix) for s in SPECS):
             host, first = env[f"{variable}_GRPC_ADDR"].rsplit(":", 1)
             for addr in (f"{host}:{first}", f"{host}:{int(first) + 100}"):
                 assert addr in launch.output
@@ -261,4 +261,4 @@ def test_up_with_replicas_a_cluster_and_postgres_serves_and_stops(launches: list
         assert "paymesh stopped" in launch.output
         assert_nothing_left(launch, pids)
     finally:
-        asyncio.run(drop_databases(PG_ADMIN_URL, SERVICES, prefix))
+        asyncio.run(drop_databases(PG_ADMIN_URL, NAMES, prefix))

@@ -11,14 +11,15 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from paymesh.chassis import jetstream
-from paymesh.chassis.consumer import Backoff, Consumer, ConsumerSpec
+from paymesh.chassis.backoff import Backoff
+from paymesh.chassis.consumer import Consumer, ConsumerSpec
 from paymesh.chassis.db import Database, UnitOfWork
 from paymesh.chassis.events import InboundEvent, OutboundEvent, new_event_id
 from paymesh.chassis.inbox import inbox_table
 from paymesh.chassis.outbox import outbox_table
 from paymesh.order.v1 import events_pb2
 
-TYPES = {events_pb2.OrderPlaced.DESCRIPTOR.full_name: events_pb2.OrderPlaced}
+EVENTS = (events_pb2.OrderPlaced,)
 
 
 class Store:
@@ -113,7 +114,7 @@ def consumer_for(rig: Rig, handler, durable: str = "ledger", **spec_kw) -> Consu
         stream="ORDER",
         filter_subjects=["order.placed.*"],
         handler=handler,
-        types=TYPES,
+        events=EVENTS,
         backoff=FAST,
         **spec_kw,
     )

@@ -16,7 +16,7 @@ from paymesh.chassis.events import InboundEvent
 from paymesh.chassis.outbox import OutboxRelay, add
 from paymesh.ops.natsserver import NatsCluster
 from tests.conftest import wait_for
-from tests.integration.chassis_harness import FAST, TYPES, Store, ids_of, placed, stream_messages
+from tests.integration.chassis_harness import EVENTS, FAST, Store, ids_of, placed, stream_messages
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -58,7 +58,7 @@ async def test_stream_leader_killed_mid_flow_loses_and_doubles_nothing(cluster: 
             await ledger.credit(uow, events)
 
         consumer = Consumer(
-            ConsumerSpec("ledger", "ORDER", ["order.placed.*"], credit, TYPES, backoff=FAST, ack_wait_s=5),
+            ConsumerSpec("ledger", "ORDER", ["order.placed.*"], credit, EVENTS, backoff=FAST, ack_wait_s=5),
             consumer_nc.jetstream(), ledger.db, ledger.inbox, "test_svc",
         )
         await consumer.start()

@@ -13,7 +13,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from paymesh import healthcheck
+from paymesh.ops import healthcheck
 from paymesh.ops.natsserver import free_port
 
 pytestmark = pytest.mark.timeout(30)

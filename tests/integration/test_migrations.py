@@ -20,10 +20,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from paymesh.chassis import migrations
 from paymesh.chassis.db import create_engine
 from paymesh.chassis.service import parse_args
+from paymesh.ops.services import NAMES, spec
 
 pytestmark = pytest.mark.timeout(60)
 
-SERVICES = ["order_svc", "inventory_svc", "payment_svc", "gateway_mock"]
+SERVICES = list(NAMES)
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -35,15 +36,15 @@ async def engine(db_url: str) -> Any:
 
 
 def differences(conn: Connection, service: str) -> list[Any]:
-    context = MigrationContext.configure(conn, opts=migrations.context_options(service))
-    return compare_metadata(context, migrations.service_metadata(service))
+    context = MigrationContext.configure(conn, opts=migrations.context_options(spec(service)))
+    return compare_metadata(context, migrations.service_metadata(spec(service)))
 
 
 def schema(conn: Connection, service: str) -> dict[str, Any]:
     """Everything the database says about the service's tables, in a form two databases can be compared by."""
     insp = inspect(conn)
     tables: dict[str, Any] = {}
-    for name in sorted(set(insp.get_table_names()) - {migrations.version_table(service)}):
+    for name in sorted(set(insp.get_table_names()) - {migrations.version_table(spec(service))}):
         tables[name] = {
             "columns": [
                 (c["name"], str(c["type"]), c["nullable"], c.get("default"), c.get("autoincrement"))
@@ -80,27 +81,27 @@ async def run(engine: AsyncEngine, fn: Any, *args: Any) -> Any:
 
 @pytest.mark.parametrize("service", SERVICES)
 async def test_upgrade_from_empty_matches_the_models(engine: AsyncEngine, service: str) -> None:
-    heads = await migrations.upgrade(engine, service)
-    assert heads == (migrations.head(service),)
+    heads = await migrations.upgrade(engine, spec(service))
+    assert heads == (migrations.head(spec(service)),)
 
     diff = await run(engine, differences, service)
     assert diff == [], f"{service}: migrations and models differ; write a revision for:\n{pformat(diff)}"
 
     names = await run(engine, lambda c: set(inspect(c).get_table_names()))
-    assert migrations.version_table(service) in names
+    assert migrations.version_table(spec(service)) in names
     assert "alembic_version" not in names, "each service keeps its own version table"
-    assert set(migrations.service_metadata(service).tables) == names - {migrations.version_table(service)}
+    assert set(migrations.service_metadata(spec(service)).tables) == names - {migrations.version_table(spec(service))}
 
 
 @pytest.mark.parametrize("service", SERVICES)
 async def test_migrated_schema_is_what_create_all_builds(engine: AsyncEngine, service: str) -> None:
-    await migrations.upgrade(engine, service)
+    await migrations.upgrade(engine, spec(service))
     migrated = await run(engine, schema, service)
 
-    assert await migrations.downgrade(engine, service, "base") == ()  # the downgrade drops every table
-    assert await run(engine, lambda c: inspect(c).get_table_names()) == [migrations.version_table(service)]
+    assert await migrations.downgrade(engine, spec(service), "base") == ()  # the downgrade drops every table
+    assert await run(engine, lambda c: inspect(c).get_table_names()) == [migrations.version_table(spec(service))]
     async with engine.begin() as conn:
-        await conn.run_sync(migrations.service_metadata(service).create_all)
+        await conn.run_sync(migrations.service_metadata(spec(service)).create_all)
     created = await run(engine, schema, service)
 
     assert migrated == created
@@ -108,12 +109,12 @@ async def test_migrated_schema_is_what_create_all_builds(engine: AsyncEngine, se
 
 @pytest.mark.parametrize("service", SERVICES)
 async def test_upgrade_twice_is_a_no_op(engine: AsyncEngine, service: str) -> None:
-    first = await migrations.upgrade(engine, service)
+    first = await migrations.upgrade(engine, spec(service))
     before = await run(engine, schema, service)
-    second = await migrations.upgrade(engine, service)
+    second = await migrations.upgrade(engine, spec(service))
     assert first == second
     assert await run(engine, schema, service) == before
-    query = text(f"SELECT version_num FROM {migrations.version_table(service)}")
+    query = text(f"SELECT version_num FROM {migrations.version_table(spec(service))}")
     rows = await run(engine, lambda c: c.execute(query).all())
     assert [r[0] for r in rows] == list(first)
 
@@ -123,8 +124,8 @@ async def test_replicas_starting_together_migrate_once(db_url: str) -> None:
     turns, so neither fails on the other's half-created tables."""
     engines = [create_engine(db_url) for _ in range(3)]
     try:
-        results = await asyncio.gather(*(migrations.upgrade(e, "payment_svc") for e in engines))
-        assert set(results) == {(migrations.head("payment_svc"),)}
+        results = await asyncio.gather(*(migrations.upgrade(e, spec("payment_svc")) for e in engines))
+        assert set(results) == {(migrations.head(spec("payment_svc")),)}
         assert await run(engines[0], differences, "payment_svc") == []
     finally:
         for e in engines:
@@ -132,11 +133,11 @@ async def test_replicas_starting_together_migrate_once(db_url: str) -> None:
 
 
 async def test_a_database_from_a_newer_release_is_refused(engine: AsyncEngine) -> None:
-    await migrations.upgrade(engine, "order_svc")
+    await migrations.upgrade(engine, spec("order_svc"))
     async with engine.begin() as conn:
         await conn.execute(text("UPDATE alembic_version_order_svc SET version_num = 'f00dfeedbeef'"))
     with pytest.raises(migrations.MigrationError, match="order_svc.*f00dfeedbeef"):
-        await migrations.upgrade(engine, "order_svc")
+        await migrations.upgrade(engine, spec("order_svc"))
 
 
 def test_migrate_command_needs_only_the_database(tmp_path: Path) -> None:
@@ -153,7 +154,7 @@ def test_migrate_command_needs_only_the_database(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    assert migrations.head("inventory_svc") in done.stdout
+    assert migrations.head(spec("inventory_svc")) in done.stdout
     with sqlite3.connect(path) as conn:
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"products", "reservations", "outbox", "inbox", "idempotent_requests"} <= names

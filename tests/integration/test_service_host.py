@@ -10,10 +10,12 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
+from sqlalchemy import MetaData
 
 from paymesh.chassis.config import Settings
 from paymesh.chassis.errors import NotFound, invalid_argument
 from paymesh.chassis.service import GrpcService, Runtime, ServiceHost, StartupError, Wiring
+from paymesh.chassis.spec import ServiceSpec, no_settings
 from paymesh.ops.natsserver import NatsServer, free_port
 from paymesh.order.v1 import order_service_pb2, order_service_pb2_grpc
 from tests.conftest import wait_for
@@ -46,6 +48,24 @@ class RefusingOrders(order_service_pb2_grpc.OrderServiceServicer):
         raise RuntimeError("a bug")
 
 
+def _no_wiring(runtime: Runtime, settings: None) -> Wiring:
+    raise AssertionError("make_host wires the refusing servicer itself")
+
+
+# A service that owns no tables and serves OrderService on ORDER_SVC_*'s settings; its database
+# carries order_svc's migrations (the chassis tables come with them).
+REFUSING_SPEC = ServiceSpec(
+    name="order_svc",
+    env_prefix="ORDER_SVC",
+    grpc_port=50051,
+    stream="ORDER",
+    metadata=MetaData,
+    migrations="order_svc.migrations",
+    wire=_no_wiring,
+    settings=no_settings,
+)
+
+
 def settings_for(nats: NatsServer, db_url: str, tmp_path: Any) -> Settings:
     env = {
         "PAYMESH_NATS_URL": nats.url,
@@ -53,17 +73,15 @@ def settings_for(nats: NatsServer, db_url: str, tmp_path: Any) -> Settings:
         "ORDER_SVC_DB_URL": db_url,
         "PAYMESH_DATA_DIR": str(tmp_path),
     }
-    return Settings.from_env("order_svc", env)
+    return Settings.from_env(REFUSING_SPEC, env)
 
 
 def make_host(settings: Settings) -> ServiceHost:
-    from sqlalchemy import MetaData
-
-    runtime = Runtime(settings, MetaData())
+    runtime = Runtime(REFUSING_SPEC, settings)
     servicer = RefusingOrders(runtime)
     wiring = Wiring(services=[GrpcService("paymesh.order.v1.OrderService", servicer,
                                           order_service_pb2_grpc.add_OrderServiceServicer_to_server)])
-    return ServiceHost(runtime, wiring, "ORDER_SVC")
+    return ServiceHost(runtime, wiring)
 
 
 async def test_health_reflection_errors_and_outbox(nats_server: NatsServer, db_url: str, tmp_path: Any) -> None:

@@ -8,21 +8,25 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 
+from payment_svc.service import PaymentSettings
+from paymesh.chassis.backoff import Backoff
 from paymesh.chassis.config import ConfigError, Settings, db_url, event_loop
-from paymesh.chassis.consumer import Backoff
 from paymesh.chassis.db import DatabaseConfigError, create_engine
 from paymesh.chassis.errors import AlreadyExists, invalid_argument, to_status
-from paymesh.chassis.events import OutboundEvent, UndecodableEvent, child_traceparent, decode
+from paymesh.chassis.events import OutboundEvent, UndecodableEvent, child_traceparent, decode, message_types
+from paymesh.ops.services import spec
 from paymesh.order.v1 import events_pb2
 
 
 def test_settings_defaults() -> None:
-    s = Settings.from_env("payment_svc", {})
+    s = Settings.from_env(spec("payment_svc"), {})
     assert s.grpc_addr == "127.0.0.1:50053"
     assert s.db_url == "sqlite+inloop:///.paymesh/payment_svc.db"
     assert s.nats_urls == ["nats://127.0.0.1:4222"]
     assert s.stream == "PAYMENT"
-    assert s.gateway_addr == "127.0.0.1:50054"
+    assert PaymentSettings.from_env({}).gateway_addr == "127.0.0.1:50054"
+    assert PaymentSettings.from_env({"GATEWAY_MOCK_GRPC_ADDR": "127.0.0.1:7"}).gateway_addr == "127.0.0.1:7"
+    assert PaymentSettings.from_env({"PAYMENT_SVC_GATEWAY_ADDR": "gw:1"}).gateway_addr == "gw:1"
     assert s.saga_timeout_s == 30.0
 
 
@@ -34,16 +38,16 @@ def test_settings_from_environment() -> None:
         "PAYMESH_SAGA_TIMEOUT_S": "2.5",
         "PAYMESH_DATA_DIR": "/var/paymesh",
     }
-    s = Settings.from_env("order_svc", env)
+    s = Settings.from_env(spec("order_svc"), env)
     assert s.nats_urls == ["nats://a:1", "nats://b:2"]
     assert (s.grpc_addr, s.db_url, s.saga_timeout_s) == ("127.0.0.1:6000", env["ORDER_SVC_DB_URL"], 2.5)
-    assert Settings.from_env("inventory_svc", {"PAYMESH_DATA_DIR": "/d"}).db_url == "sqlite+inloop:////d/inventory_svc.db"
+    assert Settings.from_env(spec("inventory_svc"), {"PAYMESH_DATA_DIR": "/d"}).db_url == "sqlite+inloop:////d/inventory_svc.db"
 
 
 def test_replicas_sharing_a_sqlite_file_get_aiosqlite_and_an_explicit_url_is_kept() -> None:
-    assert db_url("order_svc", {"PAYMESH_DATA_DIR": "/d"}, shared=True) == "sqlite+aiosqlite:////d/order_svc.db"
+    assert db_url(spec("order_svc"), {"PAYMESH_DATA_DIR": "/d"}, shared=True) == "sqlite+aiosqlite:////d/order_svc.db"
     explicit = {"ORDER_SVC_DB_URL": "sqlite+inloop:////x/o.db"}
-    assert db_url("order_svc", explicit, shared=True) == "sqlite+inloop:////x/o.db"
+    assert db_url(spec("order_svc"), explicit, shared=True) == "sqlite+inloop:////x/o.db"
 
 
 def test_event_loop_defaults_to_uvloop_and_refuses_unknown_names() -> None:
@@ -63,7 +67,7 @@ def test_event_loop_defaults_to_uvloop_and_refuses_unknown_names() -> None:
 )
 def test_bad_settings_name_the_variable(name: str, value: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        Settings.from_env("order_svc", {name: value})
+        Settings.from_env(spec("order_svc"), {name: value})
 
 
 def test_unknown_database_driver_is_refused() -> None:
@@ -98,7 +102,7 @@ def raw(data: bytes, headers: dict[str, str] | None, subject: str = "order.place
     return SimpleNamespace(subject=subject, data=data, headers=headers, metadata=SimpleNamespace(num_delivered=1))
 
 
-TYPES = {"paymesh.order.v1.OrderPlaced": events_pb2.OrderPlaced}
+TYPES = message_types(events_pb2.OrderPlaced)
 
 
 def test_event_round_trip_keeps_id_type_and_trace() -> None:
@@ -142,8 +146,16 @@ def test_child_traceparent_keeps_the_trace() -> None:
     assert len(child_traceparent("garbage").split("-")[1]) == 32
 
 
-def test_backoff_grows_with_full_jitter_and_caps() -> None:
+def test_backoff_grows_with_equal_jitter_and_caps() -> None:
     b = Backoff(base_s=0.5, cap_s=4.0)
     for attempt, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (10, 4.0)]:
         for _ in range(50):
             assert ceiling / 2 <= b.delay(attempt) <= ceiling
+
+
+def test_backoff_jitter_spans_the_upper_half_of_the_ceiling() -> None:
+    """Equal jitter, as its docstring says: the draw is uniform over [ceiling/2, ceiling]."""
+    b = Backoff(base_s=1.0, cap_s=8.0)
+    assert b.delay(3, uniform=lambda lo, hi: lo) == 2.0
+    assert b.delay(3, uniform=lambda lo, hi: hi) == 4.0
+    assert b.delay(9, uniform=lambda lo, hi: hi) == 8.0

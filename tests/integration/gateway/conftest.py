@@ -9,8 +9,7 @@ from typing import Any
 import grpc
 import pytest
 
-from gateway_mock.service import wire
-from gateway_mock.store import metadata
+from gateway_mock.service import SPEC
 from paymesh.chassis.config import Settings
 from paymesh.chassis.service import Runtime, ServiceHost
 from paymesh.gateway.v1 import gateway_service_pb2_grpc
@@ -27,9 +26,9 @@ async def gateway(nats_server: NatsServer, db_url: str, tmp_path: Path) -> Async
         "PAYMESH_DATA_DIR": str(tmp_path),
         "PAYMESH_SHUTDOWN_GRACE_S": "0.5",
     }
-    settings = Settings.from_env("gateway_mock", env)
-    runtime = Runtime(settings, metadata())
-    host = ServiceHost(runtime, wire(runtime), "GATEWAY_MOCK")
+    settings = Settings.from_env(SPEC, env)
+    runtime = Runtime(SPEC, settings)
+    host = ServiceHost(runtime, SPEC.wire(runtime, None))
     await host.start()
     try:
         async with grpc.aio.insecure_channel(settings.grpc_addr) as channel:

@@ -14,8 +14,7 @@ import pytest
 from google.protobuf.message import Message
 from nats.aio.client import Client as NATS
 
-from inventory_svc.service import wire
-from inventory_svc.store import metadata
+from inventory_svc.service import SPEC
 from paymesh.chassis import jetstream
 from paymesh.chassis.config import Settings
 from paymesh.chassis.events import OutboundEvent, new_event_id
@@ -51,8 +50,8 @@ class Output:
 
 
 def start_host(settings: Settings) -> ServiceHost:
-    runtime = Runtime(settings, metadata())
-    return ServiceHost(runtime, wire(runtime), "INVENTORY_SVC")
+    runtime = Runtime(SPEC, settings)
+    return ServiceHost(runtime, SPEC.wire(runtime, None))
 
 
 @dataclass
@@ -142,7 +141,7 @@ async def rig(nats_server: NatsServer, db_url: str, tmp_path: Path) -> AsyncIter
         "PAYMESH_DATA_DIR": str(tmp_path),
         "PAYMESH_SHUTDOWN_GRACE_S": "1",
     }
-    settings = Settings.from_env("inventory_svc", env)
+    settings = Settings.from_env(SPEC, env)
     nc = await jetstream.connect([nats_server.url], "inventory-test")
     js = nc.jetstream()
     # The streams order_svc and payment_svc would own; inventory_svc's consumers bind to them.

@@ -15,8 +15,7 @@ from google.protobuf.message import Message
 from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 
-from order_svc.service import OrderService, build, wire
-from order_svc.store import metadata
+from order_svc.service import SPEC, OrderService, build, wire
 from paymesh.chassis import jetstream
 from paymesh.chassis.config import Settings
 from paymesh.chassis.events import OutboundEvent, new_event_id
@@ -220,15 +219,15 @@ async def rig(nats_server: NatsServer, db_url: str, tmp_path: Path, saga_timeout
         "PAYMESH_SAGA_TIMEOUT_S": str(saga_timeout_s),
         "PAYMESH_SHUTDOWN_GRACE_S": "1",
     }
-    settings = Settings.from_env("order_svc", env)
+    settings = Settings.from_env(SPEC, env)
     nc = await jetstream.connect([nats_server.url], "order-test")
     js = nc.jetstream()
     # The streams inventory_svc and payment_svc own, as they create them on start.
     await jetstream.ensure_stream(js, "INVENTORY", ["inventory.>"])
     await jetstream.ensure_stream(js, "PAYMENT", ["payment.>"])
-    runtime = Runtime(settings, metadata())
+    runtime = Runtime(SPEC, settings)
     service = build(runtime)
-    host = ServiceHost(runtime, wire(runtime, service), "ORDER_SVC")
+    host = ServiceHost(runtime, wire(runtime, None, service))
     await host.start()
     channel = grpc.aio.insecure_channel(settings.grpc_addr)
     try:

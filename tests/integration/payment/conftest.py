@@ -19,8 +19,7 @@ from nats.aio.client import Client as NATS
 
 from payment_svc.domain import RetryPolicy
 from payment_svc.gateway import GatewayPolicy
-from payment_svc.service import PaymentConfig, PaymentService
-from payment_svc.store import metadata
+from payment_svc.service import SPEC, PaymentConfig, PaymentService, PaymentSettings
 from paymesh.chassis import jetstream
 from paymesh.chassis.config import Settings
 from paymesh.chassis.events import OutboundEvent, new_event_id
@@ -71,9 +70,21 @@ class Published:
         return self.subject.split(".")[1]
 
 
+@dataclass(frozen=True)
+class RigSettings:
+    """The chassis' settings of the payment_svc under test and its own."""
+
+    chassis: Settings
+    payment: PaymentSettings
+
+    @property
+    def grpc_addr(self) -> str:
+        return self.chassis.grpc_addr
+
+
 @dataclass
 class Rig:
-    settings: Settings
+    settings: RigSettings
     service: PaymentService
     gateway: GatewayServer | None
     nc: NATS
@@ -152,7 +163,7 @@ class Rig:
     async def restart(self, config: PaymentConfig = FAST) -> None:
         """Stop this payment_svc and start a fresh one on the same store and NATS, as after a crash."""
         await self.service.stop()
-        self.service = PaymentService(Runtime(self.settings, metadata()), config)
+        self.service = start_service(self.settings, config)
         await self.service.start()
 
 
@@ -174,24 +185,26 @@ def new_order_id() -> str:
     return f"ord_{uuid.uuid4().hex}"
 
 
-def settings_for(nats: NatsServer, db_url: str, tmp_path: Path, gateway_addr: str, **env: str) -> Settings:
-    return Settings.from_env(
-        "payment_svc",
-        {
-            "PAYMESH_NATS_URL": nats.url,
-            "PAYMENT_SVC_GRPC_ADDR": f"127.0.0.1:{free_port()}",
-            "PAYMENT_SVC_DB_URL": db_url,
-            "PAYMENT_SVC_GATEWAY_ADDR": gateway_addr,
-            "PAYMESH_DATA_DIR": str(tmp_path),
-            **env,
-        },
-    )
+def settings_for(nats: NatsServer, db_url: str, tmp_path: Path, gateway_addr: str, **env: str) -> RigSettings:
+    values = {
+        "PAYMESH_NATS_URL": nats.url,
+        "PAYMENT_SVC_GRPC_ADDR": f"127.0.0.1:{free_port()}",
+        "PAYMENT_SVC_DB_URL": db_url,
+        "PAYMENT_SVC_GATEWAY_ADDR": gateway_addr,
+        "PAYMESH_DATA_DIR": str(tmp_path),
+        **env,
+    }
+    return RigSettings(Settings.from_env(SPEC, values), PaymentSettings.from_env(values))
+
+
+def start_service(settings: RigSettings, config: PaymentConfig) -> PaymentService:
+    return PaymentService(Runtime(SPEC, settings.chassis), settings.payment, config)
 
 
 @contextlib.asynccontextmanager
-async def running(nats: NatsServer, settings: Settings, gateway: GatewayServer | None) -> AsyncIterator[Rig]:
+async def running(nats: NatsServer, settings: RigSettings, gateway: GatewayServer | None) -> AsyncIterator[Rig]:
     """A started payment_svc and the clients a test drives it with; stopped at the end."""
-    service = PaymentService(Runtime(settings, metadata()), FAST)
+    service = start_service(settings, FAST)
     await service.start()
     nc = await jetstream.connect([nats.url], "payment-test")
     channel = grpc.aio.insecure_channel(settings.grpc_addr)

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
-from paymesh.chassis import config
+from paymesh.ops import services as mesh
 from paymesh.ops.natsserver import nats_server_binary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,6 +32,8 @@ COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 CONFIG_PY = ROOT / "paymesh" / "chassis" / "config.py"
+# Where settings are read: the chassis' config, and each service's own settings in its service.py.
+SETTINGS_SOURCES = [CONFIG_PY, *(ROOT / s.name / "service.py" for s in mesh.SPECS)]
 HEALTH_MODULE = "paymesh.ops.healthcheck"
 REPLICAS = 2
 WILDCARD_HOSTS = {"0.0.0.0", "[::]", "::"}
@@ -205,10 +207,10 @@ def split_addr(addr: str) -> tuple[str, int]:
 
 
 def env_vars_config_reads() -> set[str]:
-    """Every variable name paymesh/chassis/config.py reads, found in its source:
-    `env.get(NAME...)` and `_int/_float(env, NAME, ...)`, with `f"{prefix}_X"` expanded
-    over SERVICES' prefixes."""
-    prefixes = [prefix for prefix, _, _ in config.SERVICES.values()]
+    """Every variable name paymesh/chassis/config.py and the services' service.py read, found in their
+    source: `env.get(NAME...)` and `env_int/env_float(env, NAME, ...)`, with `f"{spec.env_prefix}_X"`
+    expanded over the services' prefixes."""
+    prefixes = [s.env_prefix for s in mesh.SPECS]
     names: set[str] = set()
 
     def add(node: ast.expr) -> None:
@@ -220,14 +222,15 @@ def env_vars_config_reads() -> set[str]:
                     and isinstance(parts[1], ast.Constant) and isinstance(parts[1].value, str)):
                 names.update(prefix + parts[1].value for prefix in prefixes)
 
-    for node in ast.walk(ast.parse(CONFIG_PY.read_text())):
+    trees = [ast.parse(path.read_text()) for path in SETTINGS_SOURCES]
+    for node in (n for tree in trees for n in ast.walk(tree)):
         if not isinstance(node, ast.Call):
             continue
         func = node.func
         if isinstance(func, ast.Attribute) and func.attr == "get" and isinstance(func.value, ast.Name) \
                 and func.value.id == "env" and node.args:
             add(node.args[0])
-        elif isinstance(func, ast.Name) and func.id in ("_int", "_float") and len(node.args) >= 2:
+        elif isinstance(func, ast.Name) and func.id in ("env_int", "env_float") and len(node.args) >= 2:
             add(node.args[1])
     return names
 
@@ -254,9 +257,9 @@ def stack() -> Stack:
     for name, svc in services.items():
         if "build" in svc or (svc.get("image") and svc.get("image") in built_images):
             module = module_of(argv_of(svc, image))
-            assert module in config.SERVICES, (
+            assert module in mesh.NAMES, (
                 f"docker-compose.yml: {name} runs the paymesh image with `{' '.join(argv_of(svc, image))}`; "
-                f"its command should name one of {sorted(config.SERVICES)} (run as `python -m <service>`)"
+                f"its command should name one of {sorted(mesh.NAMES)} (run as `python -m <service>`)"
             )
             paymesh[name] = module
     nats = sorted(n for n, s in services.items() if str(s.get("image", "")).startswith("nats:"))
@@ -371,7 +374,7 @@ def test_streams_are_replicated_on_all_three_nodes(stack: Stack) -> None:
 
 
 def test_two_replicas_of_each_service(stack: Stack) -> None:
-    counts = dict.fromkeys(config.SERVICES, 0)
+    counts = dict.fromkeys(mesh.NAMES, 0)
     for name, module in stack.paymesh.items():
         counts[module] += replicas_of(stack.services[name])
     wrong = {m: n for m, n in counts.items() if n != REPLICAS}
@@ -429,7 +432,7 @@ def test_each_service_has_its_own_database_created_by_the_init_script(stack: Sta
     user = pg_env.get("POSTGRES_USER", "postgres")
     database_of: dict[str, set[str]] = {}
     for name, module in stack.paymesh.items():
-        prefix = config.SERVICES[module][0]
+        prefix = mesh.spec(module).env_prefix
         raw = env_of(stack.services[name]).get(f"{prefix}_DB_URL")
         assert raw, f"docker-compose.yml: {name} should set {prefix}_DB_URL (else it uses SQLite inside its container)"
         url = make_url(raw)
@@ -466,7 +469,7 @@ def test_grpc_ports_agree_between_bind_health_check_publish_and_callers(stack: S
     port_of: dict[str, set[int]] = {}
     for name, module in stack.paymesh.items():
         svc = stack.services[name]
-        prefix = config.SERVICES[module][0]
+        prefix = mesh.spec(module).env_prefix
         addr = env_of(svc).get(f"{prefix}_GRPC_ADDR")
         assert addr, (
             f"docker-compose.yml: {name} should set {prefix}_GRPC_ADDR=0.0.0.0:<port> (the default binds loopback only)"
@@ -510,11 +513,12 @@ def test_every_env_var_set_is_one_the_code_reads(stack: Stack) -> None:
     assert {"PAYMESH_NATS_URL", "ORDER_SVC_DB_URL", "PAYMESH_STREAM_REPLICAS"} <= known, (
         f"reading {CONFIG_PY.relative_to(ROOT)} found only {sorted(known)}; update env_vars_config_reads()"
     )
-    prefixes = {prefix: module for module, (prefix, _, _) in config.SERVICES.items()}
+    prefixes = {s.env_prefix: s.name for s in mesh.SPECS}
     for name, module in stack.paymesh.items():
         for var in env_of(stack.services[name]):
             assert var in known, (
-                f"docker-compose.yml: {name} sets {var}, which paymesh/chassis/config.py never reads "
+                f"docker-compose.yml: {name} sets {var}, "
+                f"which neither paymesh/chassis/config.py nor a service.py reads "
                 f"(typo? it reads {sorted(known)})"
             )
             owner = "payment_svc" if var == "PAYMENT_SVC_GATEWAY_ADDR" else next(
