@@ -22,6 +22,7 @@ check-proto: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 proto: $(VENV)/.installed
 	PYTHON=$(PY) scripts/proto.sh generate

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Generates the committed Python gRPC stubs from protos/, or checks they are fresh.
 #
-#   scripts/proto.sh generate   write paymesh/<domain>/v1/*_pb2.py, *_pb2.pyi, *_pb2_grpc.py
+#   scripts/proto.sh generate   write paymesh/<domain>/v1/*_pb2.py, *_pb2.pyi, *_pb2_grpc.py, *_pb2_grpc.pyi
 #   scripts/proto.sh check      fail if the committed stubs differ from a fresh generation,
 #                               and run `buf lint`
 #
@@ -15,7 +15,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON="${PYTHON:-.venv/bin/python}"
 PROTO_ROOT=protos
 # Stubs are recognised by name only, so a stub whose .proto was removed is caught too.
-STUB_GLOBS=('*_pb2.py' '*_pb2.pyi' '*_pb2_grpc.py')
+STUB_GLOBS=('*_pb2.py' '*_pb2.pyi' '*_pb2_grpc.py' '*_pb2_grpc.pyi')
 
 TMP=""
 trap '[[ -z "$TMP" ]] || rm -rf "$TMP"' EXIT
@@ -51,8 +51,12 @@ generate_into() {
     || die "$PYTHON cannot import grpc_tools (pip install -e '.[test]')"
   mapfile -t protos < <(find "$PROTO_ROOT" -name '*.proto' | LC_ALL=C sort)
   [[ ${#protos[@]} -gt 0 ]] || die "no .proto files under $PROTO_ROOT/"
-  "$PYTHON" -m grpc_tools.protoc -I"$PROTO_ROOT" \
-    --python_out="$out" --pyi_out="$out" --grpc_python_out="$out" "${protos[@]}"
+  # The typed stubs and servicers (*_pb2_grpc.pyi, for mypy --strict) come from the pinned mypy-protobuf.
+  local mypy_grpc
+  mypy_grpc="$(dirname "$(command -v "$PYTHON")")/protoc-gen-mypy_grpc"
+  [[ -x "$mypy_grpc" ]] || die "protoc-gen-mypy_grpc not found next to $PYTHON (pip install -e '.[test]')"
+  "$PYTHON" -m grpc_tools.protoc -I"$PROTO_ROOT" --plugin=protoc-gen-mypy_grpc="$mypy_grpc" \
+    --python_out="$out" --pyi_out="$out" --grpc_python_out="$out" --mypy_grpc_out=quiet:"$out" "${protos[@]}"
 }
 
 # Every package directory between paymesh/ and a stub needs an __init__.py.
