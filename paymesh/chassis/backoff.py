@@ -20,7 +20,7 @@ class Backoff:
     cap_s: float = 30.0
 
     def ceiling(self, attempt: int) -> float:
-        return min(self.cap_s, self.base_s * 2 ** max(attempt - 1, 0))
+        return min(self.cap_s, self.base_s * 2.0 ** max(attempt - 1, 0))
 
     def delay(self, attempt: int, uniform: Callable[[float, float], float] = random.uniform) -> float:
         ceiling = self.ceiling(attempt)

@@ -167,7 +167,7 @@ class Consumer:
         an idle consumer waited 100–450 ms). A one-message fetch returns as soon as it has it;
         the rest is asked for with a no-wait pull, which the server answers at once.
         """
-        first = await self._sub.fetch(1, timeout=FETCH_WAIT_S)
+        first: list[Any] = await self._sub.fetch(1, timeout=FETCH_WAIT_S)
         if self.spec.batch_size > 1:
             first += await self._waiting(self.spec.batch_size - len(first))
         return first

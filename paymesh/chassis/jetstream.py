@@ -121,7 +121,7 @@ async def ensure_stream(
 
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    name, subjects, replicas = config.name, config.subjects or [], config.num_replicas
+    name, subjects, replicas = config.name or "", config.subjects or [], config.num_replicas
     try:
         await js.stream_info(name)
     except NotFoundError:
@@ -192,7 +192,7 @@ async def consumer_backlog(js: JetStreamContext, stream: str, durable: str) -> i
     stored message the consumer's filter matches must also have been delivered.
     """
     info = await js.consumer_info(stream, durable)
-    backlog = info.num_pending + info.num_ack_pending
+    backlog = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
     if backlog:
         return backlog
     config = info.config

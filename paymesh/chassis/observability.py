@@ -23,29 +23,34 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     )
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+async def _abort(context: Context, exc: BaseException, method: str) -> None:
     """The one place a raised error becomes a gRPC status."""
     if isinstance(exc, ServiceError):
-        await context.abort_with_status(to_status(exc))
-    if isinstance(exc, NotImplementedError):  # what a generated base servicer raises
-        await context.abort_with_status(to_status(Unimplemented(f"{method} is not implemented yet")))
-    log.exception("unhandled error", exc_info=exc)
-    await context.abort_with_status(internal_status())
+        status = to_status(exc)
+    elif isinstance(exc, NotImplementedError):  # what a generated base servicer raises
+        status = to_status(Unimplemented(f"{method} is not implemented yet"))
+    else:
+        log.exception("unhandled error", exc_info=exc)
+        status = internal_status()
+    await context.abort_with_status(status)  # type: ignore[attr-defined]  # grpc-stubs 1.53 lacks it on aio
 
 
-def _code(context: grpc.aio.ServicerContext) -> str:
+def _code(context: Context) -> str:
     code = context.code()
     return code.name if isinstance(code, grpc.StatusCode) else "OK"
 
 
-class CallInterceptor(grpc.aio.ServerInterceptor):
+class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # generic only in grpc-stubs
     """Logs method, status and duration of every call; turns ServiceError into rich status."""
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(details)
         if handler is None:
             return handler
@@ -58,7 +63,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(method, handler.unary_stream),
+                _wrap_stream(method, handler.unary_stream),  # type: ignore[arg-type]  # an async generator on aio
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -66,7 +71,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def call(request: Any, context: Context) -> Any:
         start = time.perf_counter()
         try:
             return await behavior(request, context)
@@ -83,7 +88,7 @@ def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]]) -> Callabl
 def _wrap_stream(
     method: str, behavior: Callable[..., AsyncIterator[Any]]
 ) -> Callable[..., AsyncIterator[Any]]:
-    async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def call(request: Any, context: Context) -> AsyncIterator[Any]:
         start = time.perf_counter()
         try:
             async for item in behavior(request, context):
@@ -98,7 +103,7 @@ def _wrap_stream(
     return call
 
 
-def _log_call(method: str, context: grpc.aio.ServicerContext, start: float) -> None:
+def _log_call(method: str, context: Context, start: float) -> None:
     if method.startswith("/grpc.health.v1.Health/"):
         return  # probes every few seconds would drown the log
     code = _code(context)

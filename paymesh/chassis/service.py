@@ -57,7 +57,7 @@ class Wiring:
     consumers: list[ConsumerSpec] = field(default_factory=list)
     # Long-running loops of the service (a deadline sweeper, a recovery scan): each is
     # started as a task once the service is ready and cancelled first at shutdown.
-    background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
     # Resources a service opens once NATS and the database are up and before its consumers
     # start (a client channel to a peer), and closes after its consumers have stopped.
     on_start: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -122,7 +122,7 @@ class ServiceHost:
         self.migrate = migrate
         # so_reuseport off: a second process on a taken port must fail, not share it.
         self.server = grpc.aio.server(interceptors=[CallInterceptor()], options=[("grpc.so_reuseport", 0)])
-        self.health = health.aio.HealthServicer()
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # grpc-stubs 1.53 lacks health.aio
         self.consumers: list[Consumer] = []
         self.tasks: list[asyncio.Task[None]] = []
 

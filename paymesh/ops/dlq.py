@@ -55,11 +55,11 @@ async def list_dead_letters(nc: NATS, subject: str = "dlq.>", limit: int = 1000)
             seq += 1
             continue
         headers = dict(msg.headers or {})
-        if _matches(subject, msg.subject):
+        if _matches(subject, msg.subject or ""):
             out.append(
                 DeadLetter(
                     seq=seq,
-                    subject=msg.subject,
+                    subject=msg.subject or "",
                     original_subject=headers.get("Paymesh-Original-Subject", ""),
                     consumer=headers.get("Paymesh-Consumer", ""),
                     reason=headers.get("Paymesh-Dlq-Reason", ""),

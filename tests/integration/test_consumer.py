@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import pytest
+from nats.js import JetStreamContext
 
 from paymesh.chassis import consumer as consumer_module
 from paymesh.chassis.consumer import RetryLater
@@ -15,6 +16,11 @@ from tests.conftest import wait_for
 from tests.integration.chassis_harness import Rig, all_acked, consumer_for, placed, publish, stream_messages
 
 pytestmark = pytest.mark.timeout(60)
+
+
+async def _pull_waiting(js: JetStreamContext, stream: str, durable: str) -> bool:
+    """True once the server holds a pull request of the durable (its consumer_info's num_waiting)."""
+    return (await js.consumer_info(stream, durable)).num_waiting == 1
 
 
 async def test_a_pull_returns_at_its_first_message_then_takes_what_else_waits(
@@ -29,7 +35,9 @@ async def test_a_pull_returns_at_its_first_message_then_takes_what_else_waits(
         # A long wait: a message held until the pull expires would take ten seconds to come.
         monkeypatch.setattr(consumer_module, "FETCH_WAIT_S", 10.0)
         pulling = asyncio.create_task(consumer.next_batch())
-        await asyncio.sleep(0.3)  # the pull is waiting on the server when the event comes
+        # The pull is waiting on the server when the event comes: the server says so itself.
+        js = rig.nc.jetstream()
+        await wait_for(lambda: _pull_waiting(js, "ORDER", "ledger"), timeout=5, message="a pull waiting")
         await publish(rig.nc, placed(order_id="o-first"))
         published = time.monotonic()
         first = await asyncio.wait_for(pulling, 5)

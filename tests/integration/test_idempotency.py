@@ -6,12 +6,13 @@ import asyncio
 import uuid
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, func, select
+from sqlalchemy import Column, Integer, MetaData, String, Table, func, select, text
 
 from paymesh.chassis.db import Database, UnitOfWork
 from paymesh.chassis.errors import Aborted, AlreadyExists
 from paymesh.chassis.idempotency import RequestLog, requests_table
 from paymesh.inventory.v1 import inventory_service_pb2 as pb
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -79,28 +80,67 @@ async def test_a_failed_action_leaves_the_request_id_free(log_and_db) -> None:  
     assert await count(db, effects) == 1
 
 
-async def test_concurrent_duplicates_act_once(log_and_db) -> None:  # type: ignore[no-untyped-def]
+async def blocked_writers(db: Database) -> int:
+    """How many transactions wait behind the open one: queued on this process' SQLite writer lock, or
+    on PostgreSQL blocked on a row lock (a duplicate's insert waiting on the first one's primary key)."""
+    if db.is_sqlite:
+        return len(db._write_lock._waiters or ())  # type: ignore[union-attr]  # asyncio.Lock's queue
+    async with db.read() as conn:
+        query = text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return int((await conn.execute(query)).scalar_one())
+
+
+async def test_concurrent_duplicates_wait_for_the_first_and_replay_its_answer(log_and_db) -> None:  # type: ignore[no-untyped-def]
+    """Duplicates arriving while the first still runs queue behind its transaction (SQLite's writer lock,
+    PostgreSQL's primary key) and then replay its answer: the action runs once, no duplicate is refused."""
     log, db, effects = log_and_db
-    started = asyncio.Event()
+    started, release = asyncio.Event(), asyncio.Event()
+    runs = 0
 
     async def slow(uow: UnitOfWork) -> pb.AdjustStockResponse:
+        nonlocal runs
+        runs += 1
         await uow.conn.execute(effects.insert().values(sku="sku-1"))
         started.set()
-        await asyncio.sleep(0.2)  # hold the transaction open while the duplicates arrive
+        await release.wait()  # hold the transaction open until every duplicate waits behind it
         return pb.AdjustStockResponse(product={"sku": "sku-1", "available": 7})
 
     rid = str(uuid.uuid4())
     first = asyncio.create_task(log.run("AdjustStock", rid, adjust(rid), pb.AdjustStockResponse, slow))
     await started.wait()
-    dupes = await asyncio.gather(
-        *[log.run("AdjustStock", rid, adjust(rid), pb.AdjustStockResponse, slow) for _ in range(5)],
-        return_exceptions=True,
-    )
+    dupes = [
+        asyncio.create_task(log.run("AdjustStock", rid, adjust(rid), pb.AdjustStockResponse, slow)) for _ in range(5)
+    ]
+    await wait_for(lambda: _all_blocked(db, 5), timeout=10, message="five duplicates waiting behind the first")
+    release.set()
     answer = await first
-    for d in dupes:
-        # Each duplicate either waited and got the first answer, or was told the first is in progress.
-        assert d == answer or (isinstance(d, Aborted) and d.reason == "REQUEST_IN_PROGRESS"), d
+    assert await asyncio.gather(*dupes) == [answer] * 5  # each waited, then got the first answer
+    assert runs == 1
     assert await count(db, effects) == 1
+
+
+async def _all_blocked(db: Database, n: int) -> bool:
+    return await blocked_writers(db) == n
+
+
+async def test_a_duplicate_of_a_claimed_but_unanswered_request_is_told_it_is_in_progress(log_and_db) -> None:  # type: ignore[no-untyped-def]
+    """A request id committed without its answer yet (a command whose work spans transactions, as a
+    refund's gateway call does) answers ABORTED REQUEST_IN_PROGRESS, and the action does not run."""
+    log, db, effects = log_and_db
+    rid = str(uuid.uuid4())
+    async with db.unit_of_work() as uow:
+        assert await log.claim(uow, "AdjustStock", rid, adjust(rid)) is None
+        await uow.commit()
+
+    async def act(uow: UnitOfWork) -> pb.AdjustStockResponse:
+        raise AssertionError("a duplicate in progress must not act")
+
+    with pytest.raises(Aborted) as refused:
+        await log.run("AdjustStock", rid, adjust(rid), pb.AdjustStockResponse, act)
+    assert refused.value.reason == "REQUEST_IN_PROGRESS"
+    assert await count(db, effects) == 0
 
 
 async def test_two_phase_claim_reports_in_progress(log_and_db) -> None:  # type: ignore[no-untyped-def]
