@@ -17,6 +17,7 @@ from alembic.util import CommandError
 from sqlalchemy import Connection, MetaData, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from paymesh.chassis.config import db_url
 from paymesh.chassis.db import create_engine
 from paymesh.chassis.idempotency import requests_table
 from paymesh.chassis.inbox import inbox_table
@@ -149,9 +150,8 @@ async def migrate(url: str, spec: Spec) -> tuple[str, ...]:
 def run_alembic_env(spec: Spec) -> None:
     """The body of `<service>/migrations/env.py`, for the `alembic` command line (see alembic.ini).
     The services do not go through it: they call `upgrade` on their own engine."""
+    # alembic.context exists only while the alembic command runs an env.py.
     from alembic import context
-
-    from paymesh.chassis.config import db_url
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -244,7 +244,7 @@ def run_on_loop(main: Coroutine[Any, Any, None]) -> None:
     """Run `main` to completion on the loop PAYMESH_EVENT_LOOP names (uvloop by default:
     benchmarks/README.md has what it gains; grpc.aio and nats-py run on any asyncio loop)."""
     if event_loop() == "uvloop":
-        import uvloop
+        import uvloop  # only when chosen: PAYMESH_EVENT_LOOP=asyncio runs without it
 
         uvloop.run(main)
     else:

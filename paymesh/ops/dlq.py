@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+import nats
 from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 
@@ -116,8 +117,6 @@ def format_table(letters: list[DeadLetter]) -> str:
 
 async def run(nats_url: str, action: str, subject: str, seqs: list[int]) -> int:
     """The body of `paymesh dlq list|replay`; returns the exit status."""
-    import nats
-
     nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=1)
     try:
         letters = await list_dead_letters(nc, subject)
