@@ -2,188 +2,142 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
+import grpc
 from sqlalchemy.exc import IntegrityError
 
-from inventory_svc import store
-from inventory_svc.domain import (
-    MAX_UNITS,
-    DomainError,
-    InsufficientStock,
-    Product,
-    ReservationStatus,
-    StockLimitExceeded,
-)
+from inventory_svc import validate
+from inventory_svc.domain import MAX_UNITS, DomainError, InsufficientStock, Product, StockLimitExceeded
+from inventory_svc.messages import product_to_proto, reservation_to_proto
+from inventory_svc.store import InventoryRepository
 from paymesh.chassis.db import UnitOfWork
 from paymesh.chassis.errors import Aborted, FailedPrecondition, NotFound, ServiceError
-from paymesh.chassis.events import to_timestamp
 from paymesh.chassis.service import Runtime
-from paymesh.chassis.validation import Violations, decode_page_token, encode_page_token, page_size
-from paymesh.inventory.v1 import inventory_pb2, inventory_service_pb2, inventory_service_pb2_grpc
+from paymesh.inventory.v1 import inventory_service_pb2 as pb
+from paymesh.inventory.v1 import inventory_service_pb2_grpc
 
-MAX_NAME_LEN = 200
-
-_STATUS = {
-    ReservationStatus.RESERVED: inventory_pb2.RESERVATION_STATUS_RESERVED,
-    ReservationStatus.REJECTED: inventory_pb2.RESERVATION_STATUS_REJECTED,
-    ReservationStatus.COMMITTED: inventory_pb2.RESERVATION_STATUS_COMMITTED,
-    ReservationStatus.RELEASED: inventory_pb2.RESERVATION_STATUS_RELEASED,
-    # The proto has no tombstone status: an order cancelled before it was seen held nothing.
-    ReservationStatus.CANCELLED: inventory_pb2.RESERVATION_STATUS_RELEASED,
-}
+# What a servicer is handed with each call (the generated base names a private subtype of it).
+Context = grpc.aio.ServicerContext[Any, Any]
 
 
 def refusal(exc: DomainError) -> ServiceError:
     """The one mapping from a domain refusal to what a client is told."""
-    if isinstance(exc, InsufficientStock):
-        return FailedPrecondition(
-            f"sku {exc.sku} has {exc.available} units available; cannot remove {exc.requested}",
-            reason="INSUFFICIENT_STOCK",
-            metadata={"sku": exc.sku, "available": exc.available, "requested": exc.requested},
-        )
-    if isinstance(exc, StockLimitExceeded):
-        return FailedPrecondition(
-            f"sku {exc.sku} would hold {exc.stocked} units; at most {MAX_UNITS} are allowed",
-            reason="STOCK_LIMIT_EXCEEDED",
-            metadata={"sku": exc.sku, "stocked": exc.stocked, "max": MAX_UNITS},
-        )
-    return FailedPrecondition(str(exc), reason="INVALID_TRANSITION")
+    match exc:
+        case InsufficientStock():
+            return FailedPrecondition(
+                f"sku {exc.sku} has {exc.available} units available; cannot remove {exc.requested}",
+                reason="INSUFFICIENT_STOCK",
+                metadata={"sku": exc.sku, "available": exc.available, "requested": exc.requested},
+            )
+        case StockLimitExceeded():
+            return FailedPrecondition(
+                f"sku {exc.sku} would hold {exc.stocked} units; at most {MAX_UNITS} are allowed",
+                reason="STOCK_LIMIT_EXCEEDED",
+                metadata={"sku": exc.sku, "stocked": exc.stocked, "max": MAX_UNITS},
+            )
+        case _:
+            return FailedPrecondition(str(exc), reason="INVALID_TRANSITION")
 
 
 def product_not_found(sku: str) -> NotFound:
-    return NotFound(f"product {sku} not found; create it with PutProduct", reason="PRODUCT_NOT_FOUND",
-                    metadata={"sku": sku})
-
-
-
-def product_message(row: Any) -> inventory_pb2.Product:
-    return inventory_pb2.Product(
-        sku=row.sku,
-        name=row.name,
-        available=row.available,
-        reserved=row.reserved,
-        sold=row.sold,
-        create_time=to_timestamp(row.create_time),
-        update_time=to_timestamp(row.update_time),
+    return NotFound(
+        f"product {sku} not found; create it with PutProduct", reason="PRODUCT_NOT_FOUND", metadata={"sku": sku}
     )
 
 
-def reservation_message(row: Any) -> inventory_pb2.Reservation:
-    return inventory_pb2.Reservation(
-        order_id=row.order_id,
-        lines=[inventory_pb2.ReservationLine(sku=line["sku"], quantity=line["quantity"]) for line in row.lines],
-        status=_STATUS[ReservationStatus(row.status)],
-        reason=row.reason,
-        sku=row.sku,
-        create_time=to_timestamp(row.create_time),
-        update_time=to_timestamp(row.update_time),
-        cancelled=row.cancel_answered,
+def reservation_not_found(order_id: str) -> NotFound:
+    return NotFound(
+        f"no reservation for order {order_id}: inventory has not seen the order",
+        reason="RESERVATION_NOT_FOUND",
+        metadata={"order_id": order_id},
     )
 
 
-class InventoryServiceServicer(inventory_service_pb2_grpc.InventoryServiceServicer):
-    def __init__(self, runtime: Runtime, tables: store.Tables) -> None:
+class InventoryApi(inventory_service_pb2_grpc.InventoryServiceServicer):
+    def __init__(self, runtime: Runtime, inventory: InventoryRepository) -> None:
         self.runtime = runtime
-        self.tables = tables
+        self.inventory = inventory
 
-    async def PutProduct(self, request: Any, context: Any) -> inventory_service_pb2.PutProductResponse:  # noqa: N802
-        v = Violations()
-        v.request_id("request_id", request.request_id)
-        v.identifier("sku", request.sku)
-        v.check(len(request.name) <= MAX_NAME_LEN, "name", f"must be at most {MAX_NAME_LEN} characters")
-        v.check(request.available >= 0, "available", "must not be negative")
-        v.check(request.available <= MAX_UNITS, "available", f"must be at most {MAX_UNITS}")
-        v.raise_if_any()
+    async def PutProduct(self, request: pb.PutProductRequest, context: Context) -> pb.PutProductResponse:  # noqa: N802
+        command = validate.put_product(request)
 
-        async def put(uow: UnitOfWork) -> inventory_service_pb2.PutProductResponse:
-            now = store.utcnow()
-            existing = await store.load_products(uow.conn, self.tables, [request.sku])
-            product = existing.get(request.sku) or Product(request.sku)
+        async def put(uow: UnitOfWork) -> pb.PutProductResponse:
+            existing = (await self.inventory.lock_products(uow.conn, [command.sku])).get(command.sku)
+            product = existing or Product(command.sku)
             try:
-                product.put(request.name, request.available)
+                product.put(command.name, command.available)
             except DomainError as exc:
                 raise refusal(exc) from exc
-            if request.sku in existing:
-                await store.save_products(uow.conn, self.tables, [product], now)
+            now = datetime.now(UTC)
+            if existing is None:
+                await self.inventory.add_product(uow.conn, product, now)
             else:
-                await store.insert_product(uow.conn, self.tables, product, now)
-            row = await store.product_row(uow.conn, self.tables, request.sku)
-            return inventory_service_pb2.PutProductResponse(product=product_message(row))
+                await self.inventory.save_products(uow.conn, [product], now)
+            stored = await self.inventory.product(uow.conn, command.sku)
+            assert stored is not None, "written in this transaction"
+            return pb.PutProductResponse(product=product_to_proto(stored))
 
         try:
             return await self.runtime.requests.run(
-                "PutProduct", request.request_id, request, inventory_service_pb2.PutProductResponse, put
+                "PutProduct", request.request_id, request, pb.PutProductResponse, put
             )
         except IntegrityError as exc:
             # Another request created the same sku at the same moment (PostgreSQL): nothing was written.
             raise Aborted(
-                f"product {request.sku} was created concurrently; retry with the same request_id",
+                f"product {command.sku} was created concurrently; retry with the same request_id",
                 reason="CONCURRENT_UPDATE",
-                metadata={"sku": request.sku},
+                metadata={"sku": command.sku},
             ) from exc
 
-    async def AdjustStock(self, request: Any, context: Any) -> inventory_service_pb2.AdjustStockResponse:  # noqa: N802
-        v = Violations()
-        v.request_id("request_id", request.request_id)
-        v.identifier("sku", request.sku)
-        v.check(request.delta != 0, "delta", "must not be zero: positive adds units, negative removes them")
-        v.raise_if_any()
+    async def AdjustStock(self, request: pb.AdjustStockRequest, context: Context) -> pb.AdjustStockResponse:  # noqa: N802
+        command = validate.adjust_stock(request)
 
-        async def adjust(uow: UnitOfWork) -> inventory_service_pb2.AdjustStockResponse:
-            products = await store.load_products(uow.conn, self.tables, [request.sku])
-            product = products.get(request.sku)
+        async def adjust(uow: UnitOfWork) -> pb.AdjustStockResponse:
+            product = (await self.inventory.lock_products(uow.conn, [command.sku])).get(command.sku)
             if product is None:
-                raise product_not_found(request.sku)
+                raise product_not_found(command.sku)
             try:
-                product.adjust(request.delta)
+                product.adjust(command.delta)
             except DomainError as exc:
                 raise refusal(exc) from exc
-            await store.save_products(uow.conn, self.tables, [product], store.utcnow())
-            row = await store.product_row(uow.conn, self.tables, request.sku)
-            return inventory_service_pb2.AdjustStockResponse(product=product_message(row))
+            await self.inventory.save_products(uow.conn, [product], datetime.now(UTC))
+            stored = await self.inventory.product(uow.conn, command.sku)
+            assert stored is not None, "written in this transaction"
+            return pb.AdjustStockResponse(product=product_to_proto(stored))
 
         return await self.runtime.requests.run(
-            "AdjustStock", request.request_id, request, inventory_service_pb2.AdjustStockResponse, adjust
+            "AdjustStock", request.request_id, request, pb.AdjustStockResponse, adjust
         )
 
-    async def GetProduct(self, request: Any, context: Any) -> inventory_service_pb2.GetProductResponse:  # noqa: N802
-        v = Violations()
-        v.identifier("sku", request.sku)
-        v.raise_if_any()
+    async def GetProduct(self, request: pb.GetProductRequest, context: Context) -> pb.GetProductResponse:  # noqa: N802
+        sku = validate.get_product(request)
         async with self.runtime.db.read() as conn:
-            row = await store.product_row(conn, self.tables, request.sku)
-        if row is None:
-            raise product_not_found(request.sku)
-        return inventory_service_pb2.GetProductResponse(product=product_message(row))
+            product = await self.inventory.product(conn, sku)
+        if product is None:
+            raise product_not_found(sku)
+        return pb.GetProductResponse(product=product_to_proto(product))
 
-    async def ListProducts(self, request: Any, context: Any) -> inventory_service_pb2.ListProductsResponse:  # noqa: N802
-        v = Violations()
-        limit = page_size(v, request.page_size)
-        cursor = decode_page_token(v, request.page_token)
-        after = None
-        if cursor is not None:
-            after = cursor.get("after")
-            v.check(isinstance(after, str), "page_token", "is not a token returned by a previous ListProducts")
-        v.raise_if_any()
+    async def ListProducts(self, request: pb.ListProductsRequest, context: Context) -> pb.ListProductsResponse:  # noqa: N802
+        query = validate.list_products(request)
         async with self.runtime.db.read() as conn:
-            rows = await store.product_page(conn, self.tables, after, limit + 1)
-        page = rows[:limit]
-        token = encode_page_token({"after": page[-1].sku}) if len(rows) > limit else ""
-        return inventory_service_pb2.ListProductsResponse(
-            products=[product_message(row) for row in page], next_page_token=token
+            # One more than a page tells whether another page follows.
+            products = await self.inventory.product_page(conn, query.after, query.page_size + 1)
+        page = products[: query.page_size]
+        more = len(products) > query.page_size
+        return pb.ListProductsResponse(
+            products=[product_to_proto(p) for p in page],
+            next_page_token=query.next_token(page[-1].value.sku) if more else "",
         )
 
-    async def GetReservation(self, request: Any, context: Any) -> inventory_service_pb2.GetReservationResponse:  # noqa: N802
-        v = Violations()
-        v.identifier("order_id", request.order_id)
-        v.raise_if_any()
+    async def GetReservation(  # noqa: N802
+        self, request: pb.GetReservationRequest, context: Context
+    ) -> pb.GetReservationResponse:
+        order_id = validate.get_reservation(request)
         async with self.runtime.db.read() as conn:
-            row = await store.reservation_row(conn, self.tables, request.order_id)
-        if row is None:
-            raise NotFound(
-                f"no reservation for order {request.order_id}: inventory has not seen the order",
-                reason="RESERVATION_NOT_FOUND",
-                metadata={"order_id": request.order_id},
-            )
-        return inventory_service_pb2.GetReservationResponse(reservation=reservation_message(row))
+            reservation = await self.inventory.reservation(conn, order_id)
+        if reservation is None:
+            raise reservation_not_found(order_id)
+        return pb.GetReservationResponse(reservation=reservation_to_proto(reservation))
+

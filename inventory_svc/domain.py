@@ -224,6 +224,11 @@ class Reservation:
         lines = self.lines if held else ()
         self.events.append(Released(self.order_id, lines, held=held, cause=CAUSE_ORDER_CANCELLED))
 
+    def pull_events(self) -> list[Event]:
+        """The events recorded since the last call, for the outbox."""
+        events, self.events = self.events, []
+        return events
+
     def _require(self, status: ReservationStatus, action: str) -> None:
         if self.status is not status:
             raise InvalidTransition(f"order {self.order_id}: cannot {action} a {self.status.value} reservation")

@@ -1,8 +1,8 @@
 """Wires inventory_svc onto the chassis: its gRPC servicer and the events it consumes."""
 
-from inventory_svc.api import InventoryServiceServicer
+from inventory_svc.api import InventoryApi
 from inventory_svc.handlers import SagaHandlers
-from inventory_svc.store import Tables, metadata
+from inventory_svc.store import InventoryRepository, metadata
 from paymesh.chassis.service import GrpcService, Runtime, Wiring
 from paymesh.chassis.spec import ServiceSpec, no_settings
 from paymesh.inventory.v1 import inventory_service_pb2_grpc
@@ -11,12 +11,11 @@ SERVICE_NAME = "paymesh.inventory.v1.InventoryService"
 
 
 def wire(runtime: Runtime, settings: None = None) -> Wiring:
-    tables = Tables.of(runtime.metadata)
-    servicer = InventoryServiceServicer(runtime, tables)
+    inventory = InventoryRepository(runtime.metadata)
     add_servicer = inventory_service_pb2_grpc.add_InventoryServiceServicer_to_server
     return Wiring(
-        services=[GrpcService(SERVICE_NAME, servicer, add_servicer)],
-        consumers=SagaHandlers(tables, runtime.publish).consumers(),
+        services=[GrpcService(SERVICE_NAME, InventoryApi(runtime, inventory), add_servicer)],
+        consumers=SagaHandlers(runtime, inventory).consumers(),
     )
 
 

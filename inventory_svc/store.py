@@ -1,11 +1,11 @@
-"""inventory_svc's tables and set-based repository: one SELECT per table for a batch, executemany writes."""
+"""inventory_svc's tables and its repository: set-based for a batch (one SELECT per table, executemany writes)."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -27,18 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from inventory_svc.domain import Line, Product, Reservation, ReservationStatus
 
-
-@dataclass(frozen=True)
-class Tables:
-    products: Table
-    reservations: Table
-
-    @classmethod
-    def of(cls, metadata: MetaData) -> Tables:
-        """The inventory tables in `metadata`, defined there first if they are not yet."""
-        if "products" not in metadata.tables:
-            _define(metadata)
-        return cls(metadata.tables["products"], metadata.tables["reservations"])
+T = TypeVar("T")
 
 
 def _define(metadata: MetaData) -> None:
@@ -74,76 +63,160 @@ def _define(metadata: MetaData) -> None:
 def metadata() -> MetaData:
     """A fresh MetaData per runtime; nothing is created or connected at import."""
     fresh = MetaData()
-    Tables.of(fresh)
+    _define(fresh)
     return fresh
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
+@dataclass(frozen=True)
+class Stored(Generic[T]):
+    """A product or reservation as read for a reply, with the times its row keeps (naive from SQLite: UTC)."""
+
+    value: T
+    create_time: datetime
+    update_time: datetime
 
 
-# Products -----------------------------------------------------------------------------
+class InventoryRepository:
+    """Products and reservations in and out of their tables; the statements are built once, here."""
+
+    def __init__(self, metadata: MetaData) -> None:
+        if "products" not in metadata.tables:
+            _define(metadata)
+        p = self.products = metadata.tables["products"]
+        r = self.reservations = metadata.tables["reservations"]
+        # Locked in key order, so two batches sharing rows cannot deadlock (PostgreSQL; SQLite has one writer).
+        self._lock_products = (
+            select(p).where(p.c.sku.in_(bindparam("skus", expanding=True))).order_by(p.c.sku).with_for_update()
+        )
+        self._add_product = insert(p)
+        # executemany: one statement for every product a batch changed.
+        self._save_products = (
+            update(p)
+            .where(p.c.sku == bindparam("b_sku"))
+            .values(
+                name=bindparam("b_name"),
+                available=bindparam("b_available"),
+                reserved=bindparam("b_reserved"),
+                sold=bindparam("b_sold"),
+                update_time=bindparam("b_update_time"),
+            )
+        )
+        self._product = select(p).where(p.c.sku == bindparam("sku"))
+        self._first_page = select(p).order_by(p.c.sku).limit(bindparam("limit"))
+        self._page_after = select(p).where(p.c.sku > bindparam("after")).order_by(p.c.sku).limit(bindparam("limit"))
+        self._lock_reservations = (
+            select(r)
+            .where(r.c.order_id.in_(bindparam("order_ids", expanding=True)))
+            .order_by(r.c.order_id)
+            .with_for_update()
+        )
+        self._add_reservations = insert(r)
+        self._save_reservations = (
+            update(r)
+            .where(r.c.order_id == bindparam("b_order_id"))
+            .values(
+                status=bindparam("b_status"),
+                lines=bindparam("b_lines", type_=JSON),
+                reason=bindparam("b_reason"),
+                sku=bindparam("b_sku"),
+                cancel_answered=bindparam("b_cancel_answered"),
+                update_time=bindparam("b_update_time"),
+            )
+        )
+        self._reservation = select(r).where(r.c.order_id == bindparam("order_id"))
+
+    # Products ---------------------------------------------------------------------------
+
+    async def lock_products(self, conn: AsyncConnection, skus: Collection[str]) -> dict[str, Product]:
+        """The products of `skus` that exist, locked until the transaction ends."""
+        if not skus:
+            return {}
+        rows = await conn.execute(self._lock_products, {"skus": sorted(set(skus))})
+        return {row.sku: _product(row) for row in rows}
+
+    async def add_product(self, conn: AsyncConnection, product: Product, now: datetime) -> None:
+        await conn.execute(
+            self._add_product,
+            {
+                "sku": product.sku,
+                "name": product.name,
+                "available": product.available,
+                "reserved": 0,
+                "sold": 0,
+                "create_time": now,
+                "update_time": now,
+            },
+        )
+
+    async def save_products(self, conn: AsyncConnection, products: Iterable[Product], now: datetime) -> None:
+        """Write back the stock of existing products, one executemany."""
+        params = [
+            {
+                "b_sku": p.sku,
+                "b_name": p.name,
+                "b_available": p.available,
+                "b_reserved": p.reserved,
+                "b_sold": p.sold,
+                "b_update_time": now,
+            }
+            for p in products
+        ]
+        if params:
+            await conn.execute(self._save_products, params)
+
+    async def product(self, conn: AsyncConnection, sku: str) -> Stored[Product] | None:
+        row = (await conn.execute(self._product, {"sku": sku})).first()
+        return None if row is None else _stored(row, _product(row))
+
+    async def product_page(self, conn: AsyncConnection, after: str | None, limit: int) -> list[Stored[Product]]:
+        """Up to `limit` products ordered by sku, those after `after` (keyset paging)."""
+        if after is None:
+            rows = await conn.execute(self._first_page, {"limit": limit})
+        else:
+            rows = await conn.execute(self._page_after, {"after": after, "limit": limit})
+        return [_stored(row, _product(row)) for row in rows]
+
+    # Reservations -----------------------------------------------------------------------
+
+    async def lock_reservations(self, conn: AsyncConnection, order_ids: Collection[str]) -> dict[str, Reservation]:
+        """The reservations of `order_ids` that exist, locked until the transaction ends."""
+        if not order_ids:
+            return {}
+        rows = await conn.execute(self._lock_reservations, {"order_ids": sorted(set(order_ids))})
+        return {row.order_id: _reservation(row) for row in rows}
+
+    async def add_reservations(self, conn: AsyncConnection, reservations: Iterable[Reservation], now: datetime) -> None:
+        rows = [
+            {"order_id": r.order_id, **_reservation_values(r), "create_time": now, "update_time": now}
+            for r in reservations
+        ]
+        if rows:
+            await conn.execute(self._add_reservations, rows)
+
+    async def save_reservations(
+        self, conn: AsyncConnection, reservations: Iterable[Reservation], now: datetime
+    ) -> None:
+        params = [
+            {"b_order_id": r.order_id, **{f"b_{k}": v for k, v in _reservation_values(r).items()}, "b_update_time": now}
+            for r in reservations
+        ]
+        if params:
+            await conn.execute(self._save_reservations, params)
+
+    async def reservation(self, conn: AsyncConnection, order_id: str) -> Stored[Reservation] | None:
+        row = (await conn.execute(self._reservation, {"order_id": order_id})).first()
+        return None if row is None else _stored(row, _reservation(row))
 
 
-def _product(row: Any) -> Product:
+def _stored(row: Row[Any], value: T) -> Stored[T]:
+    return Stored(value, row.create_time, row.update_time)
+
+
+def _product(row: Row[Any]) -> Product:
     return Product(row.sku, row.name, row.available, row.reserved, row.sold)
 
 
-async def load_products(conn: AsyncConnection, t: Tables, skus: Collection[str]) -> dict[str, Product]:
-    """The products of `skus` that exist, locked until the transaction ends (PostgreSQL; SQLite has one writer)."""
-    if not skus:
-        return {}
-    p = t.products
-    rows = await conn.execute(select(p).where(p.c.sku.in_(sorted(set(skus)))).order_by(p.c.sku).with_for_update())
-    return {row.sku: _product(row) for row in rows}
-
-
-async def save_products(conn: AsyncConnection, t: Tables, products: Iterable[Product], now: datetime) -> None:
-    """Write back the stock of existing products, one executemany."""
-    params = [
-        {"b_sku": p.sku, "b_name": p.name, "b_available": p.available, "b_reserved": p.reserved, "b_sold": p.sold}
-        for p in products
-    ]
-    if not params:
-        return
-    table = t.products
-    statement = (
-        update(table)
-        .where(table.c.sku == bindparam("b_sku"))
-        .values(
-            name=bindparam("b_name"),
-            available=bindparam("b_available"),
-            reserved=bindparam("b_reserved"),
-            sold=bindparam("b_sold"),
-            update_time=now,
-        )
-    )
-    await conn.execute(statement, params)
-
-
-async def insert_product(conn: AsyncConnection, t: Tables, product: Product, now: datetime) -> None:
-    values = {"sku": product.sku, "name": product.name, "available": product.available}
-    await conn.execute(insert(t.products).values(**values, reserved=0, sold=0, create_time=now, update_time=now))
-
-
-async def product_row(conn: AsyncConnection, t: Tables, sku: str) -> Row[Any] | None:
-    result = await conn.execute(select(t.products).where(t.products.c.sku == sku))
-    return result.first()
-
-
-async def product_page(conn: AsyncConnection, t: Tables, after: str | None, limit: int) -> Sequence[Row[Any]]:
-    """Up to `limit` products ordered by sku, those after `after` (keyset paging)."""
-    p = t.products
-    query = select(p).order_by(p.c.sku).limit(limit)
-    if after is not None:
-        query = query.where(p.c.sku > after)
-    return (await conn.execute(query)).all()
-
-
-# Reservations -------------------------------------------------------------------------
-
-
-def _reservation(row: Any) -> Reservation:
+def _reservation(row: Row[Any]) -> Reservation:
     lines = tuple(Line(line["sku"], int(line["quantity"])) for line in row.lines)
     return Reservation(
         order_id=row.order_id,
@@ -163,54 +236,3 @@ def _reservation_values(r: Reservation) -> dict[str, Any]:
         "sku": r.sku,
         "cancel_answered": r.cancel_answered,
     }
-
-
-async def load_reservations(
-    conn: AsyncConnection, t: Tables, order_ids: Collection[str]
-) -> dict[str, Reservation]:
-    """The reservations of `order_ids` that exist, locked until the transaction ends (PostgreSQL)."""
-    if not order_ids:
-        return {}
-    r = t.reservations
-    query = select(r).where(r.c.order_id.in_(sorted(set(order_ids)))).order_by(r.c.order_id).with_for_update()
-    return {row.order_id: _reservation(row) for row in await conn.execute(query)}
-
-
-async def insert_reservations(
-    conn: AsyncConnection, t: Tables, reservations: Iterable[Reservation], now: datetime
-) -> None:
-    rows = [
-        {"order_id": r.order_id, **_reservation_values(r), "create_time": now, "update_time": now}
-        for r in reservations
-    ]
-    if rows:
-        await conn.execute(insert(t.reservations), rows)
-
-
-async def update_reservations(
-    conn: AsyncConnection, t: Tables, reservations: Iterable[Reservation], now: datetime
-) -> None:
-    params = [
-        {"b_order_id": r.order_id, **{f"b_{k}": v for k, v in _reservation_values(r).items()}} for r in reservations
-    ]
-    if not params:
-        return
-    table = t.reservations
-    statement = (
-        update(table)
-        .where(table.c.order_id == bindparam("b_order_id"))
-        .values(
-            status=bindparam("b_status"),
-            lines=bindparam("b_lines", type_=JSON),
-            reason=bindparam("b_reason"),
-            sku=bindparam("b_sku"),
-            cancel_answered=bindparam("b_cancel_answered"),
-            update_time=now,
-        )
-    )
-    await conn.execute(statement, params)
-
-
-async def reservation_row(conn: AsyncConnection, t: Tables, order_id: str) -> Row[Any] | None:
-    result = await conn.execute(select(t.reservations).where(t.reservations.c.order_id == order_id))
-    return result.first()

@@ -17,7 +17,7 @@ from nats.aio.client import Client as NATS
 from inventory_svc.service import SPEC
 from paymesh.chassis import jetstream
 from paymesh.chassis.config import Settings
-from paymesh.chassis.events import OutboundEvent, new_event_id
+from paymesh.chassis.events import OutboundEvent, message_types, new_event_id
 from paymesh.chassis.service import Runtime, ServiceHost
 from paymesh.inventory.v1 import events_pb2 as inventory_events
 from paymesh.inventory.v1 import inventory_pb2, inventory_service_pb2, inventory_service_pb2_grpc
@@ -28,15 +28,7 @@ from paymesh.payment.v1 import events_pb2 as payment_events
 from tests.conftest import wait_for
 from tests.integration.chassis_harness import publish, stream_messages
 
-INVENTORY_TYPES: dict[str, type[Message]] = {
-    m.DESCRIPTOR.full_name: m
-    for m in (
-        inventory_events.InventoryReserved,
-        inventory_events.InventoryRejected,
-        inventory_events.InventoryCommitted,
-        inventory_events.InventoryReleased,
-    )
-}
+INVENTORY_TYPES = message_types(inventory_events)
 DURABLES = ("inventory_svc-order", "inventory_svc-payment")
 
 

@@ -1,0 +1,34 @@
+"""inventory_svc's wire forms: each domain event as the outbox row it becomes, traced under its cause."""
+
+from __future__ import annotations
+
+import pytest
+
+from inventory_svc.domain import CAUSE_ORDER_CANCELLED, Committed, Event, Line, Rejected, Released, Reserved
+from inventory_svc.messages import outbound
+from paymesh.chassis.events import TRACEPARENT, message_types, new_traceparent
+from paymesh.inventory.v1 import events_pb2
+
+pytestmark = pytest.mark.timeout(5)
+
+TYPES = message_types(events_pb2)
+LINES = (Line("mug", 2),)
+
+
+@pytest.mark.parametrize(
+    ("event", "name"),
+    [
+        (Reserved("ord_1", LINES), "reserved"),
+        (Rejected("ord_1", "OUT_OF_STOCK", "mug", 3, 1), "rejected"),
+        (Committed("ord_1", LINES), "committed"),
+        (Released("ord_1", (), held=False, cause=CAUSE_ORDER_CANCELLED), "released"),
+    ],
+)
+def test_outbound_names_the_event_and_continues_the_trace(event: Event, name: str) -> None:
+    cause = new_traceparent()
+    out = outbound(event, cause)
+    assert out.subject == f"inventory.{name}.ord_1"
+    message = TYPES[out.type].FromString(out.payload)
+    assert (message.order_id, message.event_id != "", message.occurred_at.seconds > 0) == ("ord_1", True, True)
+    assert out.headers[TRACEPARENT].split("-")[1] == cause.split("-")[1]
+    assert out.headers[TRACEPARENT] != cause, "a span of its own under the cause"
