@@ -1,15 +1,29 @@
-"""The GatewayService servicer: request to command, one gateway operation, result to reply; errors mapped here."""
+"""GatewayService over gRPC: each RPC validates into a command, makes one call to the bank simulator, answers.
+
+gateway_mock consumes no events, so it has no handlers.py: this servicer is its only entry point.
+"""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
 
-from gateway_mock import domain, mapping
-from gateway_mock.gateway import Gateway
+from gateway_mock import validate
+from gateway_mock.domain import (
+    ChargeNotFound,
+    DomainError,
+    IdempotencyKeyReused,
+    InvalidTransition,
+    RefundDeclined,
+    RefundExceedsBalance,
+    ResponseLost,
+    TransientFailure,
+    UnknownToken,
+)
+from gateway_mock.gateway import BankSimulator
+from gateway_mock.messages import charge_to_proto, config_to_proto, refund_to_proto
+from gateway_mock.store import GatewayRepository
 from paymesh.chassis.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -18,8 +32,11 @@ from paymesh.chassis.errors import (
     ServiceError,
     Unavailable,
 )
+from paymesh.chassis.service import Runtime
 from paymesh.gateway.v1 import gateway_service_pb2 as pb
 from paymesh.gateway.v1 import gateway_service_pb2_grpc
+
+Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class DeadlineExceeded(ServiceError):
@@ -28,93 +45,92 @@ class DeadlineExceeded(ServiceError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-def service_error(err: domain.DomainError) -> ServiceError:
+def refusal(exc: DomainError) -> ServiceError:
     """The one mapping from the gateway's refusals to gRPC statuses and ErrorInfo reasons."""
-    message = str(err)
-    match err:
-        case domain.IdempotencyKeyReused():
+    message = str(exc)
+    match exc:
+        case IdempotencyKeyReused():
             return AlreadyExists(
                 message,
                 reason="IDEMPOTENCY_KEY_REUSED",
-                metadata={"idempotency_key": err.key, f"{err.kind}_id": err.existing_id},
+                metadata={"idempotency_key": exc.key, f"{exc.kind}_id": exc.existing_id},
             )
-        case domain.ChargeNotFound():
-            lookup = {"charge_id": err.charge_id} if err.charge_id else {"idempotency_key": err.idempotency_key}
+        case ChargeNotFound():
+            lookup = {"charge_id": exc.charge_id} if exc.charge_id else {"idempotency_key": exc.idempotency_key}
             return NotFound(message, reason="CHARGE_NOT_FOUND", metadata=lookup)
-        case domain.InvalidTransition():
+        case InvalidTransition():
             return FailedPrecondition(
-                message, reason="CHARGE_NOT_REFUNDABLE", metadata={"charge_id": err.charge_id, "status": err.status}
+                message, reason="CHARGE_NOT_REFUNDABLE", metadata={"charge_id": exc.charge_id, "status": exc.status}
             )
-        case domain.RefundExceedsBalance():
+        case RefundExceedsBalance():
             return FailedPrecondition(
                 message,
                 reason="REFUND_EXCEEDS_BALANCE",
                 metadata={
-                    "charge_id": err.charge_id,
-                    "requested_minor": err.requested_minor,
-                    "refundable_minor": err.refundable_minor,
+                    "charge_id": exc.charge_id,
+                    "requested_minor": exc.requested_minor,
+                    "refundable_minor": exc.refundable_minor,
                 },
             )
-        case domain.RefundDeclined():
-            metadata = {"charge_id": err.charge_id, "decline_code": err.decline_code}
+        case RefundDeclined():
+            metadata = {"charge_id": exc.charge_id, "decline_code": exc.decline_code}
             return FailedPrecondition(message, reason="REFUND_DECLINED", metadata=metadata)
-        case domain.TransientFailure():
+        case TransientFailure():
             return Unavailable(
-                message, reason="GATEWAY_UNAVAILABLE", metadata={"idempotency_key": err.key, "cause": err.cause}
+                message, reason="GATEWAY_UNAVAILABLE", metadata={"idempotency_key": exc.key, "cause": exc.cause}
             )
-        case domain.ResponseLost():
+        case ResponseLost():
             return DeadlineExceeded(
-                message, reason="GATEWAY_RESPONSE_LOST", metadata={"idempotency_key": err.key, "cause": err.cause}
+                message, reason="GATEWAY_RESPONSE_LOST", metadata={"idempotency_key": exc.key, "cause": exc.cause}
             )
-        case domain.UnknownToken():
+        case UnknownToken():
             return InvalidArgument(
                 message,
                 reason="INVALID_ARGUMENT",
                 metadata={"fields": "payment_method_token"},
                 violations=[("payment_method_token", message)],
             )
-    raise err  # a DomainError with no mapping is a bug: the chassis answers INTERNAL
+    raise exc  # a DomainError with no mapping is a bug: the chassis answers INTERNAL
 
 
-@contextlib.contextmanager
-def refusals() -> Iterator[None]:
-    try:
-        yield
-    except domain.DomainError as err:
-        raise service_error(err) from err
+class GatewayApi(gateway_service_pb2_grpc.GatewayServiceServicer):
+    # The gateway is called with idempotency keys, not AIP-155 request ids: the bank simulator
+    # is its own idempotency (a key's stored charge or refund), so no RPC goes through the request log.
+    def __init__(self, runtime: Runtime, repository: GatewayRepository) -> None:
+        self.bank = BankSimulator(runtime.db, repository)
 
+    async def Charge(self, request: pb.ChargeRequest, context: Context) -> pb.ChargeResponse:  # noqa: N802 - gRPC name
+        cmd = validate.charge(request)
+        try:
+            charge = await self.bank.charge(cmd)
+        except DomainError as exc:
+            raise refusal(exc) from exc
+        return pb.ChargeResponse(charge=charge_to_proto(charge))
 
-class GatewayServicer(gateway_service_pb2_grpc.GatewayServiceServicer):
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    async def Refund(self, request: pb.RefundRequest, context: Context) -> pb.RefundResponse:  # noqa: N802
+        cmd = validate.refund(request)
+        try:
+            refund, charge = await self.bank.refund(cmd)
+        except DomainError as exc:
+            raise refusal(exc) from exc
+        return pb.RefundResponse(refund=refund_to_proto(refund), charge=charge_to_proto(charge))
 
-    async def Charge(self, request: pb.ChargeRequest, context: Any) -> pb.ChargeResponse:  # noqa: N802 - gRPC name
-        cmd = mapping.charge_command(request)
-        with refusals():
-            charge = await self.gateway.charge(cmd)
-        return pb.ChargeResponse(charge=mapping.charge_pb(charge))
+    async def GetCharge(self, request: pb.GetChargeRequest, context: Context) -> pb.GetChargeResponse:  # noqa: N802
+        lookup = validate.get_charge(request)
+        try:
+            charge = await self.bank.get_charge(lookup)
+        except DomainError as exc:
+            raise refusal(exc) from exc
+        return pb.GetChargeResponse(charge=charge_to_proto(charge))
 
-    async def Refund(self, request: pb.RefundRequest, context: Any) -> pb.RefundResponse:  # noqa: N802
-        cmd = mapping.refund_command(request)
-        with refusals():
-            refund, charge = await self.gateway.refund(cmd)
-        return pb.RefundResponse(refund=mapping.refund_pb(refund), charge=mapping.charge_pb(charge))
-
-    async def GetCharge(self, request: pb.GetChargeRequest, context: Any) -> pb.GetChargeResponse:  # noqa: N802
-        lookup = mapping.charge_lookup(request)
-        with refusals():
-            charge = await self.gateway.get_charge(**lookup)
-        return pb.GetChargeResponse(charge=mapping.charge_pb(charge))
-
-    async def ListCharges(self, request: pb.ListChargesRequest, context: Any) -> pb.ListChargesResponse:  # noqa: N802
-        query = mapping.charge_query(request)
-        charges, next_seq = await self.gateway.list_charges(query)
+    async def ListCharges(self, request: pb.ListChargesRequest, context: Context) -> pb.ListChargesResponse:  # noqa: N802
+        query = validate.list_charges(request)
+        charges, next_seq = await self.bank.list_charges(query)
         return pb.ListChargesResponse(
-            charges=[mapping.charge_pb(c) for c in charges],
-            next_page_token=mapping.next_page_token(request, next_seq),
+            charges=[charge_to_proto(c) for c in charges],
+            next_page_token=validate.next_page_token(request, next_seq),
         )
 
-    async def Configure(self, request: pb.ConfigureRequest, context: Any) -> pb.ConfigureResponse:  # noqa: N802
-        changes = mapping.fault_changes(request)
-        config = await self.gateway.configure(changes, reset=request.reset)
-        return pb.ConfigureResponse(config=mapping.config_pb(config))
+    async def Configure(self, request: pb.ConfigureRequest, context: Context) -> pb.ConfigureResponse:  # noqa: N802
+        cmd = validate.configure(request)
+        return pb.ConfigureResponse(config=config_to_proto(await self.bank.configure(cmd)))

@@ -292,3 +292,11 @@ class ChargeQuery:
     before_seq: int | None = None
     order_id: str = ""
     status: ChargeStatus | None = None
+
+
+@dataclass(frozen=True)
+class ChargeLookup:
+    """GetCharge: one charge by its id, or else by its idempotency key."""
+
+    charge_id: str = ""
+    idempotency_key: str = ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
@@ -70,4 +71,21 @@ class FaultModel:
 def updated(config: FaultConfig, *, reset: bool, **changes: object) -> FaultConfig:
     """Configure's arithmetic: from the current settings (or the defaults on reset), apply what was set."""
     base = FaultConfig() if reset else config
-    return replace(base, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[arg-type]
+    given = {k: v for k, v in changes.items() if v is not None}
+    return replace(base, **given)  # type: ignore[arg-type]  # mypy checks each field; these are Configure's, validated
+
+
+@dataclass(frozen=True)
+class Reconfigure:
+    """Configure's command: the settings it sets (the others keep their value), from the defaults on `reset`."""
+
+    changes: Mapping[str, int | float]
+    reset: bool = False
+
+    def applied_to(self, config: FaultConfig) -> FaultConfig:
+        return updated(config, reset=self.reset, **self.changes)
+
+    @property
+    def reseeds(self) -> bool:
+        """A seed given, or a reset: the generator starts again, so a run can be replayed from here."""
+        return self.reset or self.changes.get("seed") is not None

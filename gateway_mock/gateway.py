@@ -1,4 +1,4 @@
-"""The gateway's operations: the domain's rules run against the store, one transaction each, idempotent by key."""
+"""The bank simulator: the domain's rules run against the repository, one transaction each, idempotent by key."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from datetime import UTC, datetime
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway_mock import domain, faults
+from gateway_mock import domain
 from gateway_mock.domain import (
     Charge,
     ChargeCommand,
+    ChargeLookup,
     ChargeNotFound,
     ChargeQuery,
     Refund,
@@ -20,8 +21,8 @@ from gateway_mock.domain import (
     ResponseLost,
     TransientFailure,
 )
-from gateway_mock.faults import NO_FAULTS, FaultConfig, FaultModel
-from gateway_mock.store import Store
+from gateway_mock.faults import NO_FAULTS, FaultConfig, FaultModel, Reconfigure
+from gateway_mock.store import GatewayRepository
 from paymesh.chassis.db import Database
 
 
@@ -37,13 +38,13 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class Gateway:
-    """Charge, Refund, GetCharge, ListCharges, Configure. The fault model lives here, in memory, seeded
-    from the stored config on first use; a restart replays the seed from its start."""
+class BankSimulator:
+    """What GatewayService does: charge, refund, read, and configure the faults. The fault model lives
+    here, in memory, seeded from the stored config on first use; a restart replays the seed from its start."""
 
-    def __init__(self, db: Database, store: Store) -> None:
+    def __init__(self, db: Database, repository: GatewayRepository) -> None:
         self.db = db
-        self.store = store
+        self.repository = repository
         self._faults: FaultModel | None = None
         self._faults_lock = asyncio.Lock()
 
@@ -52,7 +53,7 @@ class Gateway:
             async with self._faults_lock:
                 if self._faults is None:
                     async with self.db.read() as conn:
-                        stored = await self.store.load_config(conn)
+                        stored = await self.repository.load_config(conn)
                     self._faults = FaultModel(stored)
         return self._faults
 
@@ -68,7 +69,7 @@ class Gateway:
         card = domain.card_for(cmd.token)
         await self._latency()
         async with self.db.read() as conn:
-            existing = await self.store.charge_by_key(conn, cmd.idempotency_key)
+            existing = await self.repository.charge_by_key(conn, cmd.idempotency_key)
         if existing is not None:  # a stored result: no fault applies, the retry gets the original
             return existing.replay(cmd)
         attempt = await self._count_attempt(cmd.idempotency_key) if card.unavailable_attempts else 1
@@ -84,7 +85,7 @@ class Gateway:
 
     async def _count_attempt(self, key: str) -> int:
         async with self.db.unit_of_work() as uow:
-            attempts = await self.store.count_attempt(uow.conn, key)
+            attempts = await self.repository.count_attempt(uow.conn, key)
             await uow.commit()
         return attempts
 
@@ -94,16 +95,16 @@ class Gateway:
         try:
             async with self.db.unit_of_work() as uow:
                 # SQLite: under the writer lock, so a concurrent attempt's charge is visible here.
-                existing = await self.store.charge_by_key(uow.conn, key)
+                existing = await self.repository.charge_by_key(uow.conn, key)
                 if existing is not None:
                     return existing
-                await self.store.insert_charge(uow.conn, charge)
+                await self.repository.insert_charge(uow.conn, charge)
                 await uow.commit()
                 return charge
         except IntegrityError:
             # PostgreSQL: a concurrent attempt inserted the same key and committed first.
             async with self.db.read() as conn:
-                existing = await self.store.charge_by_key(conn, key)
+                existing = await self.repository.charge_by_key(conn, key)
             if existing is None:
                 raise
             return existing
@@ -114,7 +115,7 @@ class Gateway:
         """The refund for `cmd.idempotency_key` and its charge after it: the stored one if any, else a new one."""
         await self._latency()
         async with self.db.read() as conn:
-            existing = await self.store.refund_by_key(conn, cmd.idempotency_key)
+            existing = await self.repository.refund_by_key(conn, cmd.idempotency_key)
             if existing is not None:
                 return existing.replay(cmd), await self._charge_or_raise(conn, existing.charge_id)
             charge = await self._charge_or_raise(conn, cmd.charge_id)
@@ -130,53 +131,53 @@ class Gateway:
         try:
             async with self.db.unit_of_work() as uow:
                 charge = await self._charge_or_raise(uow.conn, cmd.charge_id, for_update=True)
-                existing = await self.store.refund_by_key(uow.conn, cmd.idempotency_key)
+                existing = await self.repository.refund_by_key(uow.conn, cmd.idempotency_key)
                 if existing is not None:  # a concurrent refund with this key got here first
                     return existing.replay(cmd), charge
                 refund = charge.refund(new_refund_id(), cmd, _now())
-                await self.store.save_refunded(uow.conn, charge)
-                await self.store.insert_refund(uow.conn, refund)
+                await self.repository.save_refunded(uow.conn, charge)
+                await self.repository.insert_refund(uow.conn, refund)
                 await uow.commit()
                 return refund, charge
         except IntegrityError:
             async with self.db.read() as conn:
-                existing = await self.store.refund_by_key(conn, cmd.idempotency_key)
+                existing = await self.repository.refund_by_key(conn, cmd.idempotency_key)
                 if existing is None:
                     raise
                 return existing.replay(cmd), await self._charge_or_raise(conn, existing.charge_id)
 
     async def _charge_or_raise(self, conn: AsyncConnection, charge_id: str, *, for_update: bool = False) -> Charge:
-        charge = await self.store.charge_by_id(conn, charge_id, for_update=for_update)
+        charge = await self.repository.charge_by_id(conn, charge_id, for_update=for_update)
         if charge is None:
             raise ChargeNotFound(charge_id=charge_id)
         return charge
 
     # Reads
 
-    async def get_charge(self, *, charge_id: str = "", idempotency_key: str = "") -> Charge:
+    async def get_charge(self, lookup: ChargeLookup) -> Charge:
         async with self.db.read() as conn:
-            if charge_id:
-                charge = await self.store.charge_by_id(conn, charge_id)
+            if lookup.charge_id:
+                charge = await self.repository.charge_by_id(conn, lookup.charge_id)
             else:
-                charge = await self.store.charge_by_key(conn, idempotency_key)
+                charge = await self.repository.charge_by_key(conn, lookup.idempotency_key)
         if charge is None:
-            raise ChargeNotFound(charge_id=charge_id, idempotency_key=idempotency_key)
+            raise ChargeNotFound(charge_id=lookup.charge_id, idempotency_key=lookup.idempotency_key)
         return charge
 
     async def list_charges(self, query: ChargeQuery) -> tuple[list[Charge], int | None]:
         async with self.db.read() as conn:
-            return await self.store.list_charges(conn, query)
+            return await self.repository.list_charges(conn, query)
 
     # Configure
 
-    async def configure(self, changes: dict[str, object], *, reset: bool) -> FaultConfig:
+    async def configure(self, cmd: Reconfigure) -> FaultConfig:
         """Apply the settings given (after a reset to the defaults if asked); stored, so a restart keeps them.
         Reseeds the generator when a seed is given or on reset, so a run can be replayed from here."""
         model = await self.faults()
         async with self._faults_lock:
-            config = faults.updated(model.config, reset=reset, **changes)
+            config = cmd.applied_to(model.config)
             async with self.db.unit_of_work() as uow:
-                await self.store.save_config(uow.conn, config)
+                await self.repository.save_config(uow.conn, config)
                 await uow.commit()
-            model.configure(config, reseed=reset or changes.get("seed") is not None)
+            model.configure(config, reseed=cmd.reseeds)
         return config

@@ -1,8 +1,7 @@
-"""Wires gateway_mock onto the chassis: its gRPC servicer over its own store. It consumes no events."""
+"""Wires gateway_mock onto the chassis: its gRPC servicer over its own store. It consumes no events (no handlers.py)."""
 
-from gateway_mock.api import GatewayServicer
-from gateway_mock.gateway import Gateway
-from gateway_mock.store import Store, metadata
+from gateway_mock.api import GatewayApi
+from gateway_mock.store import GatewayRepository, metadata
 from paymesh.chassis.service import GrpcService, Runtime, Wiring
 from paymesh.chassis.spec import ServiceSpec, no_settings
 from paymesh.gateway.v1 import gateway_service_pb2_grpc
@@ -11,10 +10,9 @@ SERVICE_NAME = "paymesh.gateway.v1.GatewayService"
 
 
 def wire(runtime: Runtime, settings: None = None) -> Wiring:
-    gateway = Gateway(runtime.db, Store(runtime.metadata))
-    servicer = GatewayServicer(gateway)
+    api = GatewayApi(runtime, GatewayRepository(runtime.metadata))
     add_servicer = gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server
-    return Wiring(services=[GrpcService(SERVICE_NAME, servicer, add_servicer)])
+    return Wiring(services=[GrpcService(SERVICE_NAME, api, add_servicer)])
 
 
 SPEC = ServiceSpec(

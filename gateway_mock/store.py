@@ -1,4 +1,4 @@
-"""gateway_mock's tables and the queries on them. The chassis adds its outbox and inbox to this metadata."""
+"""gateway_mock's tables and the repository of its charges, refunds and settings. The chassis adds outbox and inbox."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from sqlalchemy import (
     Float,
     Integer,
     MetaData,
+    Row,
     String,
     Table,
+    bindparam,
     insert,
     select,
     update,
@@ -91,72 +93,74 @@ def define_tables(md: MetaData) -> None:
     )
 
 
-class Store:
-    """The repository: rows in, domain objects out. Every method runs on the caller's connection."""
+class GatewayRepository:
+    """Charges, refunds, attempts and the fault settings: rows in, domain objects out, on the caller's connection."""
 
     def __init__(self, md: MetaData) -> None:
         define_tables(md)
-        self.charges = md.tables["charges"]
-        self.refunds = md.tables["refunds"]
-        self.key_attempts = md.tables["key_attempts"]
-        self.config = md.tables["config"]
+        self.charges = charges = md.tables["charges"]
+        refunds = md.tables["refunds"]
+        attempts = md.tables["key_attempts"]
+        config = md.tables["config"]
+        # Built once: a charge reads by key twice and inserts once, on every saga's path.
+        self._charge_by_key = select(charges).where(charges.c.idempotency_key == bindparam("key"))
+        self._charge_by_id = select(charges).where(charges.c.charge_id == bindparam("charge_id"))
+        # PostgreSQL: concurrent refunds of one charge queue here (SQLite has one writer).
+        self._charge_by_id_locked = self._charge_by_id.with_for_update()
+        self._insert_charge = insert(charges)
+        self._save_refunded = (
+            update(charges)
+            .where(charges.c.charge_id == bindparam("key_charge_id"))
+            .values({name: bindparam(name) for name in ("refunded_minor", "status", "update_time")})
+        )
+        self._refund_by_key = select(refunds).where(refunds.c.idempotency_key == bindparam("key"))
+        self._insert_refund = insert(refunds)
+        self._count_attempt = {dialect: _count_attempt(attempts, dialect) for dialect in ("sqlite", "postgresql")}
+        self._load_config = select(config).where(config.c.id == CONFIG_ROW)
+        self._update_config = update(config).where(config.c.id == CONFIG_ROW)
+        self._insert_config = insert(config)
 
     # charges
 
-    def _charge(self, row: Any) -> Charge:
-        return Charge(
-            charge_id=row.charge_id,
-            idempotency_key=row.idempotency_key,
-            fingerprint=row.fingerprint,
-            amount_minor=row.amount_minor,
-            refunded_minor=row.refunded_minor,
-            currency=row.currency,
-            status=ChargeStatus(row.status),
-            decline_code=row.decline_code,
-            token=row.token,
-            card_last4=row.card_last4,
-            order_id=row.order_id,
-            description=row.description,
-            create_time=as_utc(row.create_time),
-            update_time=as_utc(row.update_time),
-        )
-
     async def charge_by_key(self, conn: AsyncConnection, key: str) -> Charge | None:
-        row = (await conn.execute(select(self.charges).where(self.charges.c.idempotency_key == key))).first()
-        return None if row is None else self._charge(row)
+        row = (await conn.execute(self._charge_by_key, {"key": key})).first()
+        return None if row is None else _charge(row)
 
     async def charge_by_id(self, conn: AsyncConnection, charge_id: str, *, for_update: bool = False) -> Charge | None:
-        query = select(self.charges).where(self.charges.c.charge_id == charge_id)
-        if for_update:  # PostgreSQL: concurrent refunds of one charge queue here (SQLite has one writer)
-            query = query.with_for_update()
-        row = (await conn.execute(query)).first()
-        return None if row is None else self._charge(row)
+        query = self._charge_by_id_locked if for_update else self._charge_by_id
+        row = (await conn.execute(query, {"charge_id": charge_id})).first()
+        return None if row is None else _charge(row)
 
     async def insert_charge(self, conn: AsyncConnection, charge: Charge) -> None:
         await conn.execute(
-            insert(self.charges).values(
-                charge_id=charge.charge_id,
-                idempotency_key=charge.idempotency_key,
-                fingerprint=charge.fingerprint,
-                amount_minor=charge.amount_minor,
-                refunded_minor=charge.refunded_minor,
-                currency=charge.currency,
-                status=charge.status.value,
-                decline_code=charge.decline_code,
-                token=charge.token,
-                card_last4=charge.card_last4,
-                order_id=charge.order_id,
-                description=charge.description,
-                create_time=charge.create_time,
-                update_time=charge.update_time,
-            )
+            self._insert_charge,
+            {
+                "charge_id": charge.charge_id,
+                "idempotency_key": charge.idempotency_key,
+                "fingerprint": charge.fingerprint,
+                "amount_minor": charge.amount_minor,
+                "refunded_minor": charge.refunded_minor,
+                "currency": charge.currency,
+                "status": charge.status.value,
+                "decline_code": charge.decline_code,
+                "token": charge.token,
+                "card_last4": charge.card_last4,
+                "order_id": charge.order_id,
+                "description": charge.description,
+                "create_time": charge.create_time,
+                "update_time": charge.update_time,
+            },
         )
 
     async def save_refunded(self, conn: AsyncConnection, charge: Charge) -> None:
         await conn.execute(
-            update(self.charges)
-            .where(self.charges.c.charge_id == charge.charge_id)
-            .values(refunded_minor=charge.refunded_minor, status=charge.status.value, update_time=charge.update_time)
+            self._save_refunded,
+            {
+                "key_charge_id": charge.charge_id,
+                "refunded_minor": charge.refunded_minor,
+                "status": charge.status.value,
+                "update_time": charge.update_time,
+            },
         )
 
     async def list_charges(self, conn: AsyncConnection, query: ChargeQuery) -> tuple[list[Charge], int | None]:
@@ -172,52 +176,38 @@ class Store:
         rows = (await conn.execute(stmt)).all()
         page = rows[: query.page_size]
         next_seq = page[-1].seq if len(rows) > query.page_size else None
-        return [self._charge(row) for row in page], next_seq
+        return [_charge(row) for row in page], next_seq
 
     # refunds
 
     async def refund_by_key(self, conn: AsyncConnection, key: str) -> Refund | None:
-        row = (await conn.execute(select(self.refunds).where(self.refunds.c.idempotency_key == key))).first()
-        if row is None:
-            return None
-        return Refund(
-            refund_id=row.refund_id,
-            idempotency_key=row.idempotency_key,
-            fingerprint=row.fingerprint,
-            charge_id=row.charge_id,
-            amount_minor=row.amount_minor,
-            currency=row.currency,
-            reason=row.reason,
-            create_time=as_utc(row.create_time),
-        )
+        row = (await conn.execute(self._refund_by_key, {"key": key})).first()
+        return None if row is None else _refund(row)
 
     async def insert_refund(self, conn: AsyncConnection, refund: Refund) -> None:
         await conn.execute(
-            insert(self.refunds).values(
-                refund_id=refund.refund_id,
-                idempotency_key=refund.idempotency_key,
-                fingerprint=refund.fingerprint,
-                charge_id=refund.charge_id,
-                amount_minor=refund.amount_minor,
-                currency=refund.currency,
-                reason=refund.reason,
-                create_time=refund.create_time,
-            )
+            self._insert_refund,
+            {
+                "refund_id": refund.refund_id,
+                "idempotency_key": refund.idempotency_key,
+                "fingerprint": refund.fingerprint,
+                "charge_id": refund.charge_id,
+                "amount_minor": refund.amount_minor,
+                "currency": refund.currency,
+                "reason": refund.reason,
+                "create_time": refund.create_time,
+            },
         )
 
     # attempts and config
 
     async def count_attempt(self, conn: AsyncConnection, key: str) -> int:
         """Add one attempt for `key` and return how many there have been, counting this one."""
-        stmt = conflict_insert(self.key_attempts, conn.dialect.name).values(idempotency_key=key, attempts=1)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[self.key_attempts.c.idempotency_key],
-            set_={"attempts": self.key_attempts.c.attempts + 1},
-        ).returning(self.key_attempts.c.attempts)
-        return int((await conn.execute(stmt)).scalar_one())
+        stmt = self._count_attempt["postgresql" if conn.dialect.name == "postgresql" else "sqlite"]
+        return int((await conn.execute(stmt, {"key": key})).scalar_one())
 
     async def load_config(self, conn: AsyncConnection) -> FaultConfig | None:
-        row = (await conn.execute(select(self.config).where(self.config.c.id == CONFIG_ROW))).first()
+        row = (await conn.execute(self._load_config)).first()
         if row is None:
             return None
         return FaultConfig(
@@ -236,6 +226,47 @@ class Store:
             "lost_response_rate": config.lost_response_rate,
             "seed": config.seed,
         }
-        result = await conn.execute(update(self.config).where(self.config.c.id == CONFIG_ROW).values(**values))
+        result = await conn.execute(self._update_config, values)
         if result.rowcount == 0:
-            await conn.execute(insert(self.config).values(id=CONFIG_ROW, **values))
+            await conn.execute(self._insert_config, {"id": CONFIG_ROW, **values})
+
+
+def _count_attempt(attempts: Table, dialect: str) -> Any:
+    """The upsert that counts one attempt of a key, in `dialect` (ON CONFLICT is spelled alike in both)."""
+    stmt = conflict_insert(attempts, dialect).values(idempotency_key=bindparam("key"), attempts=1)
+    return stmt.on_conflict_do_update(
+        index_elements=[attempts.c.idempotency_key],
+        set_={"attempts": attempts.c.attempts + 1},
+    ).returning(attempts.c.attempts)
+
+
+def _charge(row: Row[Any]) -> Charge:
+    return Charge(
+        charge_id=row.charge_id,
+        idempotency_key=row.idempotency_key,
+        fingerprint=row.fingerprint,
+        amount_minor=row.amount_minor,
+        refunded_minor=row.refunded_minor,
+        currency=row.currency,
+        status=ChargeStatus(row.status),
+        decline_code=row.decline_code,
+        token=row.token,
+        card_last4=row.card_last4,
+        order_id=row.order_id,
+        description=row.description,
+        create_time=as_utc(row.create_time),
+        update_time=as_utc(row.update_time),
+    )
+
+
+def _refund(row: Row[Any]) -> Refund:
+    return Refund(
+        refund_id=row.refund_id,
+        idempotency_key=row.idempotency_key,
+        fingerprint=row.fingerprint,
+        charge_id=row.charge_id,
+        amount_minor=row.amount_minor,
+        currency=row.currency,
+        reason=row.reason,
+        create_time=as_utc(row.create_time),
+    )

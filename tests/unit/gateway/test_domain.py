@@ -221,3 +221,13 @@ def test_the_pure_modules_import_no_framework(module: object) -> None:
     imported |= {node.module.split(".")[0] for node in ast.walk(tree)
                  if isinstance(node, ast.ImportFrom) and node.module}
     assert not imported & {"grpc", "nats", "sqlalchemy", "google", "paymesh"}
+
+
+def test_reconfigure_applies_what_was_set_and_reseeds_on_a_seed_or_a_reset() -> None:
+    current = FaultConfig(latency_ms=5, decline_rate=0.5, seed=9)
+    assert faults.Reconfigure({"decline_rate": 0.1}).applied_to(current) == FaultConfig(latency_ms=5,
+                                                                                        decline_rate=0.1, seed=9)
+    assert faults.Reconfigure({"seed": 3}, reset=True).applied_to(current) == FaultConfig(seed=3)
+    assert [faults.Reconfigure(c, reset=r).reseeds for c, r in [({}, False), ({"seed": 0}, False), ({}, True)]] == [
+        False, True, True,
+    ]

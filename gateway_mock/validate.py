@@ -1,0 +1,120 @@
+"""What gateway_mock accepts: each request as a command, every violation at once, before anything is written."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway_mock.domain import TEST_CARDS, ChargeCommand, ChargeLookup, ChargeQuery, RefundCommand
+from gateway_mock.faults import FaultConfig, Reconfigure, updated
+from gateway_mock.messages import status_from_proto
+from gateway_mock.store import TEXT_LEN
+from paymesh.chassis import money, validation
+from paymesh.chassis.validation import Violations
+from paymesh.gateway.v1 import gateway_pb2, gateway_service_pb2
+
+CONFIG_FIELDS = ("latency_ms", "decline_rate", "transient_error_rate", "lost_response_rate", "seed")
+
+
+def _text(v: Violations, field: str, value: str) -> None:
+    v.check(len(value) <= TEXT_LEN, field, f"must be at most {TEXT_LEN} characters, got {len(value)}")
+
+
+def charge(request: gateway_service_pb2.ChargeRequest) -> ChargeCommand:
+    v = Violations()
+    v.identifier("idempotency_key", request.idempotency_key)
+    v.check(request.amount_minor > 0, "amount_minor", f"must be greater than 0, got {request.amount_minor}")
+    v.check(
+        money.is_currency(request.currency),
+        "currency",
+        f"must be an ISO 4217 currency code such as USD, got {request.currency!r}",
+    )
+    token = request.payment_method_token
+    if v.check(bool(token), "payment_method_token", "is required, e.g. tok_visa"):
+        v.check(
+            token in TEST_CARDS,
+            "payment_method_token",
+            f"unknown token {token[:80]!r}; use one of {', '.join(TEST_CARDS)}",
+        )
+    v.identifier("order_id", request.order_id, required=False)
+    _text(v, "description", request.description)
+    v.raise_if_any()
+    return ChargeCommand(
+        idempotency_key=request.idempotency_key,
+        amount_minor=request.amount_minor,
+        currency=request.currency,
+        token=token,
+        order_id=request.order_id,
+        description=request.description,
+    )
+
+
+def refund(request: gateway_service_pb2.RefundRequest) -> RefundCommand:
+    v = Violations()
+    v.identifier("idempotency_key", request.idempotency_key)
+    v.identifier("charge_id", request.charge_id)
+    v.check(
+        request.amount_minor >= 0,
+        "amount_minor",
+        f"must be 0 (all that is left) or positive, got {request.amount_minor}",
+    )
+    _text(v, "reason", request.reason)
+    v.raise_if_any()
+    return RefundCommand(
+        idempotency_key=request.idempotency_key,
+        charge_id=request.charge_id,
+        amount_minor=request.amount_minor,
+        reason=request.reason,
+    )
+
+
+def get_charge(request: gateway_service_pb2.GetChargeRequest) -> ChargeLookup:
+    # `lookup` is a oneof: at most one of the two is set, the other reads "".
+    v = Violations()
+    if request.charge_id:
+        v.identifier("charge_id", request.charge_id)
+    elif request.idempotency_key:
+        v.identifier("idempotency_key", request.idempotency_key)
+    else:
+        v.add("charge_id", "charge_id or idempotency_key is required")
+    v.raise_if_any()
+    return ChargeLookup(charge_id=request.charge_id, idempotency_key=request.idempotency_key)
+
+
+def list_charges(request: gateway_service_pb2.ListChargesRequest) -> ChargeQuery:
+    v = Violations()
+    size = validation.page_size(v, request.page_size)
+    v.identifier("order_id", request.order_id, required=False)
+    status = None
+    if request.status != gateway_pb2.CHARGE_STATUS_UNSPECIFIED:
+        status = status_from_proto(request.status)
+        v.check(status is not None, "status", f"is not a ChargeStatus, got {request.status}")
+    filters = _filters(request)
+    cursor = validation.decode_page_token(v, request.page_token)
+    before_seq = None
+    if cursor is not None:
+        before_seq = cursor.get("before")
+        if cursor.get("filters") != filters or not isinstance(before_seq, int):
+            v.add("page_token", "was returned for other filters; send the same order_id and status, or omit it")
+    v.raise_if_any()
+    return ChargeQuery(page_size=size, before_seq=before_seq, order_id=request.order_id, status=status)
+
+
+def _filters(request: gateway_service_pb2.ListChargesRequest) -> dict[str, Any]:
+    return {"order_id": request.order_id, "status": int(request.status)}
+
+
+def next_page_token(request: gateway_service_pb2.ListChargesRequest, next_seq: int | None) -> str:
+    """The token of the page after `next_seq` (empty at the end), bound to the request's filters."""
+    if next_seq is None:
+        return ""
+    return validation.encode_page_token({"before": next_seq, "filters": _filters(request)})
+
+
+def configure(request: gateway_service_pb2.ConfigureRequest) -> Reconfigure:
+    """The settings the request sets (unset fields keep their value), each in range."""
+    v = Violations()
+    changes = {name: getattr(request, name) for name in CONFIG_FIELDS if request.HasField(name)}
+    for field, why in updated(FaultConfig(), reset=True, **changes).problems():
+        v.add(field, why)
+    v.raise_if_any()
+    return Reconfigure(changes, reset=request.reset)
