@@ -21,45 +21,52 @@ from paymesh.chassis.service import Runtime
 from paymesh.order.v1 import order_service_pb2 as pb
 from paymesh.order.v1 import order_service_pb2_grpc
 
+# What a servicer is handed with each call (the generated base names a private subtype of it).
+Context = grpc.aio.ServicerContext[Any, Any]
+
 # A WatchOrder stream re-reads its order this often, for changes committed by another replica.
 WATCH_REREAD_S = 1.0
 
 
 def refusal(exc: DomainError) -> ServiceError:
     """The one mapping from the domain's refusals to the client's status."""
-    if isinstance(exc, NotCancellable):
-        return FailedPrecondition(
-            f"order {exc.order_id} is {exc.status} and can no longer be cancelled",
-            reason="ORDER_NOT_CANCELLABLE",
-            metadata={"order_id": exc.order_id, "status": exc.status.value},
-        )
-    if isinstance(exc, TotalOverflow):
-        return invalid_argument([("items", str(exc))])
-    if isinstance(exc, InvalidTransition):
-        return FailedPrecondition(
-            str(exc), reason="INVALID_TRANSITION", metadata={"order_id": exc.order_id, "status": exc.status.value}
-        )
-    raise TypeError(f"no status for {exc!r}")
+    match exc:
+        case NotCancellable():  # before InvalidTransition, which it is a kind of
+            return FailedPrecondition(
+                f"order {exc.order_id} is {exc.status} and can no longer be cancelled",
+                reason="ORDER_NOT_CANCELLABLE",
+                metadata={"order_id": exc.order_id, "status": exc.status.value},
+            )
+        case TotalOverflow():
+            return invalid_argument([("items", str(exc))])
+        case InvalidTransition():
+            return FailedPrecondition(
+                str(exc), reason="INVALID_TRANSITION", metadata={"order_id": exc.order_id, "status": exc.status.value}
+            )
+        case _:
+            raise TypeError(f"no status for {exc!r}")
 
 
 def not_found(order_id: str) -> NotFound:
     return NotFound(f"order {order_id} not found", reason="ORDER_NOT_FOUND", metadata={"order_id": order_id})
 
 
-def traceparent_of(context: grpc.aio.ServicerContext) -> str:
+def traceparent_of(context: Context) -> str:
     """A span under the caller's trace when it sent a traceparent, else a new trace."""
     metadata = dict(context.invocation_metadata() or ())
     return child_traceparent(metadata.get(TRACEPARENT))
 
 
 class OrderApi(order_service_pb2_grpc.OrderServiceServicer):
+    """The OrderService RPCs; a write hands the order's new state to the watch hub once it commits."""
+
     def __init__(self, runtime: Runtime, orders: OrderRepository, watch: OrderWatch) -> None:
         self.runtime = runtime
         self.orders = orders
         self.watch = watch
         self.watch_reread_s = WATCH_REREAD_S
 
-    async def CreateOrder(self, request: pb.CreateOrderRequest, context: Any) -> pb.CreateOrderResponse:  # noqa: N802
+    async def CreateOrder(self, request: pb.CreateOrderRequest, context: Context) -> pb.CreateOrderResponse:  # noqa: N802
         lines = validate.create_order(request)
         trace = traceparent_of(context)
         timeout = timedelta(seconds=self.runtime.settings.saga_timeout_s)
@@ -84,11 +91,11 @@ class OrderApi(order_service_pb2_grpc.OrderServiceServicer):
             "OrderService.CreateOrder", request.request_id, request, pb.CreateOrderResponse, place
         )
 
-    async def GetOrder(self, request: pb.GetOrderRequest, context: Any) -> pb.GetOrderResponse:  # noqa: N802
-        validate.get_order(request.order_id)
-        return pb.GetOrderResponse(order=order_to_proto(await self._read(request.order_id)))
+    async def GetOrder(self, request: pb.GetOrderRequest, context: Context) -> pb.GetOrderResponse:  # noqa: N802
+        order_id = validate.get_order(request)
+        return pb.GetOrderResponse(order=order_to_proto(await self._read(order_id)))
 
-    async def ListOrders(self, request: pb.ListOrdersRequest, context: Any) -> pb.ListOrdersResponse:  # noqa: N802
+    async def ListOrders(self, request: pb.ListOrdersRequest, context: Context) -> pb.ListOrdersResponse:  # noqa: N802
         query = validate.list_orders(request)
         async with self.runtime.db.read() as conn:
             page = await self.orders.page(
@@ -105,7 +112,7 @@ class OrderApi(order_service_pb2_grpc.OrderServiceServicer):
             next_page_token=query.next_token(page[-1]) if more else "",
         )
 
-    async def CancelOrder(self, request: pb.CancelOrderRequest, context: Any) -> pb.CancelOrderResponse:  # noqa: N802
+    async def CancelOrder(self, request: pb.CancelOrderRequest, context: Context) -> pb.CancelOrderResponse:  # noqa: N802
         validate.cancel_order(request)
         trace = traceparent_of(context)
 
@@ -128,17 +135,17 @@ class OrderApi(order_service_pb2_grpc.OrderServiceServicer):
         )
 
     async def WatchOrder(  # noqa: N802
-        self, request: pb.WatchOrderRequest, context: Any
+        self, request: pb.WatchOrderRequest, context: Context
     ) -> AsyncIterator[pb.WatchOrderResponse]:
         """The order now, then after each change, until it settles.
 
         Ends early when the client goes away (the stream is cancelled) or the service
         begins to shut down (within one re-read period).
         """
-        validate.get_order(request.order_id)
+        order_id = validate.watch_order(request)
         # Follow before the first read, so no commit falls between the two.
-        with self.watch.follow(request.order_id) as changes:
-            order = await self._read(request.order_id)
+        with self.watch.follow(order_id) as changes:
+            order = await self._read(order_id)
             yield pb.WatchOrderResponse(order=order_to_proto(order))
             version, status = order.version, order.status
             while status not in SETTLED and not self.runtime.stopping.is_set():
@@ -146,7 +153,7 @@ class OrderApi(order_service_pb2_grpc.OrderServiceServicer):
                     state = await asyncio.wait_for(changes.get(), self.watch_reread_s)
                     newer_version, newer = state.version, state.order
                 except TimeoutError:
-                    fresh = await self._read(request.order_id)
+                    fresh = await self._read(order_id)
                     newer_version, newer = fresh.version, order_to_proto(fresh)
                 if newer_version <= version:
                     continue  # already sent, or older than what was sent

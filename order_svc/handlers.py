@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import Any
 
 from order_svc.domain import InvalidTransition, Order
 from order_svc.messages import outbound
@@ -14,44 +13,38 @@ from paymesh.chassis.consumer import ConsumerSpec
 from paymesh.chassis.db import UnitOfWork
 from paymesh.chassis.events import InboundEvent, OutboundEvent, child_traceparent
 from paymesh.chassis.service import Runtime
-from paymesh.inventory.v1 import events_pb2 as inventory_events
-from paymesh.payment.v1 import events_pb2 as payment_events
+from paymesh.inventory.v1.events_pb2 import InventoryRejected, InventoryReleased, InventoryReserved
+from paymesh.payment.v1.events_pb2 import (
+    PaymentFailed,
+    PaymentRefunded,
+    PaymentRefundFailed,
+    PaymentSucceeded,
+    PaymentVoided,
+)
 
 log = logging.getLogger(__name__)
 
 
-INVENTORY_EVENTS = (
-    inventory_events.InventoryReserved, inventory_events.InventoryRejected, inventory_events.InventoryReleased
-)
-PAYMENT_EVENTS = (
-    payment_events.PaymentSucceeded,
-    payment_events.PaymentFailed,
-    payment_events.PaymentRefunded,
-    payment_events.PaymentVoided,
-    payment_events.PaymentRefundFailed,
-)
-
-
-def apply_answer(order: Order, message: Any, now: datetime) -> bool:
+def apply_answer(order: Order, event: InboundEvent, now: datetime) -> bool:
     """One answer applied to the order in memory; False when it changes nothing (a duplicate).
 
     Raises InvalidTransition when the order's status does not take this answer: a late
     answer, e.g. a payment that succeeded after a cancel (payment_svc refunds it itself).
     """
-    match message:
-        case inventory_events.InventoryReserved():
+    match message := event.message:
+        case InventoryReserved():
             order.reserve(now)
-        case inventory_events.InventoryRejected():
+        case InventoryRejected():
             order.reject(message.reason or "REJECTED", now)
-        case inventory_events.InventoryReleased():
+        case InventoryReleased():
             return order.inventory_released(message.cause, now)
-        case payment_events.PaymentSucceeded():
+        case PaymentSucceeded():
             order.pay(message.payment_id, now)
-        case payment_events.PaymentFailed():
+        case PaymentFailed():
             order.fail_payment(message.payment_id, message.failure_code, now)
-        case payment_events.PaymentVoided() | payment_events.PaymentRefunded():
+        case PaymentVoided() | PaymentRefunded():
             return order.payment_returned(message.payment_id, message.cause, now)
-        case payment_events.PaymentRefundFailed():
+        case PaymentRefundFailed():
             return order.refund_failure(message.payment_id, message.failure_code, message.cause, now)
         case _:
             raise TypeError(f"order_svc does not consume {type(message).__name__}")
@@ -79,7 +72,7 @@ class SagaAnswers:
                 log.warning("%s %s for unknown order %r ignored", event.type, event.event_id, event.order_id)
                 continue
             try:
-                if not apply_answer(order, event.message, now):
+                if not apply_answer(order, event, now):
                     continue
             except InvalidTransition as exc:
                 log.info("%s %s ignored: %s", event.type, event.event_id, exc)
@@ -92,21 +85,21 @@ class SagaAnswers:
         await self.runtime.publish(uow, outgoing)
         self.watch.deliver_after_commit(uow, states)
 
-
-def consumers(answers: SagaAnswers) -> list[ConsumerSpec]:
-    return [
-        ConsumerSpec(
-            durable="order_svc-inventory",
-            stream="INVENTORY",
-            filter_subjects=["inventory.reserved.*", "inventory.rejected.*", "inventory.released.*"],
-            handler=answers.apply,
-            events=INVENTORY_EVENTS,
-        ),
-        ConsumerSpec(
-            durable="order_svc-payment",
-            stream="PAYMENT",
-            filter_subjects=["payment.>"],
-            handler=answers.apply,
-            events=PAYMENT_EVENTS,
-        ),
-    ]
+    def consumers(self) -> list[ConsumerSpec]:
+        """A durable on each stream that answers: inventory's and payment's, both applied by `apply`."""
+        return [
+            ConsumerSpec(
+                durable="order_svc-inventory",
+                stream="INVENTORY",
+                filter_subjects=["inventory.reserved.*", "inventory.rejected.*", "inventory.released.*"],
+                handler=self.apply,
+                events=(InventoryReserved, InventoryRejected, InventoryReleased),
+            ),
+            ConsumerSpec(
+                durable="order_svc-payment",
+                stream="PAYMENT",
+                filter_subjects=["payment.>"],
+                handler=self.apply,
+                events=(PaymentSucceeded, PaymentFailed, PaymentRefunded, PaymentVoided, PaymentRefundFailed),
+            ),
+        ]

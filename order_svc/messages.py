@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from typing import cast
+
+from google.protobuf.message import Message
+
 from order_svc.domain import Cancelled, Confirmed, Event, Line, Order, OrderStatus, Placed
 from paymesh.chassis.events import OutboundEvent, new_event_id, subject, to_timestamp
 from paymesh.order.v1 import events_pb2, order_pb2
 
+# The wire value of each status, looked up once (the stub types `OrderStatus.Value()` as a plain int).
+WIRE_STATUS: dict[OrderStatus, order_pb2.OrderStatus] = {
+    s: cast("order_pb2.OrderStatus", order_pb2.OrderStatus.Value(f"ORDER_STATUS_{s.value}")) for s in OrderStatus
+}
 
-def status_to_proto(status: OrderStatus) -> order_pb2.OrderStatus.ValueType:
-    return order_pb2.OrderStatus.Value(f"ORDER_STATUS_{status.value}")
+
+def status_to_proto(status: OrderStatus) -> order_pb2.OrderStatus:
+    return WIRE_STATUS[status]
 
 
 def status_from_proto(value: int) -> OrderStatus | None:
@@ -41,31 +50,35 @@ def order_to_proto(order: Order) -> order_pb2.Order:
 def outbound(order: Order, event: Event, traceparent: str | None) -> OutboundEvent:
     """The outbox row of a domain event; `traceparent` continues the trace of what caused it."""
     now = to_timestamp(order.update_time)
-    if isinstance(event, Placed):
-        placed = events_pb2.OrderPlaced(
-            event_id=new_event_id(),
-            order_id=order.order_id,
-            occurred_at=now,
-            customer_id=order.customer_id,
-            items=line_items(order.lines),
-            currency=order.currency,
-            amount_minor=order.amount_minor,
-            payment_method_token=order.payment_method_token,
-            deadline=to_timestamp(order.deadline),
-        )
-        return OutboundEvent.of(subject("order", "placed", order.order_id), placed, traceparent)
-    if isinstance(event, Confirmed):
-        confirmed = events_pb2.OrderConfirmed(
-            event_id=new_event_id(), order_id=order.order_id, occurred_at=now, payment_id=event.payment_id
-        )
-        return OutboundEvent.of(subject("order", "confirmed", order.order_id), confirmed, traceparent)
-    if isinstance(event, Cancelled):
-        cancelled = events_pb2.OrderCancelled(
-            event_id=new_event_id(),
-            order_id=order.order_id,
-            occurred_at=now,
-            reason=event.reason,
-            timed_out=event.timed_out,
-        )
-        return OutboundEvent.of(subject("order", "cancelled", order.order_id), cancelled, traceparent)
-    raise TypeError(f"no wire form for {event!r}")
+    message: Message
+    match event:
+        case Placed():
+            name = "placed"
+            message = events_pb2.OrderPlaced(
+                event_id=new_event_id(),
+                order_id=order.order_id,
+                occurred_at=now,
+                customer_id=order.customer_id,
+                items=line_items(order.lines),
+                currency=order.currency,
+                amount_minor=order.amount_minor,
+                payment_method_token=order.payment_method_token,
+                deadline=to_timestamp(order.deadline),
+            )
+        case Confirmed():
+            name = "confirmed"
+            message = events_pb2.OrderConfirmed(
+                event_id=new_event_id(), order_id=order.order_id, occurred_at=now, payment_id=event.payment_id
+            )
+        case Cancelled():
+            name = "cancelled"
+            message = events_pb2.OrderCancelled(
+                event_id=new_event_id(),
+                order_id=order.order_id,
+                occurred_at=now,
+                reason=event.reason,
+                timed_out=event.timed_out,
+            )
+        case _:
+            raise TypeError(f"no wire form for {event!r}")
+    return OutboundEvent.of(subject("order", name, order.order_id), message, traceparent)

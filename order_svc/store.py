@@ -25,6 +25,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from order_svc.domain import OPEN, Line, Order, OrderStatus
@@ -189,7 +190,8 @@ class OrderRepository:
         return [_order(row) for row in rows]
 
 
-def _order(row: Any) -> Order:
+def _order(row: Row[Any]) -> Order:
+    """The domain object of a row of `orders`: no row leaves this module."""
     return Order(
         order_id=row.order_id,
         customer_id=row.customer_id,

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import UTC, datetime
 
 from order_svc.messages import outbound
 from order_svc.store import OrderRepository
 from order_svc.watch import OrderWatch
-from paymesh.chassis.events import new_traceparent
+from paymesh.chassis.events import OutboundEvent, new_traceparent
+from paymesh.chassis.periodic import every
 from paymesh.chassis.service import Runtime
 
 log = logging.getLogger(__name__)
@@ -42,13 +42,13 @@ class DeadlineSweeper:
         self.timed_out = 0
 
     async def run(self) -> None:
-        while True:
-            try:
-                while await self.sweep_once() == self.batch:
-                    pass  # a full batch: more may be overdue
-            except Exception:
-                log.exception("deadline sweep failed; retrying in %.1fs", self.interval_s)
-            await asyncio.sleep(self.interval_s)  # the sweep's period, not a wait for anything
+        """Sweep every `interval_s` until the service begins to stop; a failed sweep is logged and tried again."""
+        await every(self.interval_s, self.sweep, stop=self.runtime.stopping, name="deadline sweep")
+
+    async def sweep(self) -> None:
+        """Time out every overdue order, a batch per transaction."""
+        while await self.sweep_once() == self.batch:
+            pass  # a full batch: more may be overdue
 
     async def sweep_once(self, now: datetime | None = None) -> int:
         """Time out one batch of overdue orders; returns how many."""
@@ -57,7 +57,7 @@ class DeadlineSweeper:
             overdue = await self.orders.lock_overdue(uow.conn, now, self.batch)
             if not overdue:
                 return 0
-            events = []
+            events: list[OutboundEvent] = []
             for order in overdue:
                 order.time_out(now)
                 events.extend(outbound(order, e, new_traceparent()) for e in order.pull_events())

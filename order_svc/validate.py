@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-from order_svc.domain import Line, OrderStatus, TotalOverflow, total_of
+from order_svc.domain import Line, Order, OrderStatus, TotalOverflow, total_of
 from order_svc.messages import status_from_proto
 from order_svc.store import Cursor
 from paymesh.chassis import validation
@@ -79,7 +79,7 @@ def create_order(request: order_service_pb2.CreateOrderRequest) -> list[Line]:
     return lines
 
 
-def _items(v: Violations, items: Any) -> list[Line] | None:
+def _items(v: Violations, items: Sequence[order_pb2.LineItem]) -> list[Line] | None:
     """The lines, or None when any of them is invalid (then the total is not worth computing)."""
     if not items:
         v.add("items", "at least one line item is required")
@@ -114,10 +114,20 @@ def cancel_order(request: order_service_pb2.CancelOrderRequest) -> None:
     v.raise_if_any()
 
 
-def get_order(value: str) -> None:
+def get_order(request: order_service_pb2.GetOrderRequest) -> str:
+    """The order id to read."""
     v = Violations()
-    order_id(v, value)
+    order_id(v, request.order_id)
     v.raise_if_any()
+    return request.order_id
+
+
+def watch_order(request: order_service_pb2.WatchOrderRequest) -> str:
+    """The order id to follow."""
+    v = Violations()
+    order_id(v, request.order_id)
+    v.raise_if_any()
+    return request.order_id
 
 
 @dataclass(frozen=True)
@@ -127,7 +137,8 @@ class OrderQuery:
     page_size: int
     after: Cursor | None
 
-    def next_token(self, last: Any) -> str:
+    def next_token(self, last: Order) -> str:
+        """The page token of the page after `last`, under the same filters."""
         return validation.encode_page_token(
             {
                 "t": last.create_time.isoformat(),

@@ -1,39 +1,47 @@
-"""PaymentService over gRPC: validate, call one operation, map domain errors in one place."""
+"""PaymentService over gRPC: each RPC validates, calls one operation, and maps domain errors in one place."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
+import grpc
+
+from payment_svc import validate
 from payment_svc.domain import DomainError, InvalidTransition, RefundExceedsBalance
-from payment_svc.handlers import utcnow
-from payment_svc.messages import payment_message, status_name, step_message
-from payment_svc.refunds import METHOD, Refunder
-from payment_svc.store import PaymentStore
+from payment_svc.ledger import Ledger, utcnow
+from payment_svc.messages import payment_to_proto, step_to_proto
+from payment_svc.refunds import Refunder
+from payment_svc.store import PaymentRepository
 from paymesh.chassis.errors import FailedPrecondition, NotFound, ServiceError, Unavailable
 from paymesh.chassis.service import Runtime
-from paymesh.chassis.validation import Violations, decode_page_token, encode_page_token, page_size
-from paymesh.payment.v1 import payment_pb2, payment_service_pb2, payment_service_pb2_grpc
+from paymesh.payment.v1 import payment_service_pb2 as pb
+from paymesh.payment.v1 import payment_service_pb2_grpc
 
-MAX_REASON = 500
+# The method name RefundPayment's request ids are kept under in the request log.
+METHOD = "RefundPayment"
+
+Context = grpc.aio.ServicerContext[Any, Any]
 
 
-def service_error(exc: DomainError) -> ServiceError:
-    """The one mapping from the payment state machine's refusals to gRPC statuses."""
-    if isinstance(exc, RefundExceedsBalance):
-        return FailedPrecondition(
-            f"refund of {exc.asked_minor} exceeds what is left to refund ({exc.left_minor}) on {exc.payment_id}",
-            reason="REFUND_EXCEEDS_BALANCE",
-            metadata={"payment_id": exc.payment_id, "requested_minor": exc.asked_minor,
-                      "refundable_minor": exc.left_minor},
-        )
-    if isinstance(exc, InvalidTransition):
-        return FailedPrecondition(
-            f"payment {exc.payment_id} is {exc.status}; only SUCCEEDED or PARTIALLY_REFUNDED payments can be refunded",
-            reason="PAYMENT_NOT_REFUNDABLE",
-            metadata={"payment_id": exc.payment_id, "status": f"PAYMENT_STATUS_{exc.status}"},
-        )
-    return FailedPrecondition(str(exc), reason="PAYMENT_REFUSED")
+def refusal(exc: DomainError) -> ServiceError:
+    """The one mapping from the payment state machine's refusals to the client's status."""
+    match exc:
+        case RefundExceedsBalance():
+            return FailedPrecondition(
+                f"refund of {exc.asked_minor} exceeds what is left to refund ({exc.left_minor}) on {exc.payment_id}",
+                reason="REFUND_EXCEEDS_BALANCE",
+                metadata={"payment_id": exc.payment_id, "requested_minor": exc.asked_minor,
+                          "refundable_minor": exc.left_minor},
+            )
+        case InvalidTransition():
+            return FailedPrecondition(
+                f"payment {exc.payment_id} is {exc.status}; only SUCCEEDED or PARTIALLY_REFUNDED payments can be "
+                "refunded",
+                reason="PAYMENT_NOT_REFUNDABLE",
+                metadata={"payment_id": exc.payment_id, "status": f"PAYMENT_STATUS_{exc.status}"},
+            )
+        case _:
+            return FailedPrecondition(str(exc), reason="PAYMENT_REFUSED")
 
 
 def not_found(payment_id: str) -> NotFound:
@@ -41,106 +49,85 @@ def not_found(payment_id: str) -> NotFound:
 
 
 class PaymentApi(payment_service_pb2_grpc.PaymentServiceServicer):
-    def __init__(self, runtime: Runtime, store: PaymentStore, refunder: Refunder) -> None:
+    def __init__(self, runtime: Runtime, payments: PaymentRepository, ledger: Ledger, refunder: Refunder) -> None:
         self.runtime = runtime
-        self.store = store
+        self.payments = payments
+        self.ledger = ledger
         self.refunder = refunder
 
-    async def GetPayment(self, request: Any, context: Any) -> payment_service_pb2.GetPaymentResponse:  # noqa: N802
-        v = Violations()
-        v.identifier("payment_id", request.payment_id)
-        v.raise_if_any()
+    async def GetPayment(self, request: pb.GetPaymentRequest, context: Context) -> pb.GetPaymentResponse:  # noqa: N802
+        payment_id = validate.get_payment(request)
         async with self.runtime.db.read() as conn:
-            row = await self.store.get(conn, request.payment_id)
-        if row is None:
-            raise not_found(request.payment_id)
-        return payment_service_pb2.GetPaymentResponse(payment=payment_message(row))
+            payment = await self.payments.get(conn, payment_id)
+        if payment is None:
+            raise not_found(payment_id)
+        return pb.GetPaymentResponse(payment=payment_to_proto(payment))
 
-    async def ListPayments(self, request: Any, context: Any) -> payment_service_pb2.ListPaymentsResponse:  # noqa: N802
-        v = Violations()
-        size = page_size(v, request.page_size)
-        v.identifier("order_id", request.order_id, required=False)
-        v.check(request.status in payment_pb2.PaymentStatus.values(), "status", "is not a PaymentStatus value")
-        cursor = decode_page_token(v, request.page_token)
-        status = status_name(request.status) if request.status in payment_pb2.PaymentStatus.values() else ""
-        after = None
-        if cursor is not None:
-            try:
-                if cursor.get("f") != [request.order_id, status]:
-                    v.add("page_token", "was issued for other filters; repeat the order_id and status it came with")
-                else:
-                    after = (datetime.fromisoformat(cursor["t"]), str(cursor["id"]))
-            except (KeyError, TypeError, ValueError):
-                v.add("page_token", "is not a token returned by ListPayments; omit it to start from the first page")
-        v.raise_if_any()
+    async def ListPayments(self, request: pb.ListPaymentsRequest, context: Context) -> pb.ListPaymentsResponse:  # noqa: N802
+        query = validate.list_payments(request)
         async with self.runtime.db.read() as conn:
-            rows = await self.store.page(conn, order_id=request.order_id, status=status, after=after, limit=size + 1)
-        token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            last = rows[-1]
-            token = encode_page_token(
-                {"f": [request.order_id, status], "t": last.create_time.isoformat(), "id": last.payment.payment_id}
+            page = await self.payments.page(
+                conn,
+                order_id=query.order_id,
+                status=query.status,
+                after=query.after,
+                limit=query.page_size + 1,  # one more tells whether another page follows
             )
-        return payment_service_pb2.ListPaymentsResponse(
-            payments=[payment_message(r) for r in rows], next_page_token=token
+        more = len(page) > query.page_size
+        page = page[: query.page_size]
+        return pb.ListPaymentsResponse(
+            payments=[payment_to_proto(p) for p in page],
+            next_page_token=query.next_token(page[-1]) if more else "",
         )
 
-    async def ListPaymentEvents(self, request: Any, context: Any) -> payment_service_pb2.ListPaymentEventsResponse:  # noqa: N802
-        v = Violations()
-        v.identifier("payment_id", request.payment_id)
-        size = page_size(v, request.page_size)
-        cursor = decode_page_token(v, request.page_token)
-        after = 0
-        if cursor is not None:
-            if cursor.get("p") != request.payment_id or not isinstance(cursor.get("s"), int):
-                v.add("page_token", "was issued for another payment; omit it to start from the first page")
-            else:
-                after = cursor["s"]
-        v.raise_if_any()
+    async def ListPaymentEvents(  # noqa: N802
+        self, request: pb.ListPaymentEventsRequest, context: Context
+    ) -> pb.ListPaymentEventsResponse:
+        query = validate.list_payment_events(request)
         async with self.runtime.db.read() as conn:
-            if await self.store.get(conn, request.payment_id) is None:
-                raise not_found(request.payment_id)
-            rows = await self.store.steps_page(conn, request.payment_id, after, size + 1)
-        token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            token = encode_page_token({"p": request.payment_id, "s": rows[-1].sequence})
-        return payment_service_pb2.ListPaymentEventsResponse(
-            events=[step_message(r) for r in rows], next_page_token=token
+            if await self.payments.get(conn, query.payment_id) is None:
+                raise not_found(query.payment_id)
+            trail = await self.payments.trail(conn, query.payment_id, query.after, query.page_size + 1)
+        more = len(trail) > query.page_size
+        trail = trail[: query.page_size]
+        return pb.ListPaymentEventsResponse(
+            events=[step_to_proto(e) for e in trail],
+            next_page_token=query.next_token(trail[-1]) if more else "",
         )
 
-    async def RefundPayment(self, request: Any, context: Any) -> payment_service_pb2.RefundPaymentResponse:  # noqa: N802
+    async def RefundPayment(self, request: pb.RefundPaymentRequest, context: Context) -> pb.RefundPaymentResponse:  # noqa: N802
         """Two-phase (AIP-155): REFUNDING and the request id committed, the gateway asked, the answer committed."""
-        v = Violations()
-        v.request_id("request_id", request.request_id)
-        v.identifier("payment_id", request.payment_id)
-        v.check(request.amount_minor >= 0, "amount_minor", "must not be negative; 0 refunds what is left")
-        v.check(len(request.reason) <= MAX_REASON, "reason", f"must be at most {MAX_REASON} characters")
-        v.raise_if_any()
+        refund = validate.refund_payment(request)
         async with self.runtime.db.unit_of_work() as uow:
-            stored = await self.runtime.requests.claim(uow, METHOD, request.request_id, request)
+            stored = await self.runtime.requests.claim(uow, METHOD, refund.request_id, request)
             if stored is not None:
-                return payment_service_pb2.RefundPaymentResponse.FromString(stored)
-            row = await self.store.get(uow.conn, request.payment_id, lock=True)
-            if row is None:
-                raise not_found(request.payment_id)
-            payment = row.payment
+                return pb.RefundPaymentResponse.FromString(stored)
+            payment = await self.payments.get(uow.conn, refund.payment_id, lock=True)
+            if payment is None:
+                raise not_found(refund.payment_id)
             try:
-                payment.request_refund(request.amount_minor, request.reason or "refund requested", request.request_id)
+                payment.request_refund(refund.amount_minor, refund.reason, refund.request_id)
             except DomainError as exc:
-                raise service_error(exc) from exc
+                raise refusal(exc) from exc
             # Not handed to the background: this call asks the gateway itself, right after the commit.
-            await self.refunder.recorder.record(uow, [payment], [], utcnow(), hand_over=False)
+            await self.ledger.record(uow, [payment], [], utcnow(), hand_over=False)
             await uow.commit()
-        result = await self.refunder.attempt(request.payment_id)
-        if result.answered and result.response is not None:
-            return result.response
-        self.refunder.kick(request.payment_id)
+        result = await self.refunder.attempt(refund.payment_id)
+        if result.answered:
+            response = result.response if result.response is not None else await self._replay(request)
+            if response is not None:
+                return response
+        self.refunder.kick(refund.payment_id)
         raise Unavailable(
             "the gateway did not answer; the refund is being retried: "
             "ask again with the same request_id for its result",
             reason="GATEWAY_UNAVAILABLE",
-            metadata={"payment_id": request.payment_id, "request_id": request.request_id},
+            metadata={"payment_id": refund.payment_id, "request_id": refund.request_id},
         )
 
+    async def _replay(self, request: pb.RefundPaymentRequest) -> pb.RefundPaymentResponse | None:
+        """The answer a concurrent attempt recorded for this request, read from the request log
+        (None while it has none)."""
+        async with self.runtime.db.read() as conn:
+            stored = await self.runtime.requests.replay(conn, METHOD, request.request_id, request)
+        return None if stored is None else pb.RefundPaymentResponse.FromString(stored)

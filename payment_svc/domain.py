@@ -1,10 +1,8 @@
 """The payment state machine, in minor units: each step refuses what docs/saga.md does not allow,
-and records its audit entry and the saga events it causes. Also the gateway retry policy."""
+and records its audit entry and the saga events it causes."""
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -127,6 +125,33 @@ class RefundRequest:
     request_id: str = ""  # the RefundPayment request_id, when a client asked
 
 
+@dataclass(frozen=True)
+class Refund:
+    """A refund as stored: what was asked of the gateway, and what is known of its answer."""
+
+    request: RefundRequest
+    status: str  # PENDING, SUCCEEDED, FAILED
+    gateway_refund_id: str
+    outcome_unknown: bool  # an attempt may have reached the gateway and refunded
+    create_time: datetime
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """A step as the audit trail keeps it: where it stands in the trail, and when it was written."""
+
+    sequence: int  # across all payments: the order steps were written in
+    position: int  # 1-based, in this payment's trail
+    payment_id: str
+    order_id: str
+    type: str
+    from_status: Status | None
+    to_status: Status
+    amount_minor: int
+    detail: str
+    create_time: datetime
+
+
 @dataclass
 class Payment:
     payment_id: str
@@ -135,6 +160,9 @@ class Payment:
     currency: str
     payment_method_token: str
     deadline: datetime
+    # When first written and last changed; the repository sets update_time when it writes a change.
+    create_time: datetime
+    update_time: datetime
     status: Status = Status.PENDING
     refunded_minor: int = 0
     charge_id: str = ""
@@ -168,16 +196,25 @@ class Payment:
 
     @classmethod
     def place(
-        cls, payment_id: str, order_id: str, amount_minor: int, currency: str, token: str, deadline: datetime
+        cls,
+        payment_id: str,
+        order_id: str,
+        amount_minor: int,
+        currency: str,
+        token: str,
+        deadline: datetime,
+        now: datetime,
     ) -> Payment:
-        payment = cls(payment_id, order_id, amount_minor, currency, token, deadline, is_new=True)
+        payment = cls(payment_id, order_id, amount_minor, currency, token, deadline, now, now, is_new=True)
         payment._record(Step("created", None, Status.PENDING, amount_minor, f"from order.placed of {order_id}"))
         return payment
 
     @classmethod
     def tombstone(cls, payment_id: str, order_id: str, now: datetime) -> Payment:
         """order.cancelled before order.placed: a VOIDED row, so a late order.placed is ignored."""
-        payment = cls(payment_id, order_id, 0, "", "", now, status=Status.VOIDED, cancel_requested=True, is_new=True)
+        payment = cls(
+            payment_id, order_id, 0, "", "", now, now, now, status=Status.VOIDED, cancel_requested=True, is_new=True
+        )
         payment._record(Step("voided", None, Status.VOIDED, 0, "order cancelled before order.placed was seen"))
         payment.events.append(Voided("", order_id))
         return payment
@@ -322,7 +359,8 @@ class Payment:
 
     # -- bookkeeping ------------------------------------------------------------------
 
-    def drain_events(self) -> list[DomainEvent]:
+    def pull_events(self) -> list[DomainEvent]:
+        """The saga events recorded since the last pull; the payment keeps none of them."""
         events, self.events = self.events, []
         return events
 
@@ -337,56 +375,3 @@ class Payment:
     def _record(self, step: Step) -> None:
         self.steps.append(step)
         self.changed = True
-
-
-# -- retry policy (pure: gRPC codes by name) ----------------------------------------
-
-RETRYABLE_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"})
-# Refused before anything happened: the call certainly did not charge.
-UNREACHED_CODES = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED"})
-# The gateway answered and refused: final, nothing happened, never retried.
-REFUSED_CODES = frozenset(
-    {
-        "INVALID_ARGUMENT",
-        "FAILED_PRECONDITION",
-        "ALREADY_EXISTS",
-        "NOT_FOUND",
-        "OUT_OF_RANGE",
-        "PERMISSION_DENIED",
-        "UNAUTHENTICATED",
-        "UNIMPLEMENTED",
-    }
-)
-
-
-def is_retryable(code: str) -> bool:
-    return code in RETRYABLE_CODES
-
-
-def is_refusal(code: str) -> bool:
-    return code in REFUSED_CODES
-
-
-def may_have_reached(code: str) -> bool:
-    """Whether a call that failed with `code` may have done its work (e.g. charged)."""
-    return code not in UNREACHED_CODES and code not in REFUSED_CODES
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with jitter: the delay after attempt n lies in [ceiling/2, ceiling]."""
-
-    attempts: int = 3
-    base_s: float = 0.1
-    cap_s: float = 0.4
-
-    def ceiling(self, attempt: int) -> float:
-        return min(self.cap_s, self.base_s * 2 ** max(attempt - 1, 0))
-
-    def delay(self, attempt: int, uniform: Callable[[float, float], float] = random.uniform) -> float:
-        ceiling = self.ceiling(attempt)
-        return uniform(ceiling / 2, ceiling)
-
-    def worst_case_s(self) -> float:
-        """The most time spent waiting between the attempts of one sequence."""
-        return sum(self.ceiling(n) for n in range(1, self.attempts))

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
-from payment_svc.domain import InvalidTransition, Payment, RetryPolicy, Status
-from payment_svc.gateway import GatewayClient, Kind, Outcome
+from payment_svc.domain import InvalidTransition, Payment, Status
+from payment_svc.gateway_client import GatewayClient, Kind, Outcome
+from payment_svc.ledger import Ledger, utcnow
 from payment_svc.messages import outbound
-from payment_svc.store import PaymentStore
+from payment_svc.store import PaymentRepository
+from paymesh.chassis.backoff import Backoff
 from paymesh.chassis.consumer import ConsumerSpec, RetryLater
 from paymesh.chassis.db import UnitOfWork
 from paymesh.chassis.events import InboundEvent, OutboundEvent
@@ -21,9 +22,6 @@ from paymesh.order.v1 import events_pb2 as order_events
 
 log = logging.getLogger(__name__)
 
-PLACED = order_events.OrderPlaced.DESCRIPTOR.full_name
-CANCELLED = order_events.OrderCancelled.DESCRIPTOR.full_name
-RESERVED = inventory_events.InventoryReserved.DESCRIPTOR.full_name
 CHARGE = "charge"  # key of a prepared gateway outcome in InboundEvent.context
 
 
@@ -31,57 +29,23 @@ def new_payment_id() -> str:
     return f"pay_{uuid.uuid4().hex}"
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class Recorder:
-    """Writes changed payments with their audit steps, refunds and events in the caller's transaction;
-    after the commit, hands new refunds to the refunder."""
-
-    def __init__(self, runtime: Runtime, store: PaymentStore) -> None:
-        self.runtime = runtime
-        self.store = store
-        self.on_refund_requested: Callable[[str], None] = lambda payment_id: None
-
-    async def record(
-        self,
-        uow: UnitOfWork,
-        payments: Iterable[Payment],
-        events: list[OutboundEvent],
-        now: datetime,
-        *,
-        hand_over: bool = True,
-    ) -> None:
-        payments = [p for p in payments if p.is_new or p.changed]
-        refunding = [p.payment_id for p in payments if p.new_refunds]
-        await self.store.save(uow.conn, payments, now)
-        await self.runtime.publish(uow, events)
-        if refunding and hand_over:
-            uow.after_commit(lambda: self._hand_over(refunding))
-
-    def _hand_over(self, payment_ids: list[str]) -> None:
-        for payment_id in payment_ids:
-            self.on_refund_requested(payment_id)
-
-
-class Saga:
+class SagaHandlers:
     """The consumers' handlers and the charge's prepare step."""
 
     def __init__(
         self,
         runtime: Runtime,
-        store: PaymentStore,
+        repository: PaymentRepository,
         gateway: GatewayClient,
-        recorder: Recorder,
+        ledger: Ledger,
         *,
-        redelivery: RetryPolicy,
+        redelivery: Backoff,
         concurrency: int = 32,
     ) -> None:
         self.runtime = runtime
-        self.store = store
+        self.repository = repository
         self.gateway = gateway
-        self.recorder = recorder
+        self.ledger = ledger
         self.redelivery = redelivery
         self.concurrency = concurrency
 
@@ -114,22 +78,26 @@ class Saga:
 
     async def apply_order_events(self, uow: UnitOfWork, events: list[InboundEvent]) -> None:
         now = utcnow()
-        payments = await self.store.by_orders(uow.conn, (e.order_id for e in events))
+        payments = await self.repository.by_orders(uow.conn, (e.order_id for e in events))
         out: list[OutboundEvent] = []
         for event in events:
             payment = payments.get(event.order_id)
-            if event.type == PLACED:
-                if payment is not None:
-                    log.info("order.placed for %s: payment exists (%s); ignored", event.order_id, payment.status)
-                    continue
-                payment = self._place(event.message, now)
-            elif payment is None:
-                payment = Payment.tombstone(new_payment_id(), event.order_id, now)
-            else:
-                payment.cancel(event.message.reason or ("saga timed out" if event.message.timed_out else "cancelled"))
+            match event.message:
+                case order_events.OrderPlaced() as placed:
+                    if payment is not None:
+                        log.info("order.placed for %s: payment exists (%s); ignored", event.order_id, payment.status)
+                        continue
+                    payment = self._place(placed, now)
+                case order_events.OrderCancelled() as cancelled:
+                    if payment is None:
+                        payment = Payment.tombstone(new_payment_id(), event.order_id, now)
+                    else:
+                        payment.cancel(cancelled.reason or ("saga timed out" if cancelled.timed_out else "cancelled"))
+                case _:
+                    raise TypeError(f"payment_svc-order does not consume {type(event.message).__name__}")
             payments[event.order_id] = payment
-            out.extend(outbound(e, event.traceparent) for e in payment.drain_events())
-        await self.recorder.record(uow, payments.values(), out, now)
+            out.extend(outbound(e, event.traceparent) for e in payment.pull_events())
+        await self.ledger.record(uow, payments.values(), out, now)
 
     def _place(self, placed: order_events.OrderPlaced, now: datetime) -> Payment:
         if placed.HasField("deadline"):
@@ -143,6 +111,7 @@ class Saga:
             placed.currency,
             placed.payment_method_token,
             deadline,
+            now,
         )
 
     # -- INVENTORY stream: the charge ---------------------------------------------------
@@ -154,12 +123,12 @@ class Saga:
             return  # outcomes kept from an earlier try of this same delivery
         calls: dict[str, Payment] = {}
         async with self.runtime.db.unit_of_work() as uow:
-            payments = await self.store.by_orders(uow.conn, (e.order_id for e in todo))
+            payments = await self.repository.by_orders(uow.conn, (e.order_id for e in todo))
             for payment in payments.values():
                 if payment.status in (Status.PENDING, Status.PROCESSING):
                     payment.start_charge()
                     calls[payment.order_id] = payment
-            await self.recorder.record(uow, calls.values(), [], utcnow())
+            await self.ledger.record(uow, calls.values(), [], utcnow())
             await uow.commit()
         if not calls:
             return
@@ -183,20 +152,20 @@ class Saga:
     async def _close_unresolved(self, outcomes: dict[str, Outcome]) -> None:
         """Committed on its own: the handler's transaction is rolled back when it asks for redelivery."""
         async with self.runtime.db.unit_of_work() as uow:
-            payments = await self.store.by_orders(uow.conn, outcomes)
+            payments = await self.repository.by_orders(uow.conn, outcomes)
             for order_id, payment in payments.items():
                 outcome = outcomes[order_id]
                 try:
                     payment.charge_unresolved(outcome.may_have_reached, outcome.detail)
                 except InvalidTransition:
                     continue  # resolved meanwhile by another delivery
-            await self.recorder.record(uow, payments.values(), [], utcnow())
+            await self.ledger.record(uow, payments.values(), [], utcnow())
             await uow.commit()
 
     async def apply_reservations(self, uow: UnitOfWork, events: list[InboundEvent]) -> None:
         """Records the prepared outcomes: SUCCEEDED, FAILED (declined, or given up), or redelivery later."""
         now = utcnow()
-        payments = await self.store.by_orders(uow.conn, (e.order_id for e in events))
+        payments = await self.repository.by_orders(uow.conn, (e.order_id for e in events))
         out: list[OutboundEvent] = []
         for event in events:
             payment = payments.get(event.order_id)
@@ -215,8 +184,8 @@ class Saga:
             except InvalidTransition as exc:
                 log.info("inventory.reserved for %s: %s; ignored", event.order_id, exc)
                 continue
-            out.extend(outbound(e, event.traceparent) for e in payment.drain_events())
-        await self.recorder.record(uow, payments.values(), out, now)
+            out.extend(outbound(e, event.traceparent) for e in payment.pull_events())
+        await self.ledger.record(uow, payments.values(), out, now)
 
     def _settle(self, payment: Payment, outcome: Outcome, now: datetime, deliveries: int) -> None:
         if outcome.kind is Kind.APPROVED:

@@ -1,17 +1,19 @@
-"""Wires payment_svc onto the chassis: its servicer, its consumers, the gateway client and the refunder."""
+"""payment_svc on the chassis: its ServiceSpec, its own settings, and its wiring (servicer, consumers,
+gateway client and refunder)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from payment_svc.api import PaymentApi
-from payment_svc.domain import RetryPolicy
-from payment_svc.gateway import GatewayClient, GatewayPolicy
-from payment_svc.handlers import Recorder, Saga
+from payment_svc.gateway_client import GatewayClient, GatewayPolicy
+from payment_svc.handlers import SagaHandlers
+from payment_svc.ledger import Ledger
 from payment_svc.refunds import Refunder
-from payment_svc.store import PaymentStore, metadata
-from paymesh.chassis.service import GrpcService, Runtime, ServiceHost, Wiring
+from payment_svc.store import PaymentRepository, metadata
+from paymesh.chassis.backoff import Backoff
+from paymesh.chassis.service import GrpcService, Runtime, Wiring
 from paymesh.chassis.spec import ServiceSpec
 from paymesh.payment.v1 import payment_service_pb2_grpc
 
@@ -20,10 +22,18 @@ SERVICE_NAME = "paymesh.payment.v1.PaymentService"
 
 @dataclass(frozen=True)
 class PaymentSettings:
-    """What payment_svc alone reads from the environment."""
+    """What payment_svc alone reads from the environment, and its policy (tests pass faster clocks)."""
 
     # The payment gateway: PAYMENT_SVC_GATEWAY_ADDR, else where gateway_mock listens by default.
     gateway_addr: str
+    gateway: GatewayPolicy = GatewayPolicy()
+    # Delay before a charge the gateway has not answered is asked again (RetryLater).
+    redelivery: Backoff = Backoff(base_s=0.5, cap_s=5.0)
+    charge_concurrency: int = 32
+    refund_backoff: Backoff = Backoff(base_s=0.5, cap_s=30.0)
+    refund_scan_s: float = 5.0
+    # A refund the gateway never received by then fails for good (REFUND_FAILED).
+    refund_timeout_s: float = 600.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> PaymentSettings:
@@ -32,65 +42,33 @@ class PaymentSettings:
         )
 
 
-@dataclass(frozen=True)
-class PaymentConfig:
-    gateway: GatewayPolicy = field(default_factory=GatewayPolicy)
-    # Delay before a charge the gateway has not answered is asked again (RetryLater).
-    redelivery: RetryPolicy = RetryPolicy(attempts=0, base_s=0.5, cap_s=5.0)
-    charge_concurrency: int = 32
-    refund_backoff: RetryPolicy = RetryPolicy(attempts=0, base_s=0.5, cap_s=30.0)
-    refund_scan_s: float = 5.0
-    # A refund the gateway never received by then fails for good (REFUND_FAILED).
-    refund_timeout_s: float = 600.0
-
-
-class PaymentService:
-    """payment_svc's parts (gateway client, refunder, saga handlers, servicer) on the chassis' host."""
-
-    def __init__(self, runtime: Runtime, settings: PaymentSettings, config: PaymentConfig | None = None) -> None:
-        config = config or PaymentConfig()
-        self.runtime = runtime
-        self.store = PaymentStore(runtime.metadata)
-        self.gateway = GatewayClient(settings.gateway_addr, config.gateway)
-        self.recorder = Recorder(runtime, self.store)
-        self.refunder = Refunder(
-            runtime,
-            self.store,
-            self.gateway,
-            self.recorder,
-            backoff=config.refund_backoff,
-            scan_interval_s=config.refund_scan_s,
-            refund_timeout_s=config.refund_timeout_s,
-        )
-        self.recorder.on_refund_requested = self.refunder.kick
-        self.saga = Saga(
-            runtime,
-            self.store,
-            self.gateway,
-            self.recorder,
-            redelivery=config.redelivery,
-            concurrency=config.charge_concurrency,
-        )
-        self.api = PaymentApi(runtime, self.store, self.refunder)
-        add = payment_service_pb2_grpc.add_PaymentServiceServicer_to_server
-        self.wiring = Wiring(
-            services=[GrpcService(SERVICE_NAME, self.api, add)],
-            consumers=self.saga.consumers(),
-            # The gateway channel serves the consumers' charges: open before them, closed after.
-            on_start=[self.gateway.start, self.refunder.start],
-            on_stop=[self.refunder.stop, self.gateway.close],
-        )
-        self.host = ServiceHost(runtime, self.wiring)
-
-    async def start(self) -> None:
-        await self.host.start()
-
-    async def stop(self) -> None:
-        await self.host.stop()
-
-
 def wire(runtime: Runtime, settings: PaymentSettings) -> Wiring:
-    return PaymentService(runtime, settings).wiring
+    payments = PaymentRepository(runtime.metadata)
+    gateway = GatewayClient(settings.gateway_addr, settings.gateway)
+    ledger = Ledger(runtime, payments)
+    refunder = Refunder(
+        runtime,
+        payments,
+        gateway,
+        ledger,
+        backoff=settings.refund_backoff,
+        scan_interval_s=settings.refund_scan_s,
+        refund_timeout_s=settings.refund_timeout_s,
+    )
+    ledger.on_refund_requested = refunder.kick
+    handlers = SagaHandlers(
+        runtime, payments, gateway, ledger, redelivery=settings.redelivery, concurrency=settings.charge_concurrency
+    )
+    api = PaymentApi(runtime, payments, ledger, refunder)
+    return Wiring(
+        services=[GrpcService(SERVICE_NAME, api, payment_service_pb2_grpc.add_PaymentServiceServicer_to_server)],
+        consumers=handlers.consumers(),
+        # Resumes the refunds a crash left REFUNDING, then rescans periodically.
+        background=[refunder.scan],
+        # The gateway channel serves the consumers' charges: open before them, closed after.
+        on_start=[gateway.start],
+        on_stop=[refunder.stop, gateway.close],
+    )
 
 
 SPEC = ServiceSpec(

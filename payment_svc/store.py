@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from payment_svc.domain import Payment, RefundRequest, Status
+from payment_svc.domain import AuditEntry, Payment, Refund, RefundRequest, Status
 from paymesh.chassis.db import as_utc
 
 
@@ -103,35 +103,11 @@ class Tables:
 
 
 @dataclass(frozen=True)
-class PaymentRow:
-    """A payment as stored, with its times (for replies)."""
+class Cursor:
+    """Where a page of ListPayments stopped: the last payment it returned, newest first."""
 
-    payment: Payment
     create_time: datetime
-    update_time: datetime
-
-
-@dataclass(frozen=True)
-class RefundRow:
-    request: RefundRequest
-    status: str
-    gateway_refund_id: str
-    outcome_unknown: bool
-    create_time: datetime
-
-
-@dataclass(frozen=True)
-class StepRow:
-    sequence: int
-    position: int
     payment_id: str
-    order_id: str
-    type: str
-    from_status: str | None
-    to_status: str
-    amount_minor: int
-    detail: str
-    create_time: datetime
 
 
 _MUTABLE = (
@@ -146,9 +122,22 @@ _MUTABLE = (
 )
 
 
-class PaymentStore:
+class PaymentRepository:
+    """Payments, their audit trail and their refunds in and out of the tables, set-based for a batch."""
+
     def __init__(self, md: MetaData) -> None:
         self.t = Tables(md)
+        p, r = self.t.payments, self.t.refunds
+        # Built once: SQLAlchemy then skips building and keying them on every call.
+        self._insert_payments = insert(p)
+        self._insert_steps = insert(self.t.steps)
+        self._insert_refunds = insert(r)
+        # Written with executemany: one statement for every payment a batch changed.
+        self._update = (
+            update(p)
+            .where(p.c.payment_id == bindparam("b_id"))
+            .values({k: bindparam(k) for k in (*_MUTABLE, "update_time")})
+        )
 
     # -- reads ----------------------------------------------------------------------
 
@@ -162,22 +151,19 @@ class PaymentStore:
         rows = await conn.execute(query.with_for_update() if lock else query)
         return {r.order_id: _payment(r) for r in rows}
 
-    async def get(self, conn: AsyncConnection, payment_id: str, *, lock: bool = False) -> PaymentRow | None:
+    async def get(self, conn: AsyncConnection, payment_id: str, *, lock: bool = False) -> Payment | None:
         query = select(self.t.payments).where(self.t.payments.c.payment_id == payment_id)
         row = (await conn.execute(query.with_for_update() if lock else query)).first()
-        return None if row is None else PaymentRow(_payment(row), as_utc(row.create_time), as_utc(row.update_time))
+        return None if row is None else _payment(row)
 
-    async def pending_refund(self, conn: AsyncConnection, payment_id: str, *, lock: bool = False) -> RefundRow | None:
+    async def pending_refund(self, conn: AsyncConnection, payment_id: str, *, lock: bool = False) -> Refund | None:
         r = self.t.refunds
         query = select(r).where(r.c.payment_id == payment_id, r.c.status == "PENDING").order_by(r.c.create_time)
         row = (await conn.execute(query.with_for_update() if lock else query)).first()
         return None if row is None else _refund(row)
 
-    async def refund_by_id(self, conn: AsyncConnection, refund_id: str) -> RefundRow | None:
-        row = (await conn.execute(select(self.t.refunds).where(self.t.refunds.c.refund_id == refund_id))).first()
-        return None if row is None else _refund(row)
-
     async def refunding(self, conn: AsyncConnection) -> list[str]:
+        """The ids of the payments waiting for a refund's answer."""
         p = self.t.payments
         rows = await conn.execute(select(p.c.payment_id).where(p.c.status == Status.REFUNDING.value))
         return [r[0] for r in rows]
@@ -187,24 +173,24 @@ class PaymentStore:
         conn: AsyncConnection,
         *,
         order_id: str,
-        status: str,
-        after: tuple[datetime, str] | None,
+        status: Status | None,
+        after: Cursor | None,
         limit: int,
-    ) -> list[PaymentRow]:
+    ) -> list[Payment]:
         """Newest first, keyset on (create_time, payment_id)."""
         p = self.t.payments
         query = select(p)
         if order_id:
             query = query.where(p.c.order_id == order_id)
-        if status:
-            query = query.where(p.c.status == status)
+        if status is not None:
+            query = query.where(p.c.status == status.value)
         if after is not None:
-            t, pid = after
+            t, pid = after.create_time, after.payment_id
             query = query.where(or_(p.c.create_time < t, and_(p.c.create_time == t, p.c.payment_id < pid)))
         rows = await conn.execute(query.order_by(p.c.create_time.desc(), p.c.payment_id.desc()).limit(limit))
-        return [PaymentRow(_payment(r), as_utc(r.create_time), as_utc(r.update_time)) for r in rows]
+        return [_payment(r) for r in rows]
 
-    async def steps_page(self, conn: AsyncConnection, payment_id: str, after: int, limit: int) -> list[StepRow]:
+    async def trail(self, conn: AsyncConnection, payment_id: str, after: int, limit: int) -> list[AuditEntry]:
         """The audit trail in sequence order, with each step's 1-based position in its payment's trail."""
         s = self.t.steps
         numbered = (
@@ -220,14 +206,14 @@ class PaymentStore:
         )
         rows = await conn.execute(query)
         return [
-            StepRow(
+            AuditEntry(
                 r.sequence,
                 r.position,
                 r.payment_id,
                 r.order_id,
                 r.type,
-                r.from_status,
-                r.to_status,
+                None if r.from_status is None else Status(r.from_status),
+                Status(r.to_status),
                 r.amount_minor,
                 r.detail,
                 as_utc(r.create_time),
@@ -245,10 +231,11 @@ class PaymentStore:
         refunds: list[dict[str, Any]] = []
         for p in payments:
             if p.is_new:
-                new.append(_row(p, now))
+                new.append(_row(p))
             elif p.changed:
                 values = {k: _value(getattr(p, k)) for k in _MUTABLE}
                 changed.append({"b_id": p.payment_id, "update_time": now, **values})
+                p.update_time = now
             for step in p.steps:
                 steps.append(
                     {
@@ -280,19 +267,13 @@ class PaymentStore:
             p.steps = []
             p.new_refunds = []
         if new:
-            await conn.execute(insert(self.t.payments), new)
+            await conn.execute(self._insert_payments, new)
         if changed:
-            p_ = self.t.payments
-            stmt = (
-                update(p_)
-                .where(p_.c.payment_id == bindparam("b_id"))
-                .values({k: bindparam(k) for k in (*_MUTABLE, "update_time")})
-            )
-            await conn.execute(stmt, changed)
+            await conn.execute(self._update, changed)
         if steps:
-            await conn.execute(insert(self.t.steps), steps)
+            await conn.execute(self._insert_steps, steps)
         if refunds:
-            await conn.execute(insert(self.t.refunds), refunds)
+            await conn.execute(self._insert_refunds, refunds)
 
     async def finish_refund(
         self,
@@ -319,7 +300,7 @@ def _value(v: Any) -> Any:
     return v.value if isinstance(v, Status) else v
 
 
-def _row(p: Payment, now: datetime) -> dict[str, Any]:
+def _row(p: Payment) -> dict[str, Any]:
     return {
         "payment_id": p.payment_id,
         "order_id": p.order_id,
@@ -328,8 +309,8 @@ def _row(p: Payment, now: datetime) -> dict[str, Any]:
         "payment_method_token": p.payment_method_token,
         "idempotency_key": p.idempotency_key,
         "deadline": p.deadline,
-        "create_time": now,
-        "update_time": now,
+        "create_time": p.create_time,
+        "update_time": p.update_time,
         **{k: _value(getattr(p, k)) for k in _MUTABLE},
     }
 
@@ -342,6 +323,9 @@ def _payment(r: Any) -> Payment:
         currency=r.currency,
         payment_method_token=r.payment_method_token,
         deadline=as_utc(r.deadline),
+        # As stored (naive UTC on SQLite): only replies read them, and to_timestamp makes them UTC.
+        create_time=r.create_time,
+        update_time=r.update_time,
         status=Status(r.status),
         refunded_minor=r.refunded_minor,
         charge_id=r.charge_id,
@@ -353,8 +337,8 @@ def _payment(r: Any) -> Payment:
     )
 
 
-def _refund(row: Any) -> RefundRow:
+def _refund(row: Any) -> Refund:
     request = RefundRequest(
         row.refund_id, row.payment_id, row.amount_minor, row.idempotency_key, row.reason, row.request_id
     )
-    return RefundRow(request, row.status, row.gateway_refund_id, bool(row.outcome_unknown), as_utc(row.create_time))
+    return Refund(request, row.status, row.gateway_refund_id, bool(row.outcome_unknown), as_utc(row.create_time))

@@ -82,6 +82,15 @@ class RequestLog:
             )
         return self._replay(row, method, fp, request_id)
 
+    async def replay(self, conn: AsyncConnection, method: str, request_id: str, request: Message) -> bytes | None:
+        """Read-only: the stored response of this request, or None while it has none (or was never
+        seen). Raises ALREADY_EXISTS when the id came with another request. Takes no lock and writes
+        nothing: for a command that learns, outside its own claim, that another attempt answered."""
+        row = await self._find(conn, request_id)
+        if row is None or row[2] is None:
+            return None
+        return self._replay(row, method, fingerprint(method, request), request_id)
+
     async def complete(self, uow: UnitOfWork, request_id: str, response: Message) -> None:
         await uow.conn.execute(
             self._complete, {"key_request_id": request_id, "response": response.SerializeToString()}

@@ -189,3 +189,22 @@ async def test_concurrent_two_phase_claims_take_the_id_once(log_and_db) -> None:
     await holder
     answer = await dup
     assert isinstance(answer, Aborted) and answer.reason == "REQUEST_IN_PROGRESS", answer
+
+
+async def test_replay_reads_a_stored_answer_and_writes_nothing(log_and_db) -> None:  # type: ignore[no-untyped-def]
+    log, db, effects = log_and_db
+
+    async def act(uow: UnitOfWork) -> pb.AdjustStockResponse:
+        await uow.conn.execute(effects.insert().values(sku="sku-1"))
+        return pb.AdjustStockResponse(product={"sku": "sku-1", "available": 3})
+
+    rid, unseen = str(uuid.uuid4()), str(uuid.uuid4())
+    answer = await log.run("AdjustStock", rid, adjust(rid), pb.AdjustStockResponse, act)
+    async with db.read() as conn:
+        assert await log.replay(conn, "AdjustStock", rid, adjust(rid)) == answer.SerializeToString()
+        assert await log.replay(conn, "AdjustStock", unseen, adjust(unseen)) is None
+        with pytest.raises(AlreadyExists):
+            await log.replay(conn, "AdjustStock", rid, adjust(rid, delta=9))
+    # The unseen id was only read: it is still free and acts once.
+    await log.run("AdjustStock", unseen, adjust(unseen), pb.AdjustStockResponse, act)
+    assert await count(db, effects) == 2

@@ -15,10 +15,14 @@ from google.protobuf.message import Message
 from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 
-from order_svc.service import SPEC, OrderService, build, wire
+from order_svc.api import OrderApi
+from order_svc.service import SPEC
+from order_svc.sweeper import DeadlineSweeper
+from order_svc.watch import OrderWatch
 from paymesh.chassis import jetstream
 from paymesh.chassis.config import Settings
-from paymesh.chassis.events import OutboundEvent, new_event_id
+from paymesh.chassis.consumer import BatchHandler
+from paymesh.chassis.events import OutboundEvent, message_types, new_event_id
 from paymesh.chassis.service import Runtime, ServiceHost
 from paymesh.inventory.v1 import events_pb2 as inventory_events
 from paymesh.ops.natsserver import NatsServer, free_port
@@ -28,10 +32,7 @@ from paymesh.payment.v1 import events_pb2 as payment_events
 from tests.conftest import wait_for
 from tests.integration.chassis_harness import publish
 
-ORDER_TYPES: dict[str, type[Message]] = {
-    m.DESCRIPTOR.full_name: m
-    for m in (order_events.OrderPlaced, order_events.OrderConfirmed, order_events.OrderCancelled)
-}
+ORDER_TYPES = message_types(order_events)
 S = order_pb2.OrderStatus
 
 
@@ -47,9 +48,28 @@ class Published:
 @dataclass
 class Rig:
     host: ServiceHost
-    service: OrderService
     orders: order_service_pb2_grpc.OrderServiceStub
     nc: NATS
+
+    @property
+    def api(self) -> OrderApi:
+        """The servicer `wire()` registered."""
+        return self.host.wiring.services[0].servicer
+
+    @property
+    def watch(self) -> OrderWatch:
+        """The watch hub the servicer's streams follow and every writer delivers to."""
+        return self.api.watch
+
+    @property
+    def handler(self) -> BatchHandler:
+        """The batch handler both consumers call (`SagaAnswers.apply`)."""
+        return self.host.wiring.consumers[0].handler
+
+    @property
+    def sweeper(self) -> DeadlineSweeper:
+        """The deadline sweeper whose `run` the host started as its one background loop."""
+        return self.host.wiring.background[0].__self__  # the bound DeadlineSweeper.run
 
     @property
     def applied(self) -> int:
@@ -226,12 +246,11 @@ async def rig(nats_server: NatsServer, db_url: str, tmp_path: Path, saga_timeout
     await jetstream.ensure_stream(js, "INVENTORY", ["inventory.>"])
     await jetstream.ensure_stream(js, "PAYMENT", ["payment.>"])
     runtime = Runtime(SPEC, settings)
-    service = build(runtime)
-    host = ServiceHost(runtime, wire(runtime, None, service))
+    host = ServiceHost(runtime, SPEC.wire(runtime, None))
     await host.start()
     channel = grpc.aio.insecure_channel(settings.grpc_addr)
     try:
-        yield Rig(host, service, order_service_pb2_grpc.OrderServiceStub(channel), nc)
+        yield Rig(host, order_service_pb2_grpc.OrderServiceStub(channel), nc)
     finally:
         await channel.close()
         await host.stop()

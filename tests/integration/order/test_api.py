@@ -208,7 +208,7 @@ async def test_watch_order_streams_each_status_and_ends(rig: Rig) -> None:
 
 def in_process_only(rig: Rig) -> None:
     """No fallback re-read during the test: every state must come from the commits themselves."""
-    rig.service.api.watch_reread_s = 30
+    rig.api.watch_reread_s = 30
 
 
 async def read_to_end(stream: Any) -> list[int]:
@@ -238,17 +238,17 @@ async def test_watch_order_sees_every_state_of_one_batch(rig: Rig) -> None:
     events = [reserved(order.order_id), succeeded(order.order_id)]
     batch = [InboundEvent(e.event_id, "", type(e).DESCRIPTOR.full_name, e, None, 1, None) for e in events]
     async with rig.host.runtime.db.unit_of_work() as uow:
-        await rig.service.answers.apply(uow, batch)
+        await rig.handler(uow, batch)
         await uow.commit()
     assert await read_to_end(stream) == [S.ORDER_STATUS_AWAITING_PAYMENT, S.ORDER_STATUS_CONFIRMED]
 
 
 async def test_watch_rereads_for_changes_another_replica_commits(rig: Rig) -> None:
-    rig.service.api.watch_reread_s = 0.1
+    rig.api.watch_reread_s = 0.1
     order = await rig.create()
     stream = rig.orders.WatchOrder(pb.WatchOrderRequest(order_id=order.order_id))
     assert (await stream.read()).order.status == S.ORDER_STATUS_PENDING
-    replica = SagaAnswers(rig.host.runtime, rig.service.api.orders, OrderWatch())  # commits nobody here hears of
+    replica = SagaAnswers(rig.host.runtime, rig.api.orders, OrderWatch())  # commits nobody here hears of
     batch = [
         InboundEvent(e.event_id, "", type(e).DESCRIPTOR.full_name, e, None, 1, None)
         for e in (succeeded(order.order_id),)
@@ -271,9 +271,9 @@ async def test_watch_ends_when_the_client_goes_away(rig: Rig) -> None:
     order = await rig.create()
     stream = rig.orders.WatchOrder(pb.WatchOrderRequest(order_id=order.order_id))
     await stream.read()
-    assert rig.service.watch._followers  # noqa: SLF001 - the server holds the stream open
+    assert rig.watch._followers  # noqa: SLF001 - the server holds the stream open
     stream.cancel()
-    await wait_for(lambda: not rig.service.watch._followers, message="server side of the stream ended")  # noqa: SLF001
+    await wait_for(lambda: not rig.watch._followers, message="server side of the stream ended")  # noqa: SLF001
 
 
 async def test_watch_ends_when_the_server_stops(rig: Rig) -> None:
@@ -290,5 +290,5 @@ async def test_watch_ends_when_the_server_stops(rig: Rig) -> None:
         assert err.code() in {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
     assert loop.time() - started < 5, "within the shutdown grace period"
     # The cancelled handler unwinds on its own task, just after the stop returns.
-    await wait_for(lambda: not rig.service.watch._followers, timeout=5, message="watch released")  # noqa: SLF001
+    await wait_for(lambda: not rig.watch._followers, timeout=5, message="watch released")  # noqa: SLF001
     assert rig.host.tasks and all(task.done() for task in rig.host.tasks), "the sweeper stopped"

@@ -229,7 +229,7 @@ async def test_saga_deadline_cancels_open_orders_with_timed_out(rig: Rig) -> Non
     await rig.answer(voided(pending.order_id))
     await rig.answer(released(pending.order_id))
     await rig.wait_status(pending.order_id, S.ORDER_STATUS_CANCELLED)
-    assert rig.service.sweeper.timed_out == 2
+    assert rig.sweeper.timed_out == 2
 
 
 async def test_a_batch_is_applied_in_stream_order_in_one_transaction(rig: Rig) -> None:
@@ -246,7 +246,7 @@ async def test_a_batch_is_applied_in_stream_order_in_one_transaction(rig: Rig) -
     batch = [InboundEvent(e.event_id, "", type(e).DESCRIPTOR.full_name, e, None, 1, None) for e in events]
     runtime = rig.host.runtime
     async with runtime.db.unit_of_work() as uow:
-        await rig.service.answers.apply(uow, batch)
+        await rig.handler(uow, batch)
         await uow.commit()
     assert [(await rig.get(o.order_id)).status for o in (a, b, c)] == [
         S.ORDER_STATUS_CONFIRMED,

@@ -4,6 +4,7 @@ helpers that publish as order_svc and inventory_svc would."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,13 +18,14 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.client import Client as NATS
 
-from payment_svc.domain import RetryPolicy
-from payment_svc.gateway import GatewayPolicy
-from payment_svc.service import SPEC, PaymentConfig, PaymentService, PaymentSettings
+from payment_svc.api import PaymentApi
+from payment_svc.gateway_client import GatewayClient, GatewayPolicy, RetryPolicy
+from payment_svc.service import SPEC, PaymentSettings
 from paymesh.chassis import jetstream
+from paymesh.chassis.backoff import Backoff
 from paymesh.chassis.config import Settings
-from paymesh.chassis.events import OutboundEvent, new_event_id
-from paymesh.chassis.service import Runtime
+from paymesh.chassis.events import OutboundEvent, message_types, new_event_id
+from paymesh.chassis.service import Runtime, ServiceHost
 from paymesh.inventory.v1 import events_pb2 as inventory_events
 from paymesh.ops.natsserver import NatsServer, free_port
 from paymesh.order.v1 import events_pb2 as order_events
@@ -34,29 +36,23 @@ from tests.integration.chassis_harness import publish, stream_messages
 from tests.integration.payment.scripted_gateway import GatewayServer, ScriptedGateway
 
 PS = payment_pb2.PaymentStatus
-PAYMENT_TYPES: dict[str, type[Message]] = {
-    m.DESCRIPTOR.full_name: m
-    for m in (
-        payment_events.PaymentSucceeded,
-        payment_events.PaymentFailed,
-        payment_events.PaymentRefunded,
-        payment_events.PaymentVoided,
-        payment_events.PaymentRefundFailed,
-    )
-}
+PAYMENT_TYPES = message_types(payment_events)
 
-# Production shapes, shorter clocks: the same code paths in a test's time.
-FAST = PaymentConfig(
-    gateway=GatewayPolicy(
-        call_deadline_s=1.0,
-        retry=RetryPolicy(attempts=3, base_s=0.02, cap_s=0.05),
-        breaker_fail_max=5,
-        breaker_reset_s=0.5,
-    ),
-    redelivery=RetryPolicy(attempts=0, base_s=0.05, cap_s=0.3),
-    refund_backoff=RetryPolicy(attempts=0, base_s=0.05, cap_s=0.3),
-    refund_scan_s=0.5,
-)
+
+def fast(settings: PaymentSettings) -> PaymentSettings:
+    """Production shapes, shorter clocks: the same code paths in a test's time."""
+    return dataclasses.replace(
+        settings,
+        gateway=GatewayPolicy(
+            call_deadline_s=1.0,
+            retry=RetryPolicy(attempts=3, backoff=Backoff(base_s=0.02, cap_s=0.05)),
+            breaker_fail_max=5,
+            breaker_reset_s=0.5,
+        ),
+        redelivery=Backoff(base_s=0.05, cap_s=0.3),
+        refund_backoff=Backoff(base_s=0.05, cap_s=0.3),
+        refund_scan_s=0.5,
+    )
 
 
 @dataclass(frozen=True)
@@ -85,11 +81,18 @@ class RigSettings:
 @dataclass
 class Rig:
     settings: RigSettings
-    service: PaymentService
+    host: ServiceHost
     gateway: GatewayServer | None
     nc: NATS
     channel: grpc.aio.Channel
     payments: payment_service_pb2_grpc.PaymentServiceStub
+
+    @property
+    def gateway_client(self) -> GatewayClient:
+        """payment_svc's client of the gateway, reached through its wiring."""
+        api = self.host.wiring.services[0].servicer
+        assert isinstance(api, PaymentApi)
+        return api.refunder.gateway
 
     async def publish(self, subject: str, message: Message, msg_id: str | None = None) -> OutboundEvent:
         event = OutboundEvent.of(subject, message)
@@ -160,11 +163,10 @@ class Rig:
         reply = await self.payments.ListPaymentEvents(request)
         return [e.type for e in reply.events]
 
-    async def restart(self, config: PaymentConfig = FAST) -> None:
+    async def restart(self) -> None:
         """Stop this payment_svc and start a fresh one on the same store and NATS, as after a crash."""
-        await self.service.stop()
-        self.service = start_service(self.settings, config)
-        await self.service.start()
+        await self.host.stop()
+        self.host = await start_host(self.settings)
 
 
 async def _has_stream(nc: NATS, name: str) -> bool:
@@ -194,27 +196,30 @@ def settings_for(nats: NatsServer, db_url: str, tmp_path: Path, gateway_addr: st
         "PAYMESH_DATA_DIR": str(tmp_path),
         **env,
     }
-    return RigSettings(Settings.from_env(SPEC, values), PaymentSettings.from_env(values))
+    return RigSettings(Settings.from_env(SPEC, values), fast(PaymentSettings.from_env(values)))
 
 
-def start_service(settings: RigSettings, config: PaymentConfig) -> PaymentService:
-    return PaymentService(Runtime(SPEC, settings.chassis), settings.payment, config)
+async def start_host(settings: RigSettings) -> ServiceHost:
+    """A payment_svc started as `python -m payment_svc` would, on these settings."""
+    runtime = Runtime(SPEC, settings.chassis)
+    host = ServiceHost(runtime, SPEC.wire(runtime, settings.payment))
+    await host.start()
+    return host
 
 
 @contextlib.asynccontextmanager
 async def running(nats: NatsServer, settings: RigSettings, gateway: GatewayServer | None) -> AsyncIterator[Rig]:
     """A started payment_svc and the clients a test drives it with; stopped at the end."""
-    service = start_service(settings, FAST)
-    await service.start()
+    host = await start_host(settings)
     nc = await jetstream.connect([nats.url], "payment-test")
     channel = grpc.aio.insecure_channel(settings.grpc_addr)
-    rig = Rig(settings, service, gateway, nc, channel, payment_service_pb2_grpc.PaymentServiceStub(channel))
+    rig = Rig(settings, host, gateway, nc, channel, payment_service_pb2_grpc.PaymentServiceStub(channel))
     try:
         yield rig
     finally:
         await channel.close()
         await nc.close()
-        await rig.service.stop()
+        await rig.host.stop()
 
 
 @pytest.fixture

@@ -13,6 +13,8 @@ from paymesh.chassis.errors import FailedPrecondition, InvalidArgument, NotFound
 from paymesh.gateway.v1 import gateway_pb2, gateway_service_pb2, gateway_service_pb2_grpc
 from paymesh.ops.natsserver import free_port
 
+Context = grpc.aio.ServicerContext[Any, Any]
+
 TOKENS = {
     "tok_visa",
     "tok_chargeDeclined",
@@ -36,7 +38,9 @@ class ScriptedGateway(gateway_service_pb2_grpc.GatewayServiceServicer):
         self.blackhole = True
         self.token_of: dict[str, str] = {}
 
-    async def Charge(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def Charge(  # noqa: N802
+        self, request: gateway_service_pb2.ChargeRequest, context: Context
+    ) -> gateway_service_pb2.ChargeResponse:
         key = request.idempotency_key
         self.charge_calls[key] += 1
         token = request.payment_method_token
@@ -75,7 +79,9 @@ class ScriptedGateway(gateway_service_pb2_grpc.GatewayServiceServicer):
     def charge_by_id(self, charge_id: str) -> gateway_pb2.Charge | None:
         return next((c for c in self.charges.values() if c.charge_id == charge_id), None)
 
-    async def Refund(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def Refund(  # noqa: N802
+        self, request: gateway_service_pb2.RefundRequest, context: Context
+    ) -> gateway_service_pb2.RefundResponse:
         key = request.idempotency_key
         self.refund_calls[key] += 1
         if key in self.refunds:

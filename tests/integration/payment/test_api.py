@@ -82,6 +82,20 @@ async def test_partial_refund_then_the_rest_with_replay_and_reuse(rig: Rig) -> N
                                                            "refunded"]
 
 
+async def test_an_answer_recorded_by_a_concurrent_attempt_is_replayed_and_nothing_written(rig: Rig) -> None:
+    """RefundPayment whose refund another attempt recorded first reads the answer back via the request log."""
+    payment = await charged(rig, amount=600)
+    first = refund(payment.payment_id, 100)
+    reply = await rig.payments.RefundPayment(first)
+    api = rig.host.wiring.services[0].servicer
+    assert await api._replay(first) == reply
+    unseen = refund(payment.payment_id, 100)
+    assert await api._replay(unseen) is None
+    # The replay only read: the id is still new and acts once.
+    again = await rig.payments.RefundPayment(unseen)
+    assert (again.amount_minor, again.payment.refunded_minor) == (100, 200)
+
+
 async def test_refund_of_a_payment_not_charged_is_refused(rig: Rig) -> None:
     order_id = new_order_id()
     await rig.place(order_id)

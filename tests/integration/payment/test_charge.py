@@ -65,7 +65,7 @@ async def test_decline_fails_the_payment_with_the_decline_code(rig: Rig, token: 
 async def test_reservation_before_the_order_is_redelivered_then_charged_once(rig: Rig) -> None:
     order_id = new_order_id()
     await rig.reserve(order_id)
-    consumer = next(c for c in rig.service.host.consumers if c.name == "payment_svc-inventory")
+    consumer = next(c for c in rig.host.consumers if c.name == "payment_svc-inventory")
 
     async def redelivered() -> bool:
         info = await rig.nc.jetstream().consumer_info("INVENTORY", "payment_svc-inventory")

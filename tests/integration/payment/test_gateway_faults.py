@@ -26,7 +26,7 @@ async def test_gateway_down_opens_the_breaker_and_the_payment_waits_then_charges
     order_id = new_order_id()
     await rig.place(order_id)
     await rig.reserve(order_id)
-    breaker = rig.service.gateway.breaker
+    breaker = rig.gateway_client.breaker
     await wait_for(lambda: breaker.current_state == pybreaker.STATE_OPEN, message="breaker open")
     payment = await rig.payment_of(order_id)
     assert payment is not None and payment.status == PS.PAYMENT_STATUS_PROCESSING
@@ -86,7 +86,7 @@ async def test_a_gateway_dropping_some_attempts_keeps_the_breaker_closed(rig: Ri
     """tok_flaky fails twice per key, then succeeds. Charged together, eight attempts fail before
     any succeeds; each call is still answered within its retries, so the breaker (which counts
     calls, not attempts) stays closed and no payment waits for a redelivery."""
-    breaker = rig.service.gateway.breaker
+    breaker = rig.gateway_client.breaker
     orders = [new_order_id() for _ in range(4)]
     for order_id in orders:
         await rig.place(order_id, token="tok_flaky")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
 import pytest
 
@@ -110,12 +111,21 @@ def test_every_violation_at_once() -> None:
     ]
 
 
+# The RPCs that take just an order id, each as the api calls its validator.
+BY_ORDER_ID: dict[str, Callable[[str], str]] = {
+    "GetOrder": lambda order_id: validate.get_order(pb.GetOrderRequest(order_id=order_id)),
+    "WatchOrder": lambda order_id: validate.watch_order(pb.WatchOrderRequest(order_id=order_id)),
+}
+
+
+@pytest.mark.parametrize("rpc", BY_ORDER_ID)
 @pytest.mark.parametrize("value", ["", "123", "ord_123", "ord_" + "G" * 32, "ORD_" + "a" * 32, "ord_" + "a" * 33])
-def test_order_ids_must_look_like_ours(value: str) -> None:
+def test_order_ids_must_look_like_ours(rpc: str, value: str) -> None:
     with pytest.raises(InvalidArgument) as err:
-        validate.get_order(value)
+        BY_ORDER_ID[rpc](value)
     assert [f for f, _ in err.value.violations] == ["order_id"]
-    validate.get_order("ord_" + uuid.uuid4().hex)
+    ours = "ord_" + uuid.uuid4().hex
+    assert BY_ORDER_ID[rpc](ours) == ours
 
 
 def test_cancel_checks_id_request_id_and_reason() -> None:

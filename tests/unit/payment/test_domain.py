@@ -1,4 +1,4 @@
-"""The payment state machine and the retry policy, pure."""
+"""The payment state machine, pure."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ LATER = NOW + timedelta(seconds=60)
 
 
 def payment(status: Status = Status.PENDING, **kw: object) -> Payment:
-    p = Payment.place("pay_1", "ord_1", 1000, "USD", "tok_visa", NOW + timedelta(seconds=30))
+    p = Payment.place("pay_1", "ord_1", 1000, "USD", "tok_visa", NOW + timedelta(seconds=30), NOW)
     p.status = status
     p.charge_id = "ch_1" if status not in (Status.PENDING, Status.PROCESSING) else ""
     for k, v in kw.items():
@@ -56,7 +56,7 @@ def test_every_transition_is_allowed_or_refused(action: str, status: Status) -> 
 
 
 def test_happy_charge_records_steps_and_event() -> None:
-    p = Payment.place("pay_1", "ord_1", 1000, "USD", "tok_visa", NOW)
+    p = Payment.place("pay_1", "ord_1", 1000, "USD", "tok_visa", NOW, NOW)
     p.start_charge()
     p.charge_succeeded("ch_1")
     assert [(s.type, s.from_status, s.to_status) for s in p.steps] == [
@@ -64,7 +64,7 @@ def test_happy_charge_records_steps_and_event() -> None:
         ("charge_requested", Status.PENDING, Status.PROCESSING),
         ("charge_succeeded", Status.PROCESSING, Status.SUCCEEDED),
     ]
-    assert p.drain_events() == [d.Succeeded("pay_1", "ord_1", "ch_1", 1000, "USD")]
+    assert p.pull_events() == [d.Succeeded("pay_1", "ord_1", "ch_1", 1000, "USD")]
 
 
 def test_decline_fails_with_code_or_voids_when_cancelled() -> None:
@@ -183,10 +183,10 @@ def test_a_cancelled_partial_refund_asks_for_the_rest() -> None:
     p.refund_succeeded(r, "re_1")
     assert p.status is Status.REFUNDING and p.new_refunds[-1].amount_minor == 800
     # The client's partial refund is not the cancel's answer; the refund of the rest is.
-    assert [e.answers_cancel for e in p.drain_events()] == [False]
+    assert [e.answers_cancel for e in p.pull_events()] == [False]
     p.refund_succeeded(p.new_refunds[-1], "re_2")
     assert p.status is Status.REFUNDED
-    assert [e.answers_cancel for e in p.drain_events()] == [True]
+    assert [e.answers_cancel for e in p.pull_events()] == [True]
 
 
 def test_a_clients_full_refund_landing_after_a_cancel_answers_it() -> None:
@@ -195,38 +195,10 @@ def test_a_clients_full_refund_landing_after_a_cancel_answers_it() -> None:
     p.cancel("order cancelled meanwhile")
     p.refund_succeeded(r, "re_1")
     assert p.status is Status.REFUNDED
-    assert [e.answers_cancel for e in p.drain_events()] == [True]
+    assert [e.answers_cancel for e in p.pull_events()] == [True]
 
 
 def test_a_clients_refund_without_a_cancel_does_not_answer_one() -> None:
     p = payment(Status.SUCCEEDED)
     p.refund_succeeded(p.request_refund(0, "goodwill"), "re_1")
-    assert [e.answers_cancel for e in p.drain_events()] == [False]
-
-
-@pytest.mark.parametrize(
-    ("code", "retryable", "reached", "refusal"),
-    [
-        ("UNAVAILABLE", True, False, False),
-        ("RESOURCE_EXHAUSTED", True, False, False),
-        ("DEADLINE_EXCEEDED", True, True, False),
-        ("INVALID_ARGUMENT", False, False, True),
-        ("FAILED_PRECONDITION", False, False, True),
-        ("ALREADY_EXISTS", False, False, True),
-        ("INTERNAL", False, True, False),
-        ("UNKNOWN", False, True, False),
-    ],
-)
-def test_retry_classification(code: str, retryable: bool, reached: bool, refusal: bool) -> None:
-    assert (d.is_retryable(code), d.may_have_reached(code), d.is_refusal(code)) == (retryable, reached, refusal)
-
-
-def test_backoff_is_exponential_jittered_and_bounded() -> None:
-    policy = d.RetryPolicy(attempts=3, base_s=0.1, cap_s=0.4)
-    assert [policy.ceiling(n) for n in (1, 2, 3, 4, 10)] == [0.1, 0.2, 0.4, 0.4, 0.4]
-    for attempt in range(1, 12):
-        lo, hi = policy.ceiling(attempt) / 2, policy.ceiling(attempt)
-        assert policy.delay(attempt, lambda a, b: a) == lo
-        assert policy.delay(attempt, lambda a, b: b) == hi
-        assert all(lo <= policy.delay(attempt) <= hi for _ in range(50))
-    assert d.RetryPolicy().worst_case_s() <= 1.0, "the in-process retries of one call stay under a second"
+    assert [e.answers_cancel for e in p.pull_events()] == [False]

@@ -1,4 +1,4 @@
-"""The edge to the payment gateway: deadlines, in-process retries of transient codes, a circuit breaker,
+"""The client of the payment gateway: deadlines, in-process retries of transient codes, a circuit breaker,
 and answers reduced to what the saga needs to know."""
 
 from __future__ import annotations
@@ -7,17 +7,63 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TypeVar
 
 import grpc
 import pybreaker
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from payment_svc.domain import RetryPolicy, is_refusal, is_retryable, may_have_reached
+from paymesh.chassis.backoff import Backoff
 from paymesh.gateway.v1 import gateway_pb2, gateway_service_pb2, gateway_service_pb2_grpc
 
 log = logging.getLogger(__name__)
+
+Req = TypeVar("Req", bound=Message)
+Resp = TypeVar("Resp", bound=Message)
+
+RETRYABLE_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"})
+# Refused before anything happened: the call certainly did not charge.
+UNREACHED_CODES = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED"})
+# The gateway answered and refused: final, nothing happened, never retried.
+REFUSED_CODES = frozenset(
+    {
+        "INVALID_ARGUMENT",
+        "FAILED_PRECONDITION",
+        "ALREADY_EXISTS",
+        "NOT_FOUND",
+        "OUT_OF_RANGE",
+        "PERMISSION_DENIED",
+        "UNAUTHENTICATED",
+        "UNIMPLEMENTED",
+    }
+)
+
+
+def is_retryable(code: str) -> bool:
+    return code in RETRYABLE_CODES
+
+
+def is_refusal(code: str) -> bool:
+    return code in REFUSED_CODES
+
+
+def may_have_reached(code: str) -> bool:
+    """Whether a call that failed with `code` (a gRPC status code's name) may have done its work (e.g. charged)."""
+    return code not in UNREACHED_CODES and code not in REFUSED_CODES
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often one gateway call is tried in-process, and the chassis Backoff between the tries."""
+
+    attempts: int = 3
+    backoff: Backoff = Backoff(base_s=0.1, cap_s=0.4)
+
+    def worst_case_s(self) -> float:
+        """The most time spent waiting between the attempts of one call."""
+        return sum(self.backoff.ceiling(n) for n in range(1, self.attempts))
 
 
 class Kind(StrEnum):
@@ -65,7 +111,7 @@ class GatewayClient:
         )
         self._probing = False
         self._channel: grpc.aio.Channel | None = None
-        self._stub: Any = None
+        self._stub: gateway_service_pb2_grpc.GatewayServiceAsyncStub | None = None
 
     async def start(self) -> None:
         # A gateway back from an outage is seen within a second, not after gRPC's 120 s backoff.
@@ -81,11 +127,12 @@ class GatewayClient:
 
     async def close(self) -> None:
         if self._channel is not None:
-            await self._channel.close()
+            await self._channel.close(None)
 
     async def charge(
         self, key: str, amount_minor: int, currency: str, token: str, order_id: str
     ) -> Outcome:
+        assert self._stub is not None, "GatewayClient.start() opens the channel first"
         request = gateway_service_pb2.ChargeRequest(
             idempotency_key=key,
             amount_minor=amount_minor,
@@ -104,6 +151,7 @@ class GatewayClient:
         return Outcome(Kind.APPROVED, charge.charge_id, detail=f"charge {charge.charge_id}")
 
     async def refund(self, key: str, charge_id: str, amount_minor: int, reason: str) -> Outcome:
+        assert self._stub is not None, "GatewayClient.start() opens the channel first"
         request = gateway_service_pb2.RefundRequest(
             idempotency_key=key, charge_id=charge_id, amount_minor=amount_minor, reason=reason
         )
@@ -112,7 +160,7 @@ class GatewayClient:
             return reply
         return Outcome(Kind.APPROVED, reply.refund.refund_id, detail=f"refund {reply.refund.refund_id}")
 
-    async def _call(self, method: Any, request: Any) -> Any:
+    async def _call(self, method: grpc.aio.UnaryUnaryMultiCallable[Req, Resp], request: Req) -> Resp | Outcome:
         """The reply, or an Outcome: DECLINED for a final refusal, UNKNOWN / UNAVAILABLE when unanswered.
 
         The breaker counts calls, not attempts: a call fails only when its in-process retries
@@ -138,11 +186,12 @@ class GatewayClient:
             if probe:
                 self._probing = False
 
-    async def _attempts(self, method: Any, request: Any) -> Any:
+    async def _attempts(self, method: grpc.aio.UnaryUnaryMultiCallable[Req, Resp], request: Req) -> Resp | Outcome:
         """Up to `retry.attempts` tries, retrying transient codes only, with jittered backoff."""
+        retry = self.policy.retry
         reached = False
         last = ""
-        for attempt in range(1, self.policy.retry.attempts + 1):
+        for attempt in range(1, retry.attempts + 1):
             try:
                 return await method(request, timeout=self.policy.call_deadline_s)
             except grpc.aio.AioRpcError as err:
@@ -153,8 +202,8 @@ class GatewayClient:
                 last = f"attempt {attempt}: {code} {err.details()}"
                 if not is_retryable(code):
                     break  # e.g. INTERNAL: not worth retrying here, yet it may have charged
-                if attempt < self.policy.retry.attempts:
-                    await asyncio.sleep(self.policy.retry.delay(attempt))  # backoff between attempts
+                if attempt < retry.attempts:
+                    await asyncio.sleep(retry.backoff.delay(attempt))  # backoff between attempts
         return Outcome(Kind.UNKNOWN if reached else Kind.UNAVAILABLE, detail=last)
 
 
@@ -168,10 +217,11 @@ class _Unanswered(Exception):
 
 def _refusal_code(err: grpc.aio.AioRpcError) -> str:
     """The gateway's ErrorInfo reason in lower case (e.g. refund_declined), else the status code's name."""
-    status = rpc_status.from_call(err)
+    # grpc-stubs does not make AioRpcError a grpc.Call; it has the code/details/trailing_metadata from_call reads.
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
     if status is not None:
         for detail in status.details:
             info = error_details_pb2.ErrorInfo()
             if detail.Is(info.DESCRIPTOR) and detail.Unpack(info) and info.reason:
-                return info.reason.lower()
+                return str(info.reason).lower()
     return err.code().name.lower()

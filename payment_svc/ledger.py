@@ -1,0 +1,46 @@
+"""The one place a payment's state change, its audit-trail rows and its outbox events are written."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+
+from payment_svc.domain import Payment
+from payment_svc.store import PaymentRepository
+from paymesh.chassis.db import UnitOfWork
+from paymesh.chassis.events import OutboundEvent
+from paymesh.chassis.service import Runtime
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Ledger:
+    """Writes changed payments with their audit steps, refunds and events in the caller's transaction;
+    after the commit, hands new refunds to whoever asks the gateway for them (`on_refund_requested`)."""
+
+    def __init__(self, runtime: Runtime, repository: PaymentRepository) -> None:
+        self.runtime = runtime
+        self.repository = repository
+        self.on_refund_requested: Callable[[str], None] = lambda payment_id: None
+
+    async def record(
+        self,
+        uow: UnitOfWork,
+        payments: Iterable[Payment],
+        events: list[OutboundEvent],
+        now: datetime,
+        *,
+        hand_over: bool = True,
+    ) -> None:
+        payments = [p for p in payments if p.is_new or p.changed]
+        refunding = [p.payment_id for p in payments if p.new_refunds]
+        await self.repository.save(uow.conn, payments, now)
+        await self.runtime.publish(uow, events)
+        if refunding and hand_over:
+            uow.after_commit(lambda: self._hand_over(refunding))
+
+    def _hand_over(self, payment_ids: list[str]) -> None:
+        for payment_id in payment_ids:
+            self.on_refund_requested(payment_id)
