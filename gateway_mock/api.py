@@ -26,6 +26,7 @@ from gateway_mock.messages import charge_to_proto, config_to_proto, refund_to_pr
 from gateway_mock.store import GatewayRepository
 from paymesh.chassis.errors import (
     AlreadyExists,
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -37,12 +38,6 @@ from paymesh.gateway.v1 import gateway_service_pb2 as pb
 from paymesh.gateway.v1 import gateway_service_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-
-class DeadlineExceeded(ServiceError):
-    """The chassis has no DEADLINE_EXCEEDED error; the simulated lost response needs one."""
-
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 def refusal(exc: DomainError) -> ServiceError:
