@@ -10,7 +10,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +17,11 @@ from typing import Any
 
 import grpc
 
-from paymesh.chassis.config import SERVICES, db_url
+from paymesh.chassis.config import db_url
 from paymesh.chassis.jetstream import consumer_backlog
-from paymesh.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
-from paymesh.inventory.v1 import inventory_service_pb2, inventory_service_pb2_grpc
-from paymesh.order.v1 import order_pb2, order_service_pb2, order_service_pb2_grpc
+from paymesh.client import MeshClient
+from paymesh.ops.services import SPECS
+from paymesh.order.v1 import order_pb2
 
 SKU = "bench-sku"
 STOCK = 10**12
@@ -114,49 +113,31 @@ class ProcessStats:
 
 
 class Driver:
-    """gRPC clients of the mesh: one channel per service, sagas placed and watched to their end."""
+    """A client of the mesh (`paymesh.client`): sagas placed and watched to their end."""
 
     def __init__(self, env: dict[str, str]) -> None:
-        from paymesh.chassis.config import grpc_addr
-        from paymesh.ops.launcher import dial_addr
-
-        self.channels = {s: grpc.aio.insecure_channel(dial_addr(grpc_addr(s, env))) for s in SERVICES}
-        self.orders = order_service_pb2_grpc.OrderServiceStub(self.channels["order_svc"])
-        self.inventory = inventory_service_pb2_grpc.InventoryServiceStub(self.channels["inventory_svc"])
-        self.gateway = gateway_service_pb2_grpc.GatewayServiceStub(self.channels["gateway_mock"])
+        self.client = MeshClient.from_env(env)
 
     async def prepare(self, gateway_latency_ms: int) -> None:
-        await self.inventory.PutProduct(
-            inventory_service_pb2.PutProductRequest(
-                request_id=str(uuid.uuid4()), sku=SKU, name="benchmark stock", available=STOCK
-            )
-        )
-        await self.gateway.Configure(gateway_service_pb2.ConfigureRequest(reset=True))
-        await self.gateway.Configure(gateway_service_pb2.ConfigureRequest(latency_ms=gateway_latency_ms))
+        await self.client.put_product(SKU, name="benchmark stock", available=STOCK)
+        await self.client.configure_gateway(reset=True)
+        await self.client.configure_gateway(latency_ms=gateway_latency_ms)
 
     async def saga(self, results: Results | None) -> None:
         """One checkout: CreateOrder, then WatchOrder to a settled status; recorded unless warming up."""
         start = time.perf_counter()
-        request = order_service_pb2.CreateOrderRequest(
-            request_id=str(uuid.uuid4()),
-            customer_id="bench",
-            items=[order_pb2.LineItem(sku=SKU, quantity=1, unit_price_minor=1999)],
-            currency="USD",
-            payment_method_token="tok_visa",
-        )
         try:
-            created = await self.orders.CreateOrder(request, timeout=10)
+            created = await self.client.create_order(
+                customer_id="bench", items=[(SKU, 1, 1999)], currency="USD", payment_method_token="tok_visa"
+            )
             created_at = time.perf_counter()
-            status = created.order.status
+            status = created.status
             if status not in SETTLED:
-                watch = self.orders.WatchOrder(
-                    order_service_pb2.WatchOrderRequest(order_id=created.order.order_id), timeout=SAGA_TIMEOUT_S
-                )
-                async for change in watch:
-                    status = change.order.status
-                    if status in SETTLED:
-                        break
-                watch.cancel()
+                async with self.client.watch_order(created.order_id, timeout=SAGA_TIMEOUT_S) as changes:
+                    async for order in changes:
+                        status = order.status
+                        if status in SETTLED:
+                            break
         except grpc.aio.AioRpcError as exc:
             if results is not None:
                 results.errors[exc.code().name] += 1
@@ -170,8 +151,7 @@ class Driver:
         results.completed += 1
 
     async def close(self) -> None:
-        for channel in self.channels.values():
-            await channel.close()
+        await self.client.close()
 
 
 async def closed_loop(driver: Driver, opts: Options, results: Results, measure_from: float, end: float) -> None:
@@ -226,14 +206,14 @@ async def progress(results: Results, start: float, measure_from: float, end: flo
 def outbox_lag(env: dict[str, str]) -> dict[str, int]:
     """Unsent outbox rows per service, for SQLite stores (read directly, read-only)."""
     lag: dict[str, int] = {}
-    for service in SERVICES:
+    for service in SPECS:
         url = db_url(service, env)
         if not url.startswith("sqlite"):
             continue
         path = url.split("///", 1)[1]
         try:
             with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as conn:
-                lag[service] = conn.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0]
+                lag[service.name] = conn.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0]
         except sqlite3.Error:
             continue
     return lag

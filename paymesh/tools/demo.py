@@ -7,18 +7,19 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Mapping
-from contextlib import AsyncExitStack
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
-from paymesh.chassis.config import SERVICES, grpc_addr
-from paymesh.gateway.v1 import gateway_pb2, gateway_service_pb2, gateway_service_pb2_grpc
-from paymesh.inventory.v1 import inventory_service_pb2, inventory_service_pb2_grpc
-from paymesh.ops.launcher import LaunchError, Mesh, dial_addr, wait_serving
-from paymesh.order.v1 import order_pb2, order_service_pb2, order_service_pb2_grpc
+from paymesh.chassis.config import grpc_addr
+from paymesh.client import MeshClient
+from paymesh.gateway.v1 import gateway_pb2
+from paymesh.ops.addresses import dial_addr
+from paymesh.ops.launcher import LaunchError, Mesh, wait_serving
+from paymesh.ops.services import NAMES, SPECS
+from paymesh.order.v1 import order_pb2
 
 OS = order_pb2.OrderStatus
 # WatchOrder ends at these; CONFIRMED may still be cancelled.
@@ -63,10 +64,10 @@ def money(amount_minor: int, currency: str = "USD") -> str:
 
 
 class Tour:
-    """Drives the scenarios through the generated stubs and prints what happens."""
+    """Drives the scenarios through the mesh client and prints what happens."""
 
-    def __init__(self, addrs: Mapping[str, str], started: float) -> None:
-        self.addrs = addrs
+    def __init__(self, client: MeshClient, started: float) -> None:
+        self.client = client
         self.started = started
         self.run = uuid.uuid4().hex[:6]
         self.sku = f"demo-{self.run}-mug"
@@ -75,40 +76,26 @@ class Tour:
     def log(self, scenario: str, text: str) -> None:
         print(f"[{time.monotonic() - self.started:5.1f}s] {scenario:<21} {text}", flush=True)
 
-    async def run_all(self, stack: AsyncExitStack) -> list[Scenario]:
-        channel = {s: await stack.enter_async_context(grpc.aio.insecure_channel(a)) for s, a in self.addrs.items()}
-        self.orders = order_service_pb2_grpc.OrderServiceStub(channel["order_svc"])
-        self.inventory = inventory_service_pb2_grpc.InventoryServiceStub(channel["inventory_svc"])
-        self.gateway = gateway_service_pb2_grpc.GatewayServiceStub(channel["gateway_mock"])
-        await self.inventory.PutProduct(
-            inventory_service_pb2.PutProductRequest(
-                sku=self.sku, name="Demo mug", available=10, request_id=str(uuid.uuid4())
-            ),
-            timeout=10,
-        )
+    async def run_all(self) -> list[Scenario]:
+        await self.client.put_product(self.sku, name="Demo mug", available=10)
         print(f"product {self.sku}: 10 available at {money(self.unit_price)}", flush=True)
         tour = scenarios()
         await asyncio.gather(*(self.follow(s) for s in tour))
         return tour
 
     async def follow(self, s: Scenario) -> None:
-        request = order_service_pb2.CreateOrderRequest(
-            request_id=str(uuid.uuid4()),
+        order = await self.client.create_order(
             customer_id=f"demo-{self.run}",
-            items=[order_pb2.LineItem(sku=self.sku, quantity=s.quantity, unit_price_minor=self.unit_price)],
+            items=[(self.sku, s.quantity, self.unit_price)],
             currency="USD",
             payment_method_token=s.token,
         )
-        order = (await self.orders.CreateOrder(request, timeout=10)).order
         s.order_id, s.amount_minor = order.order_id, order.amount_minor
         self.log(s.name, f"{order.order_id} placed: {s.quantity} x {self.sku}, {s.token}, {money(order.amount_minor)}")
         async with asyncio.timeout(ORDER_TIMEOUT_S):
             order = await self.watch(s)
             if s.cancel_after_confirm and order.status == OS.ORDER_STATUS_CONFIRMED:
-                cancel = order_service_pb2.CancelOrderRequest(
-                    order_id=s.order_id, request_id=str(uuid.uuid4()), reason="customer changed their mind"
-                )
-                await self.orders.CancelOrder(cancel, timeout=10)
+                await self.client.cancel_order(s.order_id, reason="customer changed their mind")
                 self.log(s.name, "CancelOrder sent")
                 order = await self.watch(s)
         s.final = order
@@ -116,26 +103,25 @@ class Tour:
     async def watch(self, s: Scenario) -> order_pb2.Order:
         """Print each status change until WatchOrder ends the stream (a terminal status)."""
         order = None
-        async for reply in self.orders.WatchOrder(order_service_pb2.WatchOrderRequest(order_id=s.order_id)):
-            order = reply.order
-            name = status_name(order.status)
-            if not s.history or s.history[-1] != name:
-                previous = s.history[-1] if s.history else ""
-                s.history.append(name)
-                reason = f" ({order.failure_reason})" if order.failure_reason else ""
-                self.log(s.name, f"{previous + ' -> ' if previous else ''}{name}{reason}")
-            if order.status in FINAL:
-                break
+        async with self.client.watch_order(s.order_id) as changes:
+            async for order in changes:
+                name = status_name(order.status)
+                if not s.history or s.history[-1] != name:
+                    previous = s.history[-1] if s.history else ""
+                    s.history.append(name)
+                    reason = f" ({order.failure_reason})" if order.failure_reason else ""
+                    self.log(s.name, f"{previous + ' -> ' if previous else ''}{name}{reason}")
+                if order.status in FINAL:
+                    break
         if order is None:
             raise RuntimeError(f"WatchOrder sent nothing for {s.order_id}")
         return order
 
     async def charges(self, order_id: str) -> list[gateway_pb2.Charge]:
-        request = gateway_service_pb2.ListChargesRequest(order_id=order_id)
-        return list((await self.gateway.ListCharges(request, timeout=10)).charges)
+        return (await self.client.list_charges(order_id=order_id)).items
 
 
-def table(rows: list[tuple[str, ...]]) -> list[str]:
+def table(rows: Sequence[tuple[str, ...]]) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
 
@@ -165,12 +151,12 @@ async def summary(tour: Tour, done: list[Scenario]) -> bool:
 
 
 def addrs_of(env: Mapping[str, str]) -> dict[str, str]:
-    return {service: dial_addr(grpc_addr(service, dict(env))) for service in SERVICES}
+    return {s.name: dial_addr(grpc_addr(s, env)) for s in SPECS}
 
 
 async def running_mesh(env: Mapping[str, str]) -> dict[str, str] | None:
     """The addresses of a mesh already running, when the environment names one and all of it answers."""
-    named = [f"{prefix}_GRPC_ADDR" for prefix, _, _ in SERVICES.values()]
+    named = [f"{s.env_prefix}_GRPC_ADDR" for s in SPECS]
     if not env.get("PAYMESH_NATS_URL") or not all(env.get(v) for v in named):
         return None
     addrs = addrs_of(env)
@@ -191,13 +177,13 @@ async def demo(env: Mapping[str, str], data_dir: Path) -> int:
         if addrs is None:
             print(f"starting nats-server and the four services (data and logs under {data_dir})", flush=True)
             mesh = await Mesh(env, data_dir).start()
-            addrs = {s: mesh.addr(s) for s in SERVICES}
+            addrs = {s: mesh.addr(s) for s in NAMES}
             print(f"mesh up in {time.monotonic() - started:.1f}s", flush=True)
         else:
             print(f"using the running mesh at {', '.join(addrs.values())}", flush=True)
-        tour = Tour(addrs, started)
-        async with AsyncExitStack() as stack:
-            done = await tour.run_all(stack)
+        async with MeshClient.from_addrs(addrs) as client:
+            tour = Tour(client, started)
+            done = await tour.run_all()
             ok = await summary(tour, done)
         print(f"\ndemo {'finished' if ok else 'FAILED'} in {time.monotonic() - started:.1f}s", flush=True)
         return 0 if ok else 1

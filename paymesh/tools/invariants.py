@@ -128,7 +128,7 @@ class CheckResult:
 
 def check_terminal(obs: Observed) -> CheckResult:
     """Every order ended (CONFIRMED, REJECTED, PAYMENT_FAILED, CANCELLED, REQUIRES_REVIEW), within the limit."""
-    open_orders = sorted(o for o in obs.orders.values() if o.status not in TERMINAL)
+    open_orders = sorted((o for o in obs.orders.values() if o.status not in TERMINAL), key=lambda o: o.order_id)
     ended = len(obs.orders) - len(open_orders)
     figure = f"{ended}/{len(obs.orders)} terminal"
     problems = [f"{o.order_id} is still {o.status}" for o in sorted(open_orders, key=lambda o: o.order_id)]
@@ -147,8 +147,16 @@ def check_terminal(obs: Observed) -> CheckResult:
     return CheckResult("every order terminal", figure, tuple(problems), tuple(o.order_id for o in open_orders))
 
 
+def per_sku(lines: Sequence[tuple[str, int]]) -> Counter[str]:
+    totals: Counter[str] = Counter()
+    for sku, quantity in lines:
+        totals[sku] += quantity
+    return totals
+
+
 def check_stock(obs: Observed) -> CheckResult:
-    """Per sku: stocked = available + reserved + sold, none negative, and both match the reservations."""
+    """Per sku: stocked = available + reserved + sold, none negative, and both match the reservations,
+    each of which holds exactly its order's lines."""
     problems: list[str] = []
     involved: set[str] = set()
     reserved_by: dict[str, int] = defaultdict(int)
@@ -169,6 +177,13 @@ def check_stock(obs: Observed) -> CheckResult:
         if wrong:
             problems.append(f"{order_id} is {order.status} but its reservation is {res.status or 'missing'}")
             involved.add(order_id)
+        # What a reservation holds or sold is what its order asked for: sold stock is the confirmed orders' lines.
+        if totals is not None and order.lines and per_sku(res.lines) != per_sku(order.lines):
+            problems.append(
+                f"{order_id}: its {res.status} reservation holds {sorted(per_sku(res.lines).items())}, "
+                f"the order asks for {sorted(per_sku(order.lines).items())}"
+            )
+            involved.add(order_id)
     for p in sorted(obs.products, key=lambda p: p.sku):
         if p.available + p.reserved + p.sold != p.stocked:
             problems.append(
@@ -181,10 +196,10 @@ def check_stock(obs: Observed) -> CheckResult:
                 f"{p.sku}: reserved {p.reserved}, sold {p.sold}, but the reservations hold "
                 f"{reserved_by[p.sku]} reserved and {sold_by[p.sku]} committed"
             )
-    totals = [sum(getattr(p, a) for p in obs.products) for a in ("stocked", "available", "reserved", "sold")]
+    sums = [sum(getattr(p, a) for p in obs.products) for a in ("stocked", "available", "reserved", "sold")]
     figure = (
-        f"{len(obs.products)} skus: stocked {totals[0]} = available {totals[1]} + reserved {totals[2]} "
-        f"+ sold {totals[3]}"
+        f"{len(obs.products)} skus: stocked {sums[0]} = available {sums[1]} + reserved {sums[2]} "
+        f"+ sold {sums[3]}"
     )
     return CheckResult("stock conserved per sku", figure, tuple(problems), tuple(sorted(involved)))
 

@@ -1,28 +1,27 @@
-"""What an e2e test drives the mesh with: its environment, gRPC stubs of the four services, waits with deadlines."""
+"""What an e2e test drives the mesh with: its environment, the mesh client and its stubs, waits with deadlines."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from paymesh.chassis.config import SERVICES
-from paymesh.gateway.v1 import gateway_pb2, gateway_service_pb2, gateway_service_pb2_grpc
-from paymesh.inventory.v1 import inventory_pb2, inventory_service_pb2, inventory_service_pb2_grpc
-from paymesh.ops.launcher import REPLICA_PORT_STEP, Mesh
-from paymesh.ops.natsserver import free_port, port_is_free, reserve_port
-from paymesh.order.v1 import order_pb2, order_service_pb2, order_service_pb2_grpc
-from paymesh.payment.v1 import payment_pb2, payment_service_pb2, payment_service_pb2_grpc
+from paymesh.client import MeshClient
+from paymesh.gateway.v1 import gateway_pb2
+from paymesh.inventory.v1 import inventory_pb2
+from paymesh.ops.launcher import Mesh
+from paymesh.ops.ports import mesh_env as mesh_env  # the tests' mesh_env is the one paymesh chaos uses
+from paymesh.ops.services import NAMES
+from paymesh.order.v1 import order_pb2, order_service_pb2
+from paymesh.payment.v1 import payment_pb2
 
 T = TypeVar("T")
 OS = order_pb2.OrderStatus
@@ -98,75 +97,27 @@ async def refused(call: Awaitable[Any]) -> RpcError:
     raise AssertionError(f"expected the call to be refused, it answered {answer}")
 
 
-def unique_ports(count: int) -> list[int]:
-    ports: set[int] = set()
-    while len(ports) < count:
-        ports.add(free_port())
-    return sorted(ports)
-
-
-def replica_ports(count: int, replicas: int) -> list[int]:
-    """`count` free ports p such that p + 100·(r−1) is free too for every replica r (the Mesh's layout)."""
-    ports: list[int] = []
-    while len(ports) < count:
-        port = free_port()
-        spread = [port + REPLICA_PORT_STEP * r for r in range(replicas)]
-        taken = {p + REPLICA_PORT_STEP * r for p in ports for r in range(replicas)}
-        others_free = all(port_is_free(p) and reserve_port(p) for p in spread[1:])
-        if spread[-1] <= 65535 and not taken & set(spread) and others_free:
-            ports.append(port)
-    return ports
-
-
-def mesh_env(
-    data_dir: Path, db_urls: Mapping[str, str] | None = None, *, replicas: int = 1, **extra: str
-) -> dict[str, str]:
-    """The caller's environment without any PAYMESH_ or service setting, then free ports and `data_dir`.
-
-    With `replicas`, every replica's port (the Mesh's: the first's + 100·(r−1)) is free too."""
-    prefixes = tuple(f"{prefix}_" for prefix, _, _ in SERVICES.values()) + ("PAYMESH_",)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
-    if replicas == 1:
-        nats_port, *service_ports = unique_ports(len(SERVICES) + 1)
-    else:
-        nats_port, service_ports = free_port(), replica_ports(len(SERVICES), replicas)
-    env["PAYMESH_DATA_DIR"] = str(data_dir)
-    env["PAYMESH_NATS_PORT"] = str(nats_port)
-    for (prefix, _, _), port in zip(SERVICES.values(), service_ports, strict=True):
-        env[f"{prefix}_GRPC_ADDR"] = f"127.0.0.1:{port}"
-    for service, url in (db_urls or {}).items():
-        env[f"{SERVICES[service][0]}_DB_URL"] = url
-    env.update(extra)
-    return env
-
-
 class Clients:
-    """Generated stubs of the four services on one mesh, and the saga-level helpers built on them.
+    """A `paymesh.client.MeshClient` of one mesh, and the saga-level helpers a test needs built on it.
 
-    `replica` picks which replica of each service the stubs dial (a service with fewer wraps around)."""
+    `order`, `inventory`, `payment` and `gateway` are the client's generated stubs, for tests that send a
+    request of their own and assert on the raw answer or error. `replica` picks which replica of each
+    service the client dials (a service with fewer wraps around)."""
 
     def __init__(self, mesh: Mesh, replica: int = 1) -> None:
         self.mesh = mesh
         self.replica = replica
-        self.channels: list[grpc.aio.Channel] = []
-        self.order = order_service_pb2_grpc.OrderServiceStub(self._channel("order_svc"))
-        self.inventory = inventory_service_pb2_grpc.InventoryServiceStub(self._channel("inventory_svc"))
-        self.payment = payment_service_pb2_grpc.PaymentServiceStub(self._channel("payment_svc"))
-        self.gateway = gateway_service_pb2_grpc.GatewayServiceStub(self._channel("gateway_mock"))
+        self.client = MeshClient.from_addrs({s: mesh.addr(s, self._replica_of(s)) for s in NAMES})
+        self.order = self.client.order
+        self.inventory = self.client.inventory
+        self.payment = self.client.payment
+        self.gateway = self.client.gateway
 
-    def _channel(self, service: str) -> grpc.aio.Channel:
-        replica = (self.replica - 1) % self.mesh.replicas.get(service, 1) + 1
-        channel = grpc.aio.insecure_channel(
-            self.mesh.addr(service, replica),
-            # A killed and restarted service is dialled again at once, not after gRPC's backoff.
-            options=[("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 500)],
-        )
-        self.channels.append(channel)
-        return channel
+    def _replica_of(self, service: str) -> int:
+        return (self.replica - 1) % self.mesh.replicas.get(service, 1) + 1
 
     async def close(self) -> None:
-        for channel in self.channels:
-            await channel.close()
+        await self.client.close()
 
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[Clients]:
@@ -179,17 +130,11 @@ class Clients:
 
     async def put_product(self, available: int, sku: str | None = None, name: str = "") -> str:
         sku = sku or f"sku-{uuid.uuid4().hex[:10]}"
-        await self.inventory.PutProduct(
-            inventory_service_pb2.PutProductRequest(
-                sku=sku, name=name or sku, available=available, request_id=new_id()
-            ),
-            timeout=10,
-        )
+        await self.client.put_product(sku, name=name or sku, available=available)
         return sku
 
     async def product(self, sku: str) -> inventory_pb2.Product:
-        reply = await self.inventory.GetProduct(inventory_service_pb2.GetProductRequest(sku=sku), timeout=10)
-        return reply.product
+        return await self.client.get_product(sku)
 
     async def stock(self, sku: str) -> tuple[int, int, int]:
         """(available, reserved, sold)"""
@@ -218,21 +163,28 @@ class Clients:
         )
 
     async def create_order(
-        self, items: Iterable[tuple[str, int, int]], token: str = "tok_visa", **kw: Any
+        self,
+        items: Iterable[tuple[str, int, int]],
+        token: str = "tok_visa",
+        customer_id: str | None = None,
+        request_id: str | None = None,
+        currency: str = "USD",
     ) -> order_pb2.Order:
-        reply = await self.order.CreateOrder(self.order_request(items, token, **kw), timeout=10)
-        return reply.order
+        return await self.client.create_order(
+            customer_id=customer_id or f"cus_{uuid.uuid4().hex[:10]}",
+            items=items,
+            currency=currency,
+            payment_method_token=token,
+            request_id=request_id,
+        )
 
     async def get_order(self, order_id: str) -> order_pb2.Order:
-        return (await self.order.GetOrder(order_service_pb2.GetOrderRequest(order_id=order_id), timeout=10)).order
+        return await self.client.get_order(order_id)
 
     async def cancel(
         self, order_id: str, reason: str = "customer asked", request_id: str | None = None
     ) -> order_pb2.Order:
-        request = order_service_pb2.CancelOrderRequest(
-            order_id=order_id, request_id=request_id or new_id(), reason=reason
-        )
-        return (await self.order.CancelOrder(request, timeout=10)).order
+        return await self.client.cancel_order(order_id, reason=reason, request_id=request_id)
 
     async def wait_order(self, order_id: str, wanted: Iterable[int], timeout: float = 20.0) -> order_pb2.Order:
         """The order once its status is one of `wanted`: followed with WatchOrder, re-read with GetOrder
@@ -259,13 +211,11 @@ class Clients:
         if order.status in wanted or order.status in TERMINAL:
             return order
         try:
-            stream = self.order.WatchOrder(order_service_pb2.WatchOrderRequest(order_id=order_id))
-            async for reply in stream:
-                order = reply.order
-                self._note(seen, order)
-                if order.status in wanted:
-                    stream.cancel()
-                    return order
+            async with self.client.watch_order(order_id) as changes:
+                async for order in changes:
+                    self._note(seen, order)
+                    if order.status in wanted:
+                        return order
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.CANCELLED:
                 return order
@@ -280,14 +230,12 @@ class Clients:
             seen.append(name)
 
     async def orders_of(self, customer_id: str) -> list[order_pb2.Order]:
-        request = order_service_pb2.ListOrdersRequest(customer_id=customer_id, page_size=500)
-        return list((await self.order.ListOrders(request, timeout=10)).orders)
+        return (await self.client.list_orders(customer_id=customer_id, page_size=500)).items
 
     # payments and the gateway
 
     async def payments_of(self, order_id: str) -> list[payment_pb2.Payment]:
-        reply = await self.payment.ListPayments(payment_service_pb2.ListPaymentsRequest(order_id=order_id), timeout=10)
-        return list(reply.payments)
+        return (await self.client.list_payments(order_id=order_id)).items
 
     async def payment_of(self, order_id: str) -> payment_pb2.Payment:
         payments = await self.payments_of(order_id)
@@ -305,8 +253,7 @@ class Clients:
         return payments[0]
 
     async def charges(self, order_id: str) -> list[gateway_pb2.Charge]:
-        request = gateway_service_pb2.ListChargesRequest(order_id=order_id, page_size=500)
-        return list((await self.gateway.ListCharges(request, timeout=10)).charges)
+        return (await self.client.list_charges(order_id=order_id, page_size=500)).items
 
     async def one_charge(self, order_id: str) -> gateway_pb2.Charge:
         charges = await self.charges(order_id)
@@ -314,8 +261,7 @@ class Clients:
         return charges[0]
 
     async def configure_gateway(self, **settings: Any) -> gateway_pb2.FaultConfig:
-        reply = await self.gateway.Configure(gateway_service_pb2.ConfigureRequest(**settings), timeout=10)
-        return reply.config
+        return await self.client.configure_gateway(**settings)
 
 
 def by_status(orders: Iterable[order_pb2.Order]) -> dict[str, int]:

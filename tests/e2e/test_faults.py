@@ -151,7 +151,7 @@ async def test_invariants_hold_over_many_orders_with_random_faults(clients: Clie
     # ends before inventory has committed its sale from the same payment.succeeded.
     deadline = asyncio.get_running_loop().time() + 30
     while True:
-        results = run_checks(await collect(clients, order_ids, skus))
+        results = run_checks(await collect(clients.client, order_ids, skus))
         if all(r.ok for r in results) or asyncio.get_running_loop().time() > deadline:
             break
         await asyncio.sleep(0.5)  # re-reading the services under a deadline

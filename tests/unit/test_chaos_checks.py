@@ -119,6 +119,20 @@ def test_negative_stock_and_a_leaked_reservation_are_caught() -> None:
     assert any("o3 is CANCELLED but its reservation is RESERVED" in p for p in result.problems)
 
 
+def test_a_reservation_that_sold_other_than_its_order_asked_is_caught() -> None:
+    obs = sound()
+    # Stock still adds up (1 more sold, 1 fewer available), but o1 asked for 2 mugs and 3 were sold for it.
+    obs.reservations["o1"] = ReservationFact("o1", "COMMITTED", (("mug", 3),))
+    obs.products = [ProductFact("mug", stocked=10, available=6, reserved=0, sold=4)]
+    result = check_stock(obs)
+    assert not result.ok and result.orders == ("o1",)
+    assert "o1: its COMMITTED reservation holds [('mug', 3)], the order asks for [('mug', 2)]" in result.problems
+    # The same lines split differently are the same order.
+    obs = sound()
+    obs.orders["o1"] = dataclasses.replace(obs.orders["o1"], lines=(("mug", 1), ("mug", 1)))
+    assert check_stock(obs).ok
+
+
 def test_a_refund_lost_at_the_gateway_is_caught() -> None:
     obs = sound()
     obs.charges["o3"] = [ChargeFact("c3", "o3", "SUCCEEDED", 500)]  # cancelled, but the money was kept
@@ -148,6 +162,9 @@ def test_an_order_left_open_or_settling_late_is_caught() -> None:
     result = check_terminal(obs)
     assert not result.ok and result.orders == ("o5",)
     assert "4/5 terminal" in result.figure
+    obs.orders["o0"] = OrderFact("o0", "PENDING", 100)  # several open orders are listed by id
+    result = check_terminal(obs)
+    assert result.orders == ("o0", "o5") and "4/6 terminal" in result.figure
 
     late = sound()
     late.settled_after_s = 75.0

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from paymesh.ops.addresses import bind_host, dial_addr, grpc_target, join_host_port, replica_addr, split_addr
 from paymesh.ops.databases import DatabaseSetupError, admin_dsn, database_name, service_url, shown
-from paymesh.ops.launcher import LaunchError, Mesh, check_service_ports, grpc_target, replica_addr, replica_name
+from paymesh.ops.launcher import LaunchError, Mesh, check_service_ports, replica_name
 
 
 def test_replica_r_listens_on_the_first_port_plus_100_per_replica() -> None:
@@ -21,6 +22,45 @@ def test_a_target_names_every_ipv4_replica_else_the_first() -> None:
     assert grpc_target(["127.0.0.1:1"]) == "127.0.0.1:1"
     assert grpc_target(["127.0.0.1:1", "127.0.0.1:2"]) == "ipv4:127.0.0.1:1,127.0.0.1:2"
     assert grpc_target(["localhost:1", "localhost:2"]) == "localhost:1"
+
+
+def test_a_target_names_every_ipv6_replica_in_brackets_and_mixed_families_take_the_first() -> None:
+    assert grpc_target(["[::1]:1", "[::1]:2"]) == "ipv6:[::1]:1,[::1]:2"
+    assert grpc_target(["[::1]:1", "127.0.0.1:2"]) == "[::1]:1"
+
+
+def test_addresses_split_and_join_with_ipv6_in_brackets() -> None:
+    assert split_addr("127.0.0.1:50051") == ("127.0.0.1", 50051)
+    assert split_addr("[::1]:50051") == ("::1", 50051)
+    assert split_addr("[::]:50051") == ("::", 50051)
+    assert split_addr(":50051") == ("", 50051)
+    assert join_host_port("::1", 50051) == "[::1]:50051"
+    assert join_host_port("localhost", 50051) == "localhost:50051"
+    for bad in ("50051", "localhost", "[::1]", "host:port"):
+        with pytest.raises(ValueError, match="is not HOST:PORT"):
+            split_addr(bad)
+
+
+def test_a_wildcard_host_is_dialled_on_the_loopback_of_its_family() -> None:
+    assert dial_addr("0.0.0.0:50051") == "127.0.0.1:50051"
+    assert dial_addr(":50051") == "127.0.0.1:50051"
+    assert dial_addr("[::]:50051") == "[::1]:50051"
+    assert dial_addr("::1:50051") == "[::1]:50051"  # an unbracketed IPv6 host comes back bracketed
+    assert dial_addr("[::1]:50051") == "[::1]:50051"
+    assert dial_addr("[fd00::7]:50051") == "[fd00::7]:50051"
+    assert dial_addr("order-svc:50051") == "order-svc:50051"
+    # Probing whether a wildcard port is free means every interface, whatever the family.
+    assert [bind_host(h) for h in ("", "0.0.0.0", "::", "127.0.0.1")] == ["0.0.0.0"] * 3 + ["127.0.0.1"]
+
+
+def test_the_mesh_and_the_health_probe_dial_an_ipv6_wildcard_alike(tmp_path: Path) -> None:
+    from paymesh.ops import healthcheck
+
+    mesh = Mesh({"ORDER_SVC_GRPC_ADDR": "[::]:41051"}, tmp_path, replicas=2, out=lambda _: None)
+    assert mesh.addrs("order_svc") == ["[::1]:41051", "[::1]:41151"]
+    assert mesh.target("order_svc") == "ipv6:[::1]:41051,[::1]:41151"
+    assert replica_addr("[::]:41051", 2) == "[::]:41151"
+    assert healthcheck.dial_addr is dial_addr
 
 
 def test_replica_ports_colliding_with_another_service_are_named() -> None:

@@ -1,0 +1,134 @@
+"""`paymesh chaos`: its flags, and the run: a mesh of its own, the plan driven through it, the checks."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import nats
+
+from paymesh.client import MeshClient
+from paymesh.ops.ports import mesh_env
+from paymesh.tools.chaos.driver import Driver, Options, Tally, client_of
+from paymesh.tools.chaos.facts import collect, dead_letters, stray_charges
+from paymesh.tools.chaos.plan import make_plan
+from paymesh.tools.invariants import CheckResult, Observed, format_report, run_checks
+
+
+async def chaos(opts: Options, say: Callable[[str], None]) -> tuple[list[CheckResult], Tally, Observed]:
+    from paymesh.ops.launcher import Mesh
+
+    window_s = opts.orders / opts.rate
+    plan = make_plan(opts.seed, opts.orders, opts.kills, opts.nats_restarts, window_s)
+    with tempfile.TemporaryDirectory(prefix="paymesh-chaos-") as tmp:
+        data_dir = (opts.data_dir or Path(tmp)).resolve()
+        env = mesh_env(data_dir)
+        env["PAYMESH_SAGA_TIMEOUT_S"] = f"{opts.saga_timeout_s:g}"
+        mesh = Mesh(env, data_dir, out=lambda line: say(f"chaos: {line}"), err=lambda line: say(f"chaos: {line}"))
+        client: MeshClient | None = None
+        followers: list[asyncio.Task[None]] = []
+        try:
+            await mesh.start()
+            client = client_of(mesh.env)
+            driver = Driver(mesh, client, plan, opts, say)
+            await driver.stock()
+            say(f"chaos: seed {opts.seed}, {opts.orders} orders at <= {opts.rate:g}/s, {len(plan.faults)} faults")
+            started = time.monotonic()
+            followers = [asyncio.create_task(driver.follow()) for _ in range(max(2, opts.concurrency // 2))]
+            await asyncio.gather(driver.place_all(), driver.inject())
+            # The faults have stopped: every service runs, the gateway is clean.
+            for child in mesh.dead():
+                await mesh.restart(child.service, replica=child.replica)
+            await client.configure_gateway(reset=True)
+            faults_stopped = time.monotonic()
+            limit_s = opts.saga_timeout_s + opts.settle_grace_s
+            driver.give_up_at = faults_stopped + limit_s
+            say(f"chaos: {len(driver.tally.placed)} orders placed in {faults_stopped - started:.1f}s; faults stopped")
+            await asyncio.gather(*followers)  # bounded by give_up_at
+            terminal = await driver.wait_until(driver.all_terminal, max(0.0, driver.give_up_at - time.monotonic()))
+            settled_after = None if terminal is None else time.monotonic() - faults_stopped
+            nc = await nats.connect(mesh.nats_url, connect_timeout=5)
+            try:
+                js = nc.jetstream()
+                if await driver.wait_until(lambda: driver.quiet(js), opts.settle_grace_s) is None:
+                    say("chaos: payments or consumers still busy; checking what is there")
+            finally:
+                await nc.close()
+            say("chaos: collecting")
+            order_ids = await driver.order_ids()
+            obs = await collect(client, order_ids, plan.stock, opts.concurrency)
+            obs.settled_after_s, obs.settle_limit_s = settled_after, limit_s
+            obs.stray_charges = await stray_charges(client, set(order_ids))
+            obs.dead_letters = await dead_letters(mesh.nats_url)
+            return run_checks(obs), driver.tally, obs
+        finally:
+            for task in followers:  # still running only when the run was interrupted or failed
+                task.cancel()
+            await asyncio.gather(*followers, return_exceptions=True)
+            if client is not None:
+                await client.close()
+            await mesh.stop()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--orders", type=int, default=300, help="orders to place (default 300)")
+    parser.add_argument("--seed", type=int, default=1, help="seeds every choice: orders, actions, fault times")
+    parser.add_argument("--kills", type=int, default=3, help="services SIGKILLed and restarted (default 3)")
+    parser.add_argument("--nats-restarts", type=int, default=1, help="nats-server stops and starts (default 1)")
+    parser.add_argument("--rate", type=float, default=40.0, help="orders placed per second, at most (default 40)")
+    parser.add_argument("--concurrency", type=int, default=16, help="requests in flight, at most (default 16)")
+    parser.add_argument("--saga-timeout", type=float, default=30.0, help="PAYMESH_SAGA_TIMEOUT_S of the mesh")
+    parser.add_argument(
+        "--settle-grace", type=float, default=30.0,
+        help="seconds past the saga timeout the orders get to end after the faults stop (default 30)",
+    )
+    parser.add_argument("--data-dir", metavar="DIR", help="keep the mesh's data here instead of a temp dir")
+
+
+def options(args: argparse.Namespace) -> Options:
+    return Options(
+        orders=args.orders, seed=args.seed, kills=args.kills, nats_restarts=args.nats_restarts, rate=args.rate,
+        concurrency=args.concurrency, saga_timeout_s=args.saga_timeout, settle_grace_s=args.settle_grace,
+        data_dir=Path(args.data_dir) if args.data_dir else None,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run, print the faults, what the orders did and the checks; 1 on any violation."""
+    opts = options(args)
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    async def run() -> tuple[list[CheckResult], Tally, Observed]:
+        task = asyncio.current_task()
+        assert task is not None
+        # SIGTERM as Ctrl-C: cancel the run, whose `finally` stops every process it started.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await chaos(opts, say)
+
+    from paymesh.ops.launcher import LaunchError
+
+    try:
+        results, tally, _ = asyncio.run(run())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        say("chaos: interrupted; the mesh is stopped")
+        return 130
+    except LaunchError as err:  # a service that would not start again is a finding too, but not a check
+        say(f"chaos: the mesh failed, run stopped: {err}")
+        return 2
+    print(f"paymesh chaos --orders {opts.orders} --seed {opts.seed} --kills {opts.kills} "
+          f"--nats-restarts {opts.nats_restarts}")
+    print("faults:")
+    for line in tally.faults:
+        print(f"  {line}")
+    driven = ", ".join(f"{k} {v}" for k, v in sorted(tally.counts.items())) or "nothing refused"
+    print(f"orders: {len(tally.placed)} placed of {opts.orders}; {driven}")
+    print(format_report(results))
+    return 0 if all(r.ok for r in results) else 1
