@@ -19,7 +19,7 @@ from tests.integration.test_consumer import (  # noqa: F401 - collected here wit
 )
 from tests.integration.test_idempotency import (  # noqa: F401
     log_and_db,
-    test_concurrent_duplicates_act_once,
+    test_concurrent_duplicates_wait_for_the_first_and_replay_its_answer,
     test_concurrent_two_phase_claims_take_the_id_once,
     test_same_request_replays_the_first_answer_and_acts_once,
 )
