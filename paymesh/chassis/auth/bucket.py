@@ -1,0 +1,27 @@
+"""The JetStream KV bucket that holds the API keys, one entry per key under `key.<key_id>`."""
+
+from __future__ import annotations
+
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import BucketNotFoundError
+from nats.js.kv import KeyValue
+
+BUCKET = "PAYMESH_KEYS"
+# A key's last states (created, rolled, revoked) stay readable for an operator who asks why.
+HISTORY = 5
+ENTRY_PREFIX = "key."
+
+
+def entry_name(key_id: str) -> str:
+    return ENTRY_PREFIX + key_id
+
+
+async def ensure_bucket(js: JetStreamContext, replicas: int = 1, bucket: str = BUCKET) -> KeyValue:
+    """Bind the bucket, creating it if absent; creating the same one twice at once is harmless."""
+    try:
+        return await js.key_value(bucket)
+    except BucketNotFoundError:
+        config = KeyValueConfig(bucket=bucket, history=HISTORY, replicas=replicas, storage=StorageType.FILE,
+                                description="paymesh API keys: keyed hashes, never secrets")
+        return await js.create_key_value(config)

@@ -1,0 +1,67 @@
+"""A token bucket per merchant, per replica: `PAYMESH_RATE_LIMIT_RPS` requests a second, 0 turns it off."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from paymesh.chassis.config import ConfigError
+
+RATE_ENV = "PAYMESH_RATE_LIMIT_RPS"
+BURST_ENV = "PAYMESH_RATE_LIMIT_BURST"
+# Far above what one merchant's `paymesh bench --concurrency 64` asks of one replica.
+DEFAULT_RATE_PER_S = 10_000.0
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+class RateLimiter:
+    """`allow` takes one token from the merchant's bucket, which refills at `rate_per_s` up to `burst`."""
+
+    def __init__(self, rate_per_s: float, burst: float | None = None) -> None:
+        if rate_per_s < 0:
+            raise ValueError(f"rate_per_s must be 0 (off) or positive, got {rate_per_s}")
+        self.rate_per_s = rate_per_s
+        self.burst = max(1.0, rate_per_s if burst is None else burst)
+        self._buckets: dict[str, _Bucket] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return self.rate_per_s > 0
+
+    def allow(self, merchant_id: str, now: float) -> float | None:
+        """None if the call may go ahead, else the seconds until a token is there. `now` is monotonic."""
+        if not self.enabled:
+            return None
+        bucket = self._buckets.get(merchant_id)
+        if bucket is None:
+            bucket = self._buckets[merchant_id] = _Bucket(self.burst, now)
+        elapsed = max(0.0, now - bucket.updated)
+        bucket.tokens = min(self.burst, bucket.tokens + elapsed * self.rate_per_s)
+        bucket.updated = now
+        if bucket.tokens >= 1.0 - 1e-9:  # float dust must not refuse a call with a 1e-15 s wait
+            bucket.tokens = max(0.0, bucket.tokens - 1.0)
+            return None
+        return (1.0 - bucket.tokens) / self.rate_per_s
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> RateLimiter:
+        rate = _number(env, RATE_ENV, DEFAULT_RATE_PER_S)
+        return cls(DEFAULT_RATE_PER_S if rate is None else rate, _number(env, BURST_ENV, None))
+
+
+def _number(env: Mapping[str, str], name: str, default: float | None) -> float | None:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if value < 0:
+        raise ConfigError(f"{name}={raw!r} must be 0 (off) or positive")
+    return value

@@ -1,0 +1,172 @@
+"""Every replica's copy of the API keys: a dict by keyed hash, following the KV bucket as it changes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+
+from paymesh.chassis import periodic
+from paymesh.chassis.auth.bucket import BUCKET, ENTRY_PREFIX, ensure_bucket
+from paymesh.chassis.auth.errors import ApiKeyInvalid, ApiKeyMissing
+from paymesh.chassis.auth.keys import ApiKeyRecord, Pepper, Principal, check, digest, looks_like_key
+
+log = logging.getLogger(__name__)
+
+# How often the registry asks its connection whether it reconnected (a local counter, no network).
+RECONNECT_CHECK_S = 0.25
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Index:
+    """Records by digest (for the call) and by key id (for a delete, which carries only the entry's name)."""
+
+    def __init__(self) -> None:
+        self.by_digest: dict[str, ApiKeyRecord] = {}
+        self.by_key_id: dict[str, ApiKeyRecord] = {}
+
+    def apply(self, entry: KeyValue.Entry) -> None:
+        if not entry.key.startswith(ENTRY_PREFIX):
+            return
+        self.remove(entry.key[len(ENTRY_PREFIX):])
+        if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
+            return
+        try:
+            record = ApiKeyRecord.from_json(entry.value)
+        except (ValueError, KeyError, TypeError):
+            log.error("API key entry %s (revision %s) is unreadable; skipped", entry.key, entry.revision)
+            return
+        self.by_digest[record.digest] = record
+        self.by_key_id[record.key_id] = record
+
+    def remove(self, key_id: str) -> None:
+        old = self.by_key_id.pop(key_id, None)
+        if old is not None:
+            self.by_digest.pop(old.digest, None)
+
+
+class KeyRegistry:
+    """`lookup` is one HMAC and a dict lookup, no network: the watcher keeps the dict current.
+
+    `start` returns once every key the bucket holds is loaded. After a NATS reconnect the watcher
+    is made again and the whole dict reloaded from it, so a change missed while away is not kept.
+    """
+
+    def __init__(
+        self,
+        nc: NATS,
+        pepper: Pepper,
+        *,
+        replicas: int = 1,
+        bucket: str = BUCKET,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._nc = nc
+        self._pepper = pepper
+        self._replicas = replicas
+        self._bucket = bucket
+        self._clock = clock
+        self._index = _Index()
+        self._kv: KeyValue | None = None
+        self._watcher: KeyValue.KeyWatcher | None = None
+        self._follow: asyncio.Task[None] | None = None
+        self._guard: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self._reconnects = 0
+        self.loads = 0  # how many times the dict was loaded whole: 1 after start, +1 per reconnect
+
+    async def start(self, timeout: float = 10.0) -> None:
+        self._kv = await ensure_bucket(self._nc.jetstream(), self._replicas, self._bucket)
+        self._reconnects = self._nc.stats["reconnects"]
+        await self._load(timeout)
+        self._guard = asyncio.create_task(
+            periodic.every(RECONNECT_CHECK_S, self._reload_after_reconnect, stop=self._stop, name="key registry"))
+
+    async def stop(self) -> None:
+        self._stop.set()
+        for task in (self._guard, self._follow):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self._stop_watcher(self._watcher)
+        self._watcher = None
+
+    def lookup(self, secret: str | None, now: datetime | None = None) -> Principal:
+        """The caller this secret names, or an Unauthenticated refusal that never repeats the secret."""
+        if not secret:
+            raise ApiKeyMissing()
+        if not looks_like_key(secret):
+            raise ApiKeyInvalid("this is not a paymesh API key (they start sk_mesh_ or ok_mesh_)")
+        # A dict lookup by the HMAC, not a compare of secrets: what timing could reveal is about
+        # the digest, which the caller cannot steer without the pepper; no constant-time compare needed.
+        record = self._index.by_digest.get(digest(self._pepper, secret))
+        return check(record, self._clock() if now is None else now)
+
+    def record(self, key_id: str) -> ApiKeyRecord | None:
+        return self._index.by_key_id.get(key_id)
+
+    def __len__(self) -> int:
+        return len(self._index.by_key_id)
+
+    async def _load(self, timeout: float) -> None:
+        """A new watcher: its initial values (up to the None marker) become the new dict, swapped in whole."""
+        assert self._kv is not None
+        watcher = await self._kv.watchall()
+        fresh = _Index()
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"API keys of bucket {self._bucket} not loaded within {timeout:.0f}s")
+                try:
+                    entry = await watcher.updates(timeout=left)  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
+                except nats.errors.TimeoutError:
+                    continue
+                if entry is None:  # the marker: every current key delivered
+                    break
+                fresh.apply(entry)
+        except BaseException:
+            await self._stop_watcher(watcher)
+            raise
+        old_watcher, old_follow = self._watcher, self._follow
+        self._index, self._watcher = fresh, watcher
+        self._follow = asyncio.create_task(self._follow_changes(watcher, fresh))
+        self.loads += 1
+        log.info("API key registry loaded: %d keys", len(fresh.by_key_id))
+        if old_follow is not None:
+            old_follow.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await old_follow
+        await self._stop_watcher(old_watcher)
+
+    async def _follow_changes(self, watcher: KeyValue.KeyWatcher, index: _Index) -> None:
+        async for entry in watcher:
+            if entry is not None:
+                index.apply(entry)
+
+    async def _reload_after_reconnect(self) -> None:
+        reconnects = self._nc.stats["reconnects"]
+        if reconnects == self._reconnects or not self._nc.is_connected:
+            return
+        log.info("NATS reconnected: reloading the API key registry")
+        await self._load(timeout=10.0)
+        self._reconnects = reconnects  # only once loaded: a failed reload is tried again next period
+
+    @staticmethod
+    async def _stop_watcher(watcher: KeyValue.KeyWatcher | None) -> None:
+        if watcher is None:
+            return
+        with contextlib.suppress(Exception):  # its subscription may be gone with the old connection
+            await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
