@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -24,12 +25,15 @@ class ServiceError(Exception):
         reason: str,
         metadata: Mapping[str, object] | None = None,
         violations: Sequence[tuple[str, str]] = (),
+        retry_after_s: float | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.reason = reason
         self.metadata = {k: str(v) for k, v in (metadata or {}).items()}
         self.violations = list(violations)
+        # When to ask again, sent as google.rpc.RetryInfo (AIP-193): an overload, a rate limit.
+        self.retry_after_s = retry_after_s
 
 
 class InvalidArgument(ServiceError):
@@ -54,6 +58,10 @@ class Aborted(ServiceError):
 
 class Unavailable(ServiceError):
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class ResourceExhausted(ServiceError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class DeadlineExceeded(ServiceError):
@@ -93,7 +101,7 @@ def _pack(message: object) -> any_pb2.Any:
 
 
 def to_status(err: ServiceError) -> grpc.Status:
-    """The rich status: code, message, one ErrorInfo, and BadRequest field violations if any."""
+    """The rich status: code, message, one ErrorInfo, BadRequest field violations and RetryInfo if any."""
     details = [
         _pack(error_details_pb2.ErrorInfo(reason=err.reason, domain=ERROR_DOMAIN, metadata=err.metadata))
     ]
@@ -105,6 +113,10 @@ def to_status(err: ServiceError) -> grpc.Status:
             ]
         )
         details.append(_pack(bad_request))
+    if err.retry_after_s is not None:
+        millis = max(1, math.ceil(err.retry_after_s * 1000))
+        delay = duration_pb2.Duration(seconds=millis // 1000, nanos=(millis % 1000) * 1_000_000)
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     code_value = getattr(code_pb2, err.code.name)
     status = status_pb2.Status(code=code_value, message=err.message, details=details)
     return rpc_status.to_status(status)

@@ -28,7 +28,6 @@ from paymesh.chassis.auth import (
     check,
     load_pepper,
 )
-from paymesh.chassis.auth.errors import rate_limited_status
 from paymesh.chassis.auth.interceptor import bearer_key
 from paymesh.chassis.auth.keys import (
     MERCHANT_PREFIX,
@@ -42,7 +41,7 @@ from paymesh.chassis.auth.keys import (
 )
 from paymesh.chassis.auth.scopes import parse_scopes
 from paymesh.chassis.config import ConfigError
-from paymesh.chassis.errors import PermissionDenied, Unauthenticated
+from paymesh.chassis.errors import PermissionDenied, Unauthenticated, to_status
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -243,7 +242,7 @@ def test_the_token_bucket_allows_the_burst_then_the_rate() -> None:
 
 
 def test_rate_limited_status_carries_retry_info() -> None:
-    status = rate_limited_status(RateLimited("m_acme", 0.25))
+    status = to_status(RateLimited("m_acme", 0.25))
     assert status.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     details = rpc_status.from_call(_Call(status))  # type: ignore[arg-type]
     assert details is not None

@@ -2,15 +2,8 @@
 
 from __future__ import annotations
 
-import math
-
-import grpc
-from google.protobuf import any_pb2, duration_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
-
 from paymesh.chassis.auth.scopes import Scope
-from paymesh.chassis.errors import ERROR_DOMAIN, PermissionDenied, ServiceError, Unauthenticated
+from paymesh.chassis.errors import PermissionDenied, ResourceExhausted, Unauthenticated
 
 
 class ApiKeyMissing(Unauthenticated):
@@ -65,33 +58,13 @@ class ScopeUndeclared(PermissionDenied):
                          metadata={"method": method})
 
 
-class RateLimited(ServiceError):
+class RateLimited(ResourceExhausted):
     """Over the merchant's rate; `retry_after_s` goes to the client as google.rpc.RetryInfo."""
-
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
     def __init__(self, merchant_id: str, retry_after_s: float) -> None:
         super().__init__(
             f"merchant {merchant_id} is over its request rate: retry after {retry_after_s:.3f}s",
             reason="RATE_LIMITED",
             metadata={"merchant_id": merchant_id},
+            retry_after_s=retry_after_s,
         )
-        self.retry_after_s = retry_after_s
-
-
-def _pack(message: object) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)  # type: ignore[arg-type]  # protobuf stubs want Message; the details are
-    return packed
-
-
-def rate_limited_status(err: RateLimited) -> grpc.Status:
-    """As `paymesh.chassis.errors.to_status`, plus RetryInfo, which that one does not carry (yet)."""
-    millis = max(1, math.ceil(err.retry_after_s * 1000))
-    delay = duration_pb2.Duration(seconds=millis // 1000, nanos=(millis % 1000) * 1_000_000)
-    details = [
-        _pack(error_details_pb2.ErrorInfo(reason=err.reason, domain=ERROR_DOMAIN, metadata=err.metadata)),
-        _pack(error_details_pb2.RetryInfo(retry_delay=delay)),
-    ]
-    status = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=err.message, details=details)
-    return rpc_status.to_status(status)

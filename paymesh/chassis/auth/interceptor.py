@@ -12,7 +12,7 @@ from typing import Any, Protocol, TypeAlias, TypeVar
 import grpc
 from google.protobuf import descriptor_pool
 
-from paymesh.chassis.auth.errors import ApiKeyInvalid, RateLimited, ScopeUndeclared, rate_limited_status
+from paymesh.chassis.auth.errors import ApiKeyInvalid, RateLimited, ScopeUndeclared
 from paymesh.chassis.auth.keys import Principal
 from paymesh.chassis.auth.ratelimit import RateLimiter
 from paymesh.chassis.auth.scopes import Scope
@@ -122,8 +122,6 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # 
             return handler
         try:
             principal = self.admit(details.method, details.invocation_metadata)
-        except RateLimited as exc:
-            return _rebuilt(handler, _refusal(rate_limited_status(exc)))
         except ServiceError as exc:
             return _rebuilt(handler, _refusal(to_status(exc)))
         return _rebuilt(handler, lambda behavior, streams: _as(principal, behavior))
