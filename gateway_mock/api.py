@@ -24,6 +24,7 @@ from gateway_mock.domain import (
 from gateway_mock.gateway import BankSimulator
 from gateway_mock.messages import charge_to_proto, config_to_proto, refund_to_proto
 from gateway_mock.store import GatewayRepository
+from paymesh.chassis.auth import Scope, requires
 from paymesh.chassis.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -94,6 +95,7 @@ class GatewayApi(gateway_service_pb2_grpc.GatewayServiceServicer):
     def __init__(self, runtime: Runtime, repository: GatewayRepository) -> None:
         self.bank = BankSimulator(runtime.db, repository)
 
+    @requires(Scope.PLATFORM)
     async def Charge(self, request: pb.ChargeRequest, context: Context) -> pb.ChargeResponse:  # noqa: N802 - gRPC name
         cmd = validate.charge(request)
         try:
@@ -102,6 +104,7 @@ class GatewayApi(gateway_service_pb2_grpc.GatewayServiceServicer):
             raise refusal(exc) from exc
         return pb.ChargeResponse(charge=charge_to_proto(charge))
 
+    @requires(Scope.PLATFORM)
     async def Refund(self, request: pb.RefundRequest, context: Context) -> pb.RefundResponse:  # noqa: N802
         cmd = validate.refund(request)
         try:
@@ -110,6 +113,7 @@ class GatewayApi(gateway_service_pb2_grpc.GatewayServiceServicer):
             raise refusal(exc) from exc
         return pb.RefundResponse(refund=refund_to_proto(refund), charge=charge_to_proto(charge))
 
+    @requires(Scope.PLATFORM)
     async def GetCharge(self, request: pb.GetChargeRequest, context: Context) -> pb.GetChargeResponse:  # noqa: N802
         lookup = validate.get_charge(request)
         try:
@@ -118,6 +122,7 @@ class GatewayApi(gateway_service_pb2_grpc.GatewayServiceServicer):
             raise refusal(exc) from exc
         return pb.GetChargeResponse(charge=charge_to_proto(charge))
 
+    @requires(Scope.PLATFORM)
     async def ListCharges(self, request: pb.ListChargesRequest, context: Context) -> pb.ListChargesResponse:  # noqa: N802
         query = validate.list_charges(request)
         charges, next_seq = await self.bank.list_charges(query)
@@ -126,6 +131,7 @@ class GatewayApi(gateway_service_pb2_grpc.GatewayServiceServicer):
             next_page_token=validate.next_page_token(request, next_seq),
         )
 
+    @requires(Scope.OPERATOR)
     async def Configure(self, request: pb.ConfigureRequest, context: Context) -> pb.ConfigureResponse:  # noqa: N802
         cmd = validate.configure(request)
         return pb.ConfigureResponse(config=config_to_proto(await self.bank.configure(cmd)))

@@ -12,6 +12,7 @@ from inventory_svc import validate
 from inventory_svc.domain import MAX_UNITS, DomainError, InsufficientStock, Product, StockLimitExceeded
 from inventory_svc.messages import product_to_proto, reservation_to_proto
 from inventory_svc.store import InventoryRepository
+from paymesh.chassis.auth import Scope, requires
 from paymesh.chassis.db import UnitOfWork
 from paymesh.chassis.errors import Aborted, FailedPrecondition, NotFound, ServiceError
 from paymesh.chassis.service import Runtime
@@ -60,6 +61,7 @@ class InventoryApi(inventory_service_pb2_grpc.InventoryServiceServicer):
         self.runtime = runtime
         self.inventory = inventory
 
+    @requires(Scope.CATALOG_WRITE)
     async def PutProduct(self, request: pb.PutProductRequest, context: Context) -> pb.PutProductResponse:  # noqa: N802
         command = validate.put_product(request)
 
@@ -91,6 +93,7 @@ class InventoryApi(inventory_service_pb2_grpc.InventoryServiceServicer):
                 metadata={"sku": command.sku},
             ) from exc
 
+    @requires(Scope.CATALOG_WRITE)
     async def AdjustStock(self, request: pb.AdjustStockRequest, context: Context) -> pb.AdjustStockResponse:  # noqa: N802
         command = validate.adjust_stock(request)
 
@@ -111,6 +114,7 @@ class InventoryApi(inventory_service_pb2_grpc.InventoryServiceServicer):
             "AdjustStock", request.request_id, request, pb.AdjustStockResponse, adjust
         )
 
+    @requires(Scope.CATALOG_READ)
     async def GetProduct(self, request: pb.GetProductRequest, context: Context) -> pb.GetProductResponse:  # noqa: N802
         sku = validate.get_product(request)
         async with self.runtime.db.read() as conn:
@@ -119,6 +123,7 @@ class InventoryApi(inventory_service_pb2_grpc.InventoryServiceServicer):
             raise product_not_found(sku)
         return pb.GetProductResponse(product=product_to_proto(product))
 
+    @requires(Scope.CATALOG_READ)
     async def ListProducts(self, request: pb.ListProductsRequest, context: Context) -> pb.ListProductsResponse:  # noqa: N802
         query = validate.list_products(request)
         async with self.runtime.db.read() as conn:
@@ -131,6 +136,7 @@ class InventoryApi(inventory_service_pb2_grpc.InventoryServiceServicer):
             next_page_token=query.next_token(page[-1].value.sku) if more else "",
         )
 
+    @requires(Scope.ORDERS_READ)
     async def GetReservation(  # noqa: N802
         self, request: pb.GetReservationRequest, context: Context
     ) -> pb.GetReservationResponse:

@@ -14,6 +14,7 @@ from order_svc.domain import SETTLED, DomainError, InvalidTransition, NotCancell
 from order_svc.messages import order_to_proto, outbound, status_from_proto
 from order_svc.store import OrderRepository
 from order_svc.watch import OrderWatch
+from paymesh.chassis.auth import Scope, requires
 from paymesh.chassis.db import UnitOfWork
 from paymesh.chassis.errors import FailedPrecondition, NotFound, ServiceError, invalid_argument
 from paymesh.chassis.events import TRACEPARENT, child_traceparent
@@ -66,6 +67,7 @@ class OrderApi(order_service_pb2_grpc.OrderServiceServicer):
         self.watch = watch
         self.watch_reread_s = WATCH_REREAD_S
 
+    @requires(Scope.ORDERS_WRITE)
     async def CreateOrder(self, request: pb.CreateOrderRequest, context: Context) -> pb.CreateOrderResponse:  # noqa: N802
         lines = validate.create_order(request)
         trace = traceparent_of(context)
@@ -91,10 +93,12 @@ class OrderApi(order_service_pb2_grpc.OrderServiceServicer):
             "OrderService.CreateOrder", request.request_id, request, pb.CreateOrderResponse, place
         )
 
+    @requires(Scope.ORDERS_READ)
     async def GetOrder(self, request: pb.GetOrderRequest, context: Context) -> pb.GetOrderResponse:  # noqa: N802
         order_id = validate.get_order(request)
         return pb.GetOrderResponse(order=order_to_proto(await self._read(order_id)))
 
+    @requires(Scope.ORDERS_READ)
     async def ListOrders(self, request: pb.ListOrdersRequest, context: Context) -> pb.ListOrdersResponse:  # noqa: N802
         query = validate.list_orders(request)
         async with self.runtime.db.read() as conn:
@@ -112,6 +116,7 @@ class OrderApi(order_service_pb2_grpc.OrderServiceServicer):
             next_page_token=query.next_token(page[-1]) if more else "",
         )
 
+    @requires(Scope.ORDERS_WRITE)
     async def CancelOrder(self, request: pb.CancelOrderRequest, context: Context) -> pb.CancelOrderResponse:  # noqa: N802
         validate.cancel_order(request)
         trace = traceparent_of(context)
@@ -134,6 +139,7 @@ class OrderApi(order_service_pb2_grpc.OrderServiceServicer):
             "OrderService.CancelOrder", request.request_id, request, pb.CancelOrderResponse, cancel
         )
 
+    @requires(Scope.ORDERS_READ)
     async def WatchOrder(  # noqa: N802
         self, request: pb.WatchOrderRequest, context: Context
     ) -> AsyncIterator[pb.WatchOrderResponse]:

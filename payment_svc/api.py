@@ -12,6 +12,7 @@ from payment_svc.ledger import Ledger, utcnow
 from payment_svc.messages import payment_to_proto, step_to_proto
 from payment_svc.refunds import Refunder
 from payment_svc.store import PaymentRepository
+from paymesh.chassis.auth import Scope, requires
 from paymesh.chassis.errors import FailedPrecondition, NotFound, ServiceError, Unavailable
 from paymesh.chassis.service import Runtime
 from paymesh.payment.v1 import payment_service_pb2 as pb
@@ -55,6 +56,7 @@ class PaymentApi(payment_service_pb2_grpc.PaymentServiceServicer):
         self.ledger = ledger
         self.refunder = refunder
 
+    @requires(Scope.PAYMENTS_READ)
     async def GetPayment(self, request: pb.GetPaymentRequest, context: Context) -> pb.GetPaymentResponse:  # noqa: N802
         payment_id = validate.get_payment(request)
         async with self.runtime.db.read() as conn:
@@ -63,6 +65,7 @@ class PaymentApi(payment_service_pb2_grpc.PaymentServiceServicer):
             raise not_found(payment_id)
         return pb.GetPaymentResponse(payment=payment_to_proto(payment))
 
+    @requires(Scope.PAYMENTS_READ)
     async def ListPayments(self, request: pb.ListPaymentsRequest, context: Context) -> pb.ListPaymentsResponse:  # noqa: N802
         query = validate.list_payments(request)
         async with self.runtime.db.read() as conn:
@@ -80,6 +83,7 @@ class PaymentApi(payment_service_pb2_grpc.PaymentServiceServicer):
             next_page_token=query.next_token(page[-1]) if more else "",
         )
 
+    @requires(Scope.PAYMENTS_READ)
     async def ListPaymentEvents(  # noqa: N802
         self, request: pb.ListPaymentEventsRequest, context: Context
     ) -> pb.ListPaymentEventsResponse:
@@ -95,6 +99,7 @@ class PaymentApi(payment_service_pb2_grpc.PaymentServiceServicer):
             next_page_token=query.next_token(trail[-1]) if more else "",
         )
 
+    @requires(Scope.REFUNDS_WRITE)
     async def RefundPayment(self, request: pb.RefundPaymentRequest, context: Context) -> pb.RefundPaymentResponse:  # noqa: N802
         """Two-phase (AIP-155): REFUNDING and the request id committed, the gateway asked, the answer committed."""
         refund = validate.refund_payment(request)

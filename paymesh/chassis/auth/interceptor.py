@@ -51,7 +51,9 @@ class UndeclaredScopes(RuntimeError):
 
 
 def scopes_of(servicer: object, service_full_name: str) -> dict[str, Scope]:
-    """`/pkg.Service/Method` -> scope for every RPC the service's descriptor lists, or UndeclaredScopes."""
+    """`/pkg.Service/Method` -> scope for every RPC the service's descriptor lists, or UndeclaredScopes.
+    `servicer` is the servicer or its class (the declarations are on the class)."""
+    servicer_class = servicer if isinstance(servicer, type) else type(servicer)
     try:
         service = descriptor_pool.Default().FindServiceByName(service_full_name)
     except KeyError:
@@ -59,14 +61,14 @@ def scopes_of(servicer: object, service_full_name: str) -> dict[str, Scope]:
     scopes: dict[str, Scope] = {}
     undeclared = []
     for method in service.methods:
-        scope = getattr(getattr(type(servicer), method.name, None), SCOPE_ATTR, None)
+        scope = getattr(getattr(servicer_class, method.name, None), SCOPE_ATTR, None)
         if isinstance(scope, Scope):
             scopes[f"/{service.full_name}/{method.name}"] = scope
         else:
             undeclared.append(method.name)
     if undeclared:
         raise UndeclaredScopes(
-            f"{type(servicer).__name__} ({service.full_name}) declares no scope for {', '.join(undeclared)}: "
+            f"{servicer_class.__name__} ({service.full_name}) declares no scope for {', '.join(undeclared)}: "
             "decorate each with @requires(Scope....)")
     return scopes
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from paymesh.chassis.auth.errors import ApiKeyExpired, ApiKeyInvalid, ApiKeyRevoked, ScopeMissing
-from paymesh.chassis.auth.scopes import Scope
+from paymesh.chassis.auth.scopes import PLATFORM_SCOPES, Scope
 
 # The prefix says what a key is, as Stripe's `sk_live_`: a person (or a secret scanner on a
 # pushed commit) recognises a paymesh credential, and tells a merchant's key from an operator's,
@@ -171,8 +171,9 @@ def new_key(
     """A fresh key and its record. A merchant key cannot hold `operator`; an operator key always does."""
     if not merchant_id:
         raise ValueError("a key belongs to a merchant: merchant_id is empty")
-    if Scope.OPERATOR in scopes and not operator:
-        raise ValueError("scope operator is for operator keys only (create one with operator=True)")
+    if scopes & PLATFORM_SCOPES and not operator:
+        held = ", ".join(sorted(s.value for s in scopes & PLATFORM_SCOPES))
+        raise ValueError(f"scope {held} is for operator keys only (create one with operator=True)")
     if operator:
         scopes = scopes | {Scope.OPERATOR}
     if not scopes:

@@ -18,9 +18,13 @@ class Scope(StrEnum):
     WEBHOOKS_WRITE = "webhooks:write"
     # Gateway `Configure`, key management: held by operator keys only, never by a merchant's.
     OPERATOR = "operator"
+    # The bank's charge and refund calls: held by the platform's own key (payment_svc's), never a merchant's.
+    PLATFORM = "platform"
 
 
-MERCHANT_SCOPES: frozenset[Scope] = frozenset(s for s in Scope if s is not Scope.OPERATOR)
+# Scopes that are never a merchant's.
+PLATFORM_SCOPES: frozenset[Scope] = frozenset({Scope.OPERATOR, Scope.PLATFORM})
+MERCHANT_SCOPES: frozenset[Scope] = frozenset(s for s in Scope if s not in PLATFORM_SCOPES)
 
 
 def parse_scopes(values: list[str] | tuple[str, ...] | frozenset[str]) -> frozenset[Scope]:
