@@ -49,7 +49,8 @@ def event_loop(env: Mapping[str, str] | None = None) -> str:
     return choice
 
 
-def env_float(env: Mapping[str, str], name: str, default: float) -> float:
+def env_float(env: Mapping[str, str], name: str, default: float, *, zero_means_off: bool = False) -> float:
+    """A positive number (or 0 where `zero_means_off`); `default` when unset or empty."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -57,7 +58,9 @@ def env_float(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if value <= 0:
+    if zero_means_off and value < 0:
+        raise ConfigError(f"{name}={raw!r} must be 0 (off) or positive")
+    if not zero_means_off and value <= 0:
         raise ConfigError(f"{name}={raw!r} must be greater than 0")
     return value
 

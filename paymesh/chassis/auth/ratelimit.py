@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from paymesh.chassis.config import ConfigError
+from paymesh.chassis.config import env_float
 
 RATE_ENV = "PAYMESH_RATE_LIMIT_RPS"
 BURST_ENV = "PAYMESH_RATE_LIMIT_BURST"
@@ -50,18 +50,7 @@ class RateLimiter:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> RateLimiter:
-        rate = _number(env, RATE_ENV, DEFAULT_RATE_PER_S)
-        return cls(DEFAULT_RATE_PER_S if rate is None else rate, _number(env, BURST_ENV, None))
+        rate = env_float(env, RATE_ENV, DEFAULT_RATE_PER_S, zero_means_off=True)
+        burst = env_float(env, BURST_ENV, rate) if env.get(BURST_ENV) else None
+        return cls(rate, burst)
 
-
-def _number(env: Mapping[str, str], name: str, default: float | None) -> float | None:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if value < 0:
-        raise ConfigError(f"{name}={raw!r} must be 0 (off) or positive")
-    return value
