@@ -9,6 +9,7 @@ import pytest
 from paymesh.ops.addresses import bind_host, dial_addr, grpc_target, join_host_port, replica_addr, split_addr
 from paymesh.ops.databases import DatabaseSetupError, admin_dsn, database_name, service_url, shown
 from paymesh.ops.launcher import LaunchError, Mesh, check_service_ports, replica_name
+from paymesh.ops.ports import replica_ports
 
 
 def test_replica_r_listens_on_the_first_port_plus_100_per_replica() -> None:
@@ -64,8 +65,11 @@ def test_the_mesh_and_the_health_probe_dial_an_ipv6_wildcard_alike(tmp_path: Pat
 
 
 def test_replica_ports_colliding_with_another_service_are_named() -> None:
-    env = {"ORDER_SVC_GRPC_ADDR": "127.0.0.1:40000", "INVENTORY_SVC_GRPC_ADDR": "127.0.0.1:40100"}
-    with pytest.raises(LaunchError, match=r"inventory_svc and order_svc#2 are both set to port 40100"):
+    # Ports the check finds free (it probes them before it compares): fixed ones could be anyone's.
+    (order_port,) = replica_ports(1, 2)
+    second = order_port + 100
+    env = {"ORDER_SVC_GRPC_ADDR": f"127.0.0.1:{order_port}", "INVENTORY_SVC_GRPC_ADDR": f"127.0.0.1:{second}"}
+    with pytest.raises(LaunchError, match=rf"inventory_svc and order_svc#2 are both set to port {second}"):
         check_service_ports(env, ["order_svc", "inventory_svc"], {"order_svc": 2, "inventory_svc": 1})
 
 
