@@ -132,6 +132,73 @@ def add_dlq(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(handler=run_dlq)
 
 
+def run_keys(args: argparse.Namespace) -> int:
+    import os
+
+    from paymesh.ops.keys import main as keys_main  # imported here so `paymesh --help` does not load gRPC
+
+    return keys_main(args, os.environ)
+
+
+def add_mesh_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the running mesh is, for the commands that manage its merchants and keys."""
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    parser.add_argument("--nats-url", help="the mesh's NATS (default: $PAYMESH_NATS_URL, else the NATS `paymesh up` "
+                                           "runs with the data dir)")
+    parser.add_argument("--data-dir", metavar="DIR",
+                        help="the data dir of `paymesh up`: its NATS and key pepper (default: $PAYMESH_DATA_DIR, "
+                             "else ./.paymesh)")
+
+
+def add_merchants(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subcommands.add_parser(
+        "merchants",
+        help="create and list the merchants of a running mesh",
+        description=(
+            "`paymesh merchants create NAME` makes a merchant and its first API key, with every merchant scope, "
+            "and prints the key once. `paymesh merchants list` shows them. The mesh is found by --nats-url, "
+            "else $PAYMESH_NATS_URL, else the data dir of `paymesh up`."
+        ),
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    create = actions.add_parser("create", help="a merchant and its first API key (shown once)")
+    create.add_argument("name", metavar="NAME")
+    add_mesh_arguments(create)
+    add_mesh_arguments(actions.add_parser("list", help="every merchant, oldest first"))
+    parser.set_defaults(handler=run_keys)
+
+
+def add_keys(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subcommands.add_parser(
+        "keys",
+        help="create, list, roll and revoke the API keys of a running mesh",
+        description=(
+            "API keys of merchants and operators. A secret is printed once, when made (create, roll); lists "
+            "show its first characters only. Durations read 30d, 24h, 90m, 45s. The mesh is found by --nats-url, "
+            "else $PAYMESH_NATS_URL, else the data dir of `paymesh up`."
+        ),
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    create = actions.add_parser("create", help="a new key for a merchant (or --operator)")
+    create.add_argument("--merchant", metavar="ID", help="the merchant the key acts for (mer_...)")
+    create.add_argument("--scope", action="append", metavar="S",
+                        help="a scope the key holds; repeat for more (default: every merchant scope)")
+    create.add_argument("--expires-in", metavar="DURATION", help="the key stops working after this (default: never)")
+    create.add_argument("--operator", action="store_true",
+                        help="an operator key (gateway Configure, key management): no merchant, no --scope")
+    listing = actions.add_parser("list", help="every key: id, merchant, scopes, prefix, expiry, state; never a secret")
+    listing.add_argument("--merchant", metavar="ID", help="only this merchant's keys")
+    roll = actions.add_parser("roll", help="a new key with the same merchant and scopes; the old one works a grace")
+    roll.add_argument("key_id", metavar="KEY_ID")
+    roll.add_argument("--grace", default="24h", metavar="DURATION",
+                      help="how long the old key keeps working (default 24h)")
+    revoke = actions.add_parser("revoke", help="refuse the key from now on")
+    revoke.add_argument("key_id", metavar="KEY_ID")
+    for action in (create, listing, roll, revoke):
+        add_mesh_arguments(action)
+    parser.set_defaults(handler=run_keys)
+
+
 def run_bench(args: argparse.Namespace) -> int:
     from paymesh.tools.bench import Options
     from paymesh.tools.bench import main as bench_main
@@ -200,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_up(subcommands)
     add_demo(subcommands)
     add_dlq(subcommands)
+    add_merchants(subcommands)
+    add_keys(subcommands)
     add_bench(subcommands)
     add_chaos(subcommands)
     return parser

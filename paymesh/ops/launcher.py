@@ -37,6 +37,9 @@ LOG_TAIL_LINES = 20
 EXIT_POLL_S = 0.05
 # R3 streams on a cluster: with one node down, a majority (2 of 3) still stores and acknowledges.
 MAX_STREAM_REPLICAS = 3
+# Where `paymesh up` keeps its nats-server (or each node of a cluster, n1, n2, ...) under the data dir.
+NATS_DIR = "nats"
+NATS_CLUSTER_DIR = "nats-cluster"
 # Reconnect quickly while a service is still binding its port, instead of gRPC's 1 s+ backoff.
 HEALTH_CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
@@ -154,7 +157,7 @@ def choose_nats_port(env: Mapping[str, str], say: Callable[[str], None]) -> int:
 
 
 def start_nats(data_dir: Path, port: int) -> NatsServer:
-    nats = NatsServer(data_dir / "nats", port=port, log_file=data_dir / "logs" / "nats-server.log")
+    nats = NatsServer(data_dir / NATS_DIR, port=port, log_file=data_dir / "logs" / "nats-server.log")
     try:
         return nats.start()
     except NatsServerError as err:
@@ -359,7 +362,7 @@ class Mesh:
             self.say(f"nats-server is up at {self.nats.url}")
             return
         # Assigned before it starts: `stop` then stops the nodes that did start if another fails.
-        self.cluster = NatsCluster(self.data_dir / "nats-cluster", size=self.nats_nodes)
+        self.cluster = NatsCluster(self.data_dir / NATS_CLUSTER_DIR, size=self.nats_nodes)
         try:
             await asyncio.to_thread(self.cluster.start)
         except NatsServerError as err:

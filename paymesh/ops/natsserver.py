@@ -37,6 +37,8 @@ def nats_server_binary() -> str:
 # port chosen from that range can be taken in between. Ports are chosen below it instead, and each
 # is reserved for a while by a file, so two processes choosing at once never get the same one.
 RESERVATION_S = 600.0
+# The config file a started server writes in its store dir (read back by `paymesh keys` to find it).
+CONF_NAME = "nats-server.conf"
 REPLICA_SPAN = 1000  # room above a chosen port for replicas at +100·(r−1)
 _reservations = Path(tempfile.gettempdir()) / f"paymesh-ports-{os.getuid()}"
 
@@ -144,7 +146,7 @@ class NatsServer:
             self.monitor_port = free_port(self.host)
         if self.cluster_name and not self.cluster_port:
             self.cluster_port = free_port(self.host)
-        conf_path = self.store_dir / "nats-server.conf"
+        conf_path = self.store_dir / CONF_NAME
         conf_path.write_text(self.config_text())
         log_path = self.log_file or self.store_dir / "nats-server.log"
         log = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed with it

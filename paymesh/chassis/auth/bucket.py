@@ -1,4 +1,4 @@
-"""The JetStream KV bucket that holds the API keys, one entry per key under `key.<key_id>`."""
+"""The JetStream KV bucket of the API keys (`key.<key_id>`) and of their merchants (`merchant.<merchant_id>`)."""
 
 from __future__ import annotations
 
