@@ -31,6 +31,8 @@ async def every(
         except Exception:
             log.exception("%s failed; next try in %.1fs", label, interval_s)
         await pause(interval_s, stop, wake)
+        if wake is not None:
+            wake.clear()  # a wake-up is one early step, not a spin until stopped
 
 
 async def pause(seconds: float, *events: asyncio.Event | None) -> None:
