@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway_mock.domain import Charge, ChargeQuery, ChargeStatus, Refund
 from gateway_mock.faults import FaultConfig
 from paymesh.chassis.db import as_utc, conflict_insert
+from paymesh.chassis.validation import page_limit, split_page
 
 KEY_LEN = 64
 ID_LEN = 64
@@ -166,17 +167,15 @@ class GatewayRepository:
     async def list_charges(self, conn: AsyncConnection, query: ChargeQuery) -> tuple[list[Charge], int | None]:
         """One page, newest first, and the cursor of the next page (None at the end)."""
         c = self.charges.c
-        stmt = select(self.charges).order_by(c.seq.desc()).limit(query.page_size + 1)
+        stmt = select(self.charges).order_by(c.seq.desc()).limit(page_limit(query.page_size))
         if query.before_seq is not None:
             stmt = stmt.where(c.seq < query.before_seq)
         if query.order_id:
             stmt = stmt.where(c.order_id == query.order_id)
         if query.status is not None:
             stmt = stmt.where(c.status == query.status.value)
-        rows = (await conn.execute(stmt)).all()
-        page = rows[: query.page_size]
-        next_seq = page[-1].seq if len(rows) > query.page_size else None
-        return [_charge(row) for row in page], next_seq
+        page, last = split_page((await conn.execute(stmt)).all(), query.page_size)
+        return [_charge(row) for row in page], None if last is None else last.seq
 
     # refunds
 

@@ -16,6 +16,7 @@ from paymesh.chassis.auth import Scope, requires
 from paymesh.chassis.db import UnitOfWork
 from paymesh.chassis.errors import Aborted, FailedPrecondition, NotFound, ServiceError
 from paymesh.chassis.service import Runtime
+from paymesh.chassis.validation import page_limit, split_page
 from paymesh.inventory.v1 import inventory_service_pb2 as pb
 from paymesh.inventory.v1 import inventory_service_pb2_grpc
 
@@ -127,13 +128,11 @@ class InventoryApi(inventory_service_pb2_grpc.InventoryServiceServicer):
     async def ListProducts(self, request: pb.ListProductsRequest, context: Context) -> pb.ListProductsResponse:  # noqa: N802
         query = validate.list_products(request)
         async with self.runtime.db.read() as conn:
-            # One more than a page tells whether another page follows.
-            products = await self.inventory.product_page(conn, query.after, query.page_size + 1)
-        page = products[: query.page_size]
-        more = len(products) > query.page_size
+            products = await self.inventory.product_page(conn, query.after, page_limit(query.page_size))
+        page, last = split_page(products, query.page_size)
         return pb.ListProductsResponse(
             products=[product_to_proto(p) for p in page],
-            next_page_token=query.next_token(page[-1].value.sku) if more else "",
+            next_page_token="" if last is None else query.next_token(last.value.sku),
         )
 
     @requires(Scope.ORDERS_READ)

@@ -19,6 +19,7 @@ from paymesh.chassis.db import UnitOfWork
 from paymesh.chassis.errors import FailedPrecondition, NotFound, ServiceError, invalid_argument
 from paymesh.chassis.events import TRACEPARENT, child_traceparent
 from paymesh.chassis.service import Runtime
+from paymesh.chassis.validation import page_limit, split_page
 from paymesh.order.v1 import order_service_pb2 as pb
 from paymesh.order.v1 import order_service_pb2_grpc
 
@@ -107,13 +108,12 @@ class OrderApi(order_service_pb2_grpc.OrderServiceServicer):
                 status=query.status,
                 customer_id=query.customer_id,
                 after=query.after,
-                limit=query.page_size + 1,  # one more tells whether another page follows
+                limit=page_limit(query.page_size),
             )
-        more = len(page) > query.page_size
-        page = page[: query.page_size]
+        page, last = split_page(page, query.page_size)
         return pb.ListOrdersResponse(
             orders=[order_to_proto(o) for o in page],
-            next_page_token=query.next_token(page[-1]) if more else "",
+            next_page_token="" if last is None else query.next_token(last),
         )
 
     @requires(Scope.ORDERS_WRITE)

@@ -15,6 +15,7 @@ from payment_svc.store import PaymentRepository
 from paymesh.chassis.auth import Scope, requires
 from paymesh.chassis.errors import FailedPrecondition, NotFound, ServiceError, Unavailable
 from paymesh.chassis.service import Runtime
+from paymesh.chassis.validation import page_limit, split_page
 from paymesh.payment.v1 import payment_service_pb2 as pb
 from paymesh.payment.v1 import payment_service_pb2_grpc
 
@@ -74,13 +75,12 @@ class PaymentApi(payment_service_pb2_grpc.PaymentServiceServicer):
                 order_id=query.order_id,
                 status=query.status,
                 after=query.after,
-                limit=query.page_size + 1,  # one more tells whether another page follows
+                limit=page_limit(query.page_size),
             )
-        more = len(page) > query.page_size
-        page = page[: query.page_size]
+        page, last = split_page(page, query.page_size)
         return pb.ListPaymentsResponse(
             payments=[payment_to_proto(p) for p in page],
-            next_page_token=query.next_token(page[-1]) if more else "",
+            next_page_token="" if last is None else query.next_token(last),
         )
 
     @requires(Scope.PAYMENTS_READ)
@@ -91,12 +91,11 @@ class PaymentApi(payment_service_pb2_grpc.PaymentServiceServicer):
         async with self.runtime.db.read() as conn:
             if await self.payments.get(conn, query.payment_id) is None:
                 raise not_found(query.payment_id)
-            trail = await self.payments.trail(conn, query.payment_id, query.after, query.page_size + 1)
-        more = len(trail) > query.page_size
-        trail = trail[: query.page_size]
+            rows = await self.payments.trail(conn, query.payment_id, query.after, page_limit(query.page_size))
+        trail, last = split_page(rows, query.page_size)
         return pb.ListPaymentEventsResponse(
             events=[step_to_proto(e) for e in trail],
-            next_page_token=query.next_token(trail[-1]) if more else "",
+            next_page_token="" if last is None else query.next_token(last),
         )
 
     @requires(Scope.REFUNDS_WRITE)

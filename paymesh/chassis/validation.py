@@ -6,9 +6,12 @@ import base64
 import json
 import re
 import uuid
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 from paymesh.chassis.errors import invalid_argument
+
+T = TypeVar("T")
 
 MAX_ID_LEN = 64
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
@@ -64,6 +67,18 @@ def page_size(v: Violations, value: int) -> int:
     if value == 0:
         return DEFAULT_PAGE_SIZE
     return min(value, MAX_PAGE_SIZE)
+
+
+def page_limit(page_size: int) -> int:
+    """How many rows a list reads: one more than a page tells whether another page follows."""
+    return page_size + 1
+
+
+def split_page(rows: Sequence[T], page_size: int) -> tuple[list[T], T | None]:
+    """Rows read with `page_limit(page_size)`: the page, and its last row when another page follows
+    (the row the next page token is made from), else None."""
+    page = list(rows[:page_size])
+    return page, (page[-1] if len(rows) > page_size and page else None)
 
 
 def encode_page_token(cursor: dict[str, Any]) -> str:

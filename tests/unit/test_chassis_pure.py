@@ -159,3 +159,12 @@ def test_backoff_jitter_spans_the_upper_half_of_the_ceiling() -> None:
     assert b.delay(3, uniform=lambda lo, hi: lo) == 2.0
     assert b.delay(3, uniform=lambda lo, hi: hi) == 4.0
     assert b.delay(9, uniform=lambda lo, hi: hi) == 8.0
+
+
+def test_split_page_hands_the_last_row_only_when_another_page_follows() -> None:
+    from paymesh.chassis.validation import page_limit, split_page
+
+    assert page_limit(3) == 4
+    assert split_page([1, 2, 3, 4], 3) == ([1, 2, 3], 3)  # the fourth row says a page follows
+    assert split_page([1, 2, 3], 3) == ([1, 2, 3], None)
+    assert split_page([], 3) == ([], None)
