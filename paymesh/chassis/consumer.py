@@ -18,6 +18,7 @@ from paymesh.chassis import inbox
 from paymesh.chassis.backoff import Backoff
 from paymesh.chassis.db import Database, UnitOfWork
 from paymesh.chassis.events import InboundEvent, UndecodableEvent, decode, message_types
+from paymesh.chassis.jetstream import ask_until_answered
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,8 @@ class Consumer:
             max_ack_pending=10_000,
             filter_subjects=spec.filter_subjects,
         )
-        await self.js.add_consumer(spec.stream, config)
+        # Idempotent (the same durable, the same config): asked again while a new cluster elects leaders.
+        await ask_until_answered(lambda: self.js.add_consumer(spec.stream, config), f"consumer {spec.durable}")
         self._sub = await self.js.pull_subscribe_bind(durable=spec.durable, stream=spec.stream)
 
     async def start(self) -> None:

@@ -7,7 +7,8 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import nats
 from nats.aio.client import Client as NATS
@@ -18,6 +19,8 @@ from nats.js.errors import NotFoundError
 from paymesh.chassis.backoff import Backoff
 from paymesh.chassis.events import OutboundEvent
 
+T = TypeVar("T")
+
 log = logging.getLogger(__name__)
 
 DLQ_STREAM = "DLQ"
@@ -25,7 +28,7 @@ DLQ_SUBJECTS = ["dlq.>"]
 # Server-side dedupe of Nats-Msg-Id; the inbox dedupes beyond this window.
 DUPLICATE_WINDOW_S = 120.0
 MAX_ATOMIC_BATCH = 1000  # nats-server's limit on one atomic batch
-API_RETRY_S = 30.0  # how long ensure_stream asks a JetStream API that times out
+API_RETRY_S = 30.0  # how long ask_until_answered asks a JetStream API that times out
 # Between attempts to reach a NATS server that is not up yet, or a JetStream API that timed out.
 RETRY = Backoff(base_s=0.1, cap_s=2.0)
 
@@ -99,24 +102,31 @@ def stream_config(name: str, subjects: list[str], replicas: int) -> StreamConfig
 async def ensure_stream(
     js: JetStreamContext, name: str, subjects: list[str], replicas: int = 1, *, timeout: float = API_RETRY_S
 ) -> None:
-    """Create the stream, or bring an existing one to this configuration. Idempotent.
+    """Create the stream, or bring an existing one to this configuration. Idempotent."""
+    config = stream_config(name, subjects, replicas)
+    await ask_until_answered(lambda: _ensure_stream(js, config), f"stream {name}", timeout=timeout)
+
+
+async def ask_until_answered(
+    request: Callable[[], Awaitable[T]], what: str, *, timeout: float = API_RETRY_S
+) -> T:
+    """An idempotent JetStream API request, asked again while it times out, until `timeout`.
 
     A clustered JetStream answers through its meta leader; while one is elected, or while every
-    replica of every service creates the same R3 streams at once on a busy machine, a request can
-    time out. The call is idempotent, so it is asked again until `timeout`.
+    replica of every service creates the same R3 streams and durables at once on a busy machine,
+    a request can time out though the server is there.
     """
-    config = stream_config(name, subjects, replicas)
     deadline = time.monotonic() + timeout
     attempt = 0
     while True:
         attempt += 1
         try:
-            return await _ensure_stream(js, config)
+            return await request()
         except nats.errors.TimeoutError:
             delay = RETRY.delay(attempt + 1)
             if time.monotonic() + delay > deadline:
                 raise
-            log.warning("stream %s: JetStream API timed out; asking again in %.1fs", name, delay)
+            log.warning("%s: JetStream API timed out; asking again in %.1fs", what, delay)
             await asyncio.sleep(delay)  # backoff between attempts, under the deadline
 
 

@@ -168,3 +168,26 @@ def test_split_page_hands_the_last_row_only_when_another_page_follows() -> None:
     assert split_page([1, 2, 3, 4], 3) == ([1, 2, 3], 3)  # the fourth row says a page follows
     assert split_page([1, 2, 3], 3) == ([1, 2, 3], None)
     assert split_page([], 3) == ([], None)
+
+
+async def test_a_jetstream_request_that_times_out_is_asked_again_until_its_deadline() -> None:
+    import nats.errors
+
+    from paymesh.chassis.jetstream import ask_until_answered
+
+    answers: list[object] = [nats.errors.TimeoutError(), nats.errors.TimeoutError(), "created"]
+
+    async def request() -> str:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return str(answer)
+
+    assert await ask_until_answered(request, "consumer d", timeout=10) == "created"
+    assert answers == []
+
+    async def never() -> str:
+        raise nats.errors.TimeoutError()
+
+    with pytest.raises(nats.errors.TimeoutError):
+        await ask_until_answered(never, "consumer d", timeout=0.3)
