@@ -92,6 +92,9 @@ def refusal(exc: DomainError) -> ServiceError:
 class GatewayApi(gateway_service_pb2_grpc.GatewayServiceServicer):
     # The gateway is called with idempotency keys, not AIP-155 request ids: the bank simulator
     # is its own idempotency (a key's stored charge or refund), so no RPC goes through the request log.
+    # Its caller is the platform (current_principal() is paymesh's own key, merchant "platform"), never a
+    # merchant: the merchant a charge is for comes in ChargeRequest.merchant_id, a tag, and no read is
+    # filtered by who calls.
     def __init__(self, runtime: Runtime, repository: GatewayRepository) -> None:
         self.bank = BankSimulator(runtime.db, repository)
 

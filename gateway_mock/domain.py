@@ -148,11 +148,17 @@ class ChargeCommand:
     amount_minor: int
     currency: str
     token: str
+    # The merchant paymesh charges for: a tag on the charge. Idempotency keys stay global to the platform,
+    # the bank's one customer (payment_svc makes them unique per payment), not per merchant: the same key
+    # with another merchant is another request, and replay refuses it.
+    merchant_id: str
     order_id: str = ""
     description: str = ""
 
     def fingerprint(self) -> str:
-        """What makes two charges "the same request": the money, the card and the order, not the free text."""
+        """What makes two charges "the same request": the money, the card and the order, not the free text.
+        The merchant is compared beside it (Charge.replay), so the fingerprints stored before merchants
+        existed still match a retry."""
         return _fingerprint("charge", self.amount_minor, self.currency, self.token, self.order_id)
 
 
@@ -190,6 +196,7 @@ class Charge:
     status: ChargeStatus
     token: str
     card_last4: str
+    merchant_id: str
     create_time: datetime
     update_time: datetime
     refunded_minor: int = 0
@@ -209,6 +216,7 @@ class Charge:
             decline_code=decision.decline_code,
             token=cmd.token,
             card_last4=card_for(cmd.token).last4,
+            merchant_id=cmd.merchant_id,
             order_id=cmd.order_id,
             description=cmd.description,
             create_time=now,
@@ -220,8 +228,9 @@ class Charge:
         return self.amount_minor - self.refunded_minor if self.status in REFUNDABLE else 0
 
     def replay(self, cmd: ChargeCommand) -> Charge:
-        """This charge, as the answer to a retry of `cmd`; refused when the key came with another request."""
-        if cmd.fingerprint() != self.fingerprint:
+        """This charge, as the answer to a retry of `cmd`; refused when the key came with another request,
+        another merchant's included."""
+        if cmd.fingerprint() != self.fingerprint or cmd.merchant_id != self.merchant_id:
             raise IdempotencyKeyReused("charge", self.idempotency_key, self.charge_id)
         return self
 
@@ -245,6 +254,7 @@ class Charge:
             idempotency_key=cmd.idempotency_key,
             fingerprint=cmd.fingerprint(),
             charge_id=self.charge_id,
+            merchant_id=self.merchant_id,
             amount_minor=amount,
             currency=self.currency,
             reason=cmd.reason,
@@ -273,6 +283,7 @@ class Refund:
     idempotency_key: str
     fingerprint: str
     charge_id: str
+    merchant_id: str  # the refunded charge's
     amount_minor: int
     currency: str
     create_time: datetime
@@ -290,6 +301,7 @@ class ChargeQuery:
 
     page_size: int
     before_seq: int | None = None
+    merchant_id: str = ""  # "": every merchant's
     order_id: str = ""
     status: ChargeStatus | None = None
 

@@ -33,6 +33,7 @@ def charge_to_proto(charge: Charge) -> gateway_pb2.Charge:
         order_id=charge.order_id,
         description=charge.description,
         card_last4=charge.card_last4,
+        merchant_id=charge.merchant_id,
     )
     msg.create_time.FromDatetime(charge.create_time)
     msg.update_time.FromDatetime(charge.update_time)
@@ -47,6 +48,7 @@ def refund_to_proto(refund: Refund) -> gateway_pb2.Refund:
         amount_minor=refund.amount_minor,
         currency=refund.currency,
         reason=refund.reason,
+        merchant_id=refund.merchant_id,
     )
     msg.create_time.FromDatetime(refund.create_time)
     return msg

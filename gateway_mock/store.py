@@ -9,6 +9,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Float,
+    Index,
     Integer,
     MetaData,
     Row,
@@ -24,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway_mock.domain import Charge, ChargeQuery, ChargeStatus, Refund
 from gateway_mock.faults import FaultConfig
 from paymesh.chassis.db import as_utc, conflict_insert
+from paymesh.chassis.schema_steps import MERCHANT_ID_LENGTH
 from paymesh.chassis.validation import page_limit, split_page
 
 KEY_LEN = 64
@@ -49,6 +51,7 @@ def define_tables(md: MetaData) -> None:
         # seq orders ListCharges newest first and is its cursor; ids are random.
         Column("seq", Integer, primary_key=True, autoincrement=True),
         Column("charge_id", String(ID_LEN), nullable=False, unique=True),
+        # Unique across merchants: the keys are the platform's (the bank's one customer), not a merchant's.
         Column("idempotency_key", String(KEY_LEN), nullable=False, unique=True),
         Column("fingerprint", String(64), nullable=False),
         Column("amount_minor", BigInteger, nullable=False),
@@ -62,6 +65,10 @@ def define_tables(md: MetaData) -> None:
         Column("description", String(TEXT_LEN), nullable=False),
         Column("create_time", DateTime(timezone=True), nullable=False),
         Column("update_time", DateTime(timezone=True), nullable=False),
+        # Last, where the merchants revision added it. The platform's tag, not an owner: the bank answers the
+        # platform about every merchant's charges, and ListCharges filters by it.
+        Column("merchant_id", String(MERCHANT_ID_LENGTH), nullable=False),
+        Index("ix_charges_merchant_id_seq", "merchant_id", "seq"),
     )
     Table(
         "refunds",
@@ -74,7 +81,10 @@ def define_tables(md: MetaData) -> None:
         Column("currency", String(3), nullable=False),
         Column("reason", String(TEXT_LEN), nullable=False),
         Column("create_time", DateTime(timezone=True), nullable=False),
+        Column("merchant_id", String(MERCHANT_ID_LENGTH), nullable=False),  # the refunded charge's
     )
+    # No merchant_id on the two tables below, on purpose: neither row is a merchant's. The attempts count
+    # the platform's keys (global, as the charges' are); the settings are the operator's, one for the bank.
     # Attempts of a key that has no stored charge yet: what tok_flaky counts.
     Table(
         "key_attempts",
@@ -146,6 +156,7 @@ class GatewayRepository:
                 "decline_code": charge.decline_code,
                 "token": charge.token,
                 "card_last4": charge.card_last4,
+                "merchant_id": charge.merchant_id,
                 "order_id": charge.order_id,
                 "description": charge.description,
                 "create_time": charge.create_time,
@@ -170,6 +181,8 @@ class GatewayRepository:
         stmt = select(self.charges).order_by(c.seq.desc()).limit(page_limit(query.page_size))
         if query.before_seq is not None:
             stmt = stmt.where(c.seq < query.before_seq)
+        if query.merchant_id:  # ix_charges_merchant_id_seq: the merchant's rows, already newest first
+            stmt = stmt.where(c.merchant_id == query.merchant_id)
         if query.order_id:
             stmt = stmt.where(c.order_id == query.order_id)
         if query.status is not None:
@@ -191,6 +204,7 @@ class GatewayRepository:
                 "idempotency_key": refund.idempotency_key,
                 "fingerprint": refund.fingerprint,
                 "charge_id": refund.charge_id,
+                "merchant_id": refund.merchant_id,
                 "amount_minor": refund.amount_minor,
                 "currency": refund.currency,
                 "reason": refund.reason,
@@ -251,6 +265,7 @@ def _charge(row: Row[Any]) -> Charge:
         decline_code=row.decline_code,
         token=row.token,
         card_last4=row.card_last4,
+        merchant_id=row.merchant_id,
         order_id=row.order_id,
         description=row.description,
         create_time=as_utc(row.create_time),
@@ -264,6 +279,7 @@ def _refund(row: Row[Any]) -> Refund:
         idempotency_key=row.idempotency_key,
         fingerprint=row.fingerprint,
         charge_id=row.charge_id,
+        merchant_id=row.merchant_id,
         amount_minor=row.amount_minor,
         currency=row.currency,
         reason=row.reason,

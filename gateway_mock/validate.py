@@ -9,6 +9,7 @@ from gateway_mock.faults import FaultConfig, Reconfigure, updated
 from gateway_mock.messages import status_from_proto
 from gateway_mock.store import TEXT_LEN
 from paymesh.chassis import money, validation
+from paymesh.chassis.schema_steps import MERCHANT_ID_LENGTH
 from paymesh.chassis.validation import Violations
 from paymesh.gateway.v1 import gateway_pb2, gateway_service_pb2
 
@@ -35,6 +36,8 @@ def charge(request: gateway_service_pb2.ChargeRequest) -> ChargeCommand:
             "payment_method_token",
             f"unknown token {token[:80]!r}; use one of {', '.join(TEST_CARDS)}",
         )
+    # Required: every charge is made for a merchant, and says which (the platform's tag, not a caller's).
+    v.identifier("merchant_id", request.merchant_id, max_len=MERCHANT_ID_LENGTH)
     v.identifier("order_id", request.order_id, required=False)
     _text(v, "description", request.description)
     v.raise_if_any()
@@ -43,6 +46,7 @@ def charge(request: gateway_service_pb2.ChargeRequest) -> ChargeCommand:
         amount_minor=request.amount_minor,
         currency=request.currency,
         token=token,
+        merchant_id=request.merchant_id,
         order_id=request.order_id,
         description=request.description,
     )
@@ -83,6 +87,7 @@ def get_charge(request: gateway_service_pb2.GetChargeRequest) -> ChargeLookup:
 def list_charges(request: gateway_service_pb2.ListChargesRequest) -> ChargeQuery:
     v = Violations()
     size = validation.page_size(v, request.page_size)
+    v.identifier("merchant_id", request.merchant_id, required=False, max_len=MERCHANT_ID_LENGTH)
     v.identifier("order_id", request.order_id, required=False)
     status = None
     if request.status != gateway_pb2.CHARGE_STATUS_UNSPECIFIED:
@@ -94,13 +99,18 @@ def list_charges(request: gateway_service_pb2.ListChargesRequest) -> ChargeQuery
     if cursor is not None:
         before_seq = cursor.get("before")
         if cursor.get("filters") != filters or not isinstance(before_seq, int):
-            v.add("page_token", "was returned for other filters; send the same order_id and status, or omit it")
+            v.add("page_token",
+                  "was returned for other filters; send the same merchant_id, order_id and status, or omit it")
     v.raise_if_any()
-    return ChargeQuery(page_size=size, before_seq=before_seq, order_id=request.order_id, status=status)
+    return ChargeQuery(page_size=size, before_seq=before_seq, merchant_id=request.merchant_id,
+                       order_id=request.order_id, status=status)
 
 
 def _filters(request: gateway_service_pb2.ListChargesRequest) -> dict[str, Any]:
-    return {"order_id": request.order_id, "status": int(request.status)}
+    filters: dict[str, Any] = {"order_id": request.order_id, "status": int(request.status)}
+    if request.merchant_id:  # only when given, so a token of the release before merchants still reads
+        filters["merchant_id"] = request.merchant_id
+    return filters
 
 
 def next_page_token(request: gateway_service_pb2.ListChargesRequest, next_seq: int | None) -> str:

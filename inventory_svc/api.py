@@ -1,4 +1,5 @@
-"""InventoryService over gRPC: validate, run one command or query, answer the proto or a mapped refusal."""
+"""InventoryService over gRPC: validate, run one command or query on the caller's own merchant's rows, answer
+the proto or a mapped refusal."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from inventory_svc import validate
 from inventory_svc.domain import MAX_UNITS, DomainError, InsufficientStock, Product, StockLimitExceeded
 from inventory_svc.messages import product_to_proto, reservation_to_proto
 from inventory_svc.store import InventoryRepository
-from paymesh.chassis.auth import Scope, requires
+from paymesh.chassis.auth import Scope, current_principal, requires
 from paymesh.chassis.db import UnitOfWork
 from paymesh.chassis.errors import Aborted, FailedPrecondition, NotFound, ServiceError
 from paymesh.chassis.service import Runtime
@@ -64,11 +65,12 @@ class InventoryApi(inventory_service_pb2_grpc.InventoryServiceServicer):
 
     @requires(Scope.CATALOG_WRITE)
     async def PutProduct(self, request: pb.PutProductRequest, context: Context) -> pb.PutProductResponse:  # noqa: N802
+        merchant = current_principal().merchant_id
         command = validate.put_product(request)
 
         async def put(uow: UnitOfWork) -> pb.PutProductResponse:
-            existing = (await self.inventory.lock_products(uow.conn, [command.sku])).get(command.sku)
-            product = existing or Product(command.sku)
+            existing = await self.inventory.lock_product(uow.conn, merchant, command.sku)
+            product = existing or Product(merchant, command.sku)
             try:
                 product.put(command.name, command.available)
             except DomainError as exc:
@@ -78,13 +80,13 @@ class InventoryApi(inventory_service_pb2_grpc.InventoryServiceServicer):
                 await self.inventory.add_product(uow.conn, product, now)
             else:
                 await self.inventory.save_products(uow.conn, [product], now)
-            stored = await self.inventory.product(uow.conn, command.sku)
+            stored = await self.inventory.product(uow.conn, merchant, command.sku)
             assert stored is not None, "written in this transaction"
             return pb.PutProductResponse(product=product_to_proto(stored))
 
         try:
             return await self.runtime.requests.run(
-                "PutProduct", request.request_id, request, pb.PutProductResponse, put
+                merchant, "PutProduct", request.request_id, request, pb.PutProductResponse, put
             )
         except IntegrityError as exc:
             # Another request created the same sku at the same moment (PostgreSQL): nothing was written.
@@ -96,10 +98,11 @@ class InventoryApi(inventory_service_pb2_grpc.InventoryServiceServicer):
 
     @requires(Scope.CATALOG_WRITE)
     async def AdjustStock(self, request: pb.AdjustStockRequest, context: Context) -> pb.AdjustStockResponse:  # noqa: N802
+        merchant = current_principal().merchant_id
         command = validate.adjust_stock(request)
 
         async def adjust(uow: UnitOfWork) -> pb.AdjustStockResponse:
-            product = (await self.inventory.lock_products(uow.conn, [command.sku])).get(command.sku)
+            product = await self.inventory.lock_product(uow.conn, merchant, command.sku)
             if product is None:
                 raise product_not_found(command.sku)
             try:
@@ -107,28 +110,30 @@ class InventoryApi(inventory_service_pb2_grpc.InventoryServiceServicer):
             except DomainError as exc:
                 raise refusal(exc) from exc
             await self.inventory.save_products(uow.conn, [product], datetime.now(UTC))
-            stored = await self.inventory.product(uow.conn, command.sku)
+            stored = await self.inventory.product(uow.conn, merchant, command.sku)
             assert stored is not None, "written in this transaction"
             return pb.AdjustStockResponse(product=product_to_proto(stored))
 
         return await self.runtime.requests.run(
-            "AdjustStock", request.request_id, request, pb.AdjustStockResponse, adjust
+            merchant, "AdjustStock", request.request_id, request, pb.AdjustStockResponse, adjust
         )
 
     @requires(Scope.CATALOG_READ)
     async def GetProduct(self, request: pb.GetProductRequest, context: Context) -> pb.GetProductResponse:  # noqa: N802
+        merchant = current_principal().merchant_id
         sku = validate.get_product(request)
         async with self.runtime.db.read() as conn:
-            product = await self.inventory.product(conn, sku)
+            product = await self.inventory.product(conn, merchant, sku)
         if product is None:
             raise product_not_found(sku)
         return pb.GetProductResponse(product=product_to_proto(product))
 
     @requires(Scope.CATALOG_READ)
     async def ListProducts(self, request: pb.ListProductsRequest, context: Context) -> pb.ListProductsResponse:  # noqa: N802
+        merchant = current_principal().merchant_id
         query = validate.list_products(request)
         async with self.runtime.db.read() as conn:
-            products = await self.inventory.product_page(conn, query.after, page_limit(query.page_size))
+            products = await self.inventory.product_page(conn, merchant, query.after, page_limit(query.page_size))
         page, last = split_page(products, query.page_size)
         return pb.ListProductsResponse(
             products=[product_to_proto(p) for p in page],
@@ -139,9 +144,10 @@ class InventoryApi(inventory_service_pb2_grpc.InventoryServiceServicer):
     async def GetReservation(  # noqa: N802
         self, request: pb.GetReservationRequest, context: Context
     ) -> pb.GetReservationResponse:
+        merchant = current_principal().merchant_id
         order_id = validate.get_reservation(request)
         async with self.runtime.db.read() as conn:
-            reservation = await self.inventory.reservation(conn, order_id)
+            reservation = await self.inventory.reservation(conn, merchant, order_id)
         if reservation is None:
             raise reservation_not_found(order_id)
         return pb.GetReservationResponse(reservation=reservation_to_proto(reservation))

@@ -49,6 +49,19 @@ class InsufficientStock(NegativeStock):
         self.available = available
 
 
+class MerchantMismatch(DomainError):
+    """Stock of one merchant asked to move for another merchant's order.
+
+    Event handlers never catch this: each reservation is handed its own merchant's shelf, so it means a bug.
+    """
+
+    def __init__(self, sku: str, owner: str, merchant_id: str) -> None:
+        super().__init__(f"sku {sku} of merchant {owner} cannot move for merchant {merchant_id}")
+        self.sku = sku
+        self.owner = owner
+        self.merchant_id = merchant_id
+
+
 class StockLimitExceeded(DomainError):
     """The product would hold more than MAX_UNITS units in all."""
 
@@ -66,8 +79,10 @@ class Line:
 
 @dataclass
 class Product:
-    """A sku's stock. Units only move between the three buckets, except through `put` and `adjust`."""
+    """A merchant's sku and its stock. Units only move between the three buckets, except through `put` and
+    `adjust`. A sku is unique per merchant: two merchants selling `mug` hold two products."""
 
+    merchant_id: str
     sku: str
     name: str = ""
     available: int = 0
@@ -146,12 +161,14 @@ class ReservationStatus(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Reserved:
+    merchant_id: str
     order_id: str
     lines: tuple[Line, ...]
 
 
 @dataclass(frozen=True)
 class Rejected:
+    merchant_id: str
     order_id: str
     reason: str
     sku: str
@@ -161,12 +178,14 @@ class Rejected:
 
 @dataclass(frozen=True)
 class Committed:
+    merchant_id: str
     order_id: str
     lines: tuple[Line, ...]
 
 
 @dataclass(frozen=True)
 class Released:
+    merchant_id: str
     order_id: str
     lines: tuple[Line, ...]
     held: bool
@@ -182,8 +201,10 @@ class Reservation:
 
     `cancel_answered` records that order.cancelled was answered, so a second one is
     refused and inventory.released with cause ORDER_CANCELLED goes out once per order.
+    It moves only its own merchant's stock: `products` is that merchant's shelf, by sku.
     """
 
+    merchant_id: str
     order_id: str
     status: ReservationStatus
     lines: tuple[Line, ...] = ()
@@ -195,59 +216,73 @@ class Reservation:
     def commit(self, products: Mapping[str, Product]) -> None:
         """Payment succeeded: the held units become sold."""
         self._require(ReservationStatus.RESERVED, "commit")
-        for line in self.lines:
-            products[line.sku].sell(line.quantity)
+        for product, quantity in self._held(products):
+            product.sell(quantity)
         self.status = ReservationStatus.COMMITTED
-        self.events.append(Committed(self.order_id, self.lines))
+        self.events.append(Committed(self.merchant_id, self.order_id, self.lines))
 
     def release(self, products: Mapping[str, Product]) -> None:
         """Payment failed: the held units go back to available."""
         self._require(ReservationStatus.RESERVED, "release")
-        for line in self.lines:
-            products[line.sku].unhold(line.quantity)
+        for product, quantity in self._held(products):
+            product.unhold(quantity)
         self.status = ReservationStatus.RELEASED
-        self.events.append(Released(self.order_id, self.lines, held=True, cause=CAUSE_PAYMENT_FAILED))
+        released = Released(self.merchant_id, self.order_id, self.lines, held=True, cause=CAUSE_PAYMENT_FAILED)
+        self.events.append(released)
 
     def cancel(self, products: Mapping[str, Product]) -> None:
         """Order cancelled: give back whatever is held or sold, and answer exactly once."""
         if self.cancel_answered or self.status is ReservationStatus.CANCELLED:
             raise InvalidTransition(f"order {self.order_id}: the cancellation was already answered")
         held = self.status in (ReservationStatus.RESERVED, ReservationStatus.COMMITTED)
-        for line in self.lines if held else ():
+        for product, quantity in self._held(products) if held else ():
             if self.status is ReservationStatus.RESERVED:
-                products[line.sku].unhold(line.quantity)
+                product.unhold(quantity)
             else:
-                products[line.sku].restock(line.quantity)
+                product.restock(quantity)
         if held:
             self.status = ReservationStatus.RELEASED
         self.cancel_answered = True
         lines = self.lines if held else ()
-        self.events.append(Released(self.order_id, lines, held=held, cause=CAUSE_ORDER_CANCELLED))
+        self.events.append(Released(self.merchant_id, self.order_id, lines, held=held, cause=CAUSE_ORDER_CANCELLED))
 
     def pull_events(self) -> list[Event]:
         """The events recorded since the last call, for the outbox."""
         events, self.events = self.events, []
         return events
 
+    def _held(self, products: Mapping[str, Product]) -> list[tuple[Product, int]]:
+        """Each line's product and quantity, all checked to be this merchant's before any moves."""
+        return [(_own(products[line.sku], self.merchant_id), line.quantity) for line in self.lines]
+
     def _require(self, status: ReservationStatus, action: str) -> None:
         if self.status is not status:
             raise InvalidTransition(f"order {self.order_id}: cannot {action} a {self.status.value} reservation")
 
 
-def reserve(order_id: str, lines: Iterable[Line], products: Mapping[str, Product]) -> Reservation:
-    """Hold every line or none; the same sku on two lines counts twice. Mutates `products` only on success."""
+def reserve(merchant_id: str, order_id: str, lines: Iterable[Line], products: Mapping[str, Product]) -> Reservation:
+    """Hold every line or none from the merchant's shelf `products` (by sku); the same sku on two lines counts
+    twice. A sku the merchant does not sell is unknown, whoever else sells it. Mutates `products` only on success."""
     lines = tuple(lines)
-    refusal = _first_refusal(lines, products)
+    shelf = {line.sku: _own(products[line.sku], merchant_id) for line in lines if line.sku in products}
+    refusal = _first_refusal(lines, shelf)
     if refusal is not None:
         reason, sku, requested, available = refusal
-        reservation = Reservation(order_id, ReservationStatus.REJECTED, lines, reason=reason, sku=sku)
-        reservation.events.append(Rejected(order_id, reason, sku, requested, available))
+        reservation = Reservation(merchant_id, order_id, ReservationStatus.REJECTED, lines, reason=reason, sku=sku)
+        reservation.events.append(Rejected(merchant_id, order_id, reason, sku, requested, available))
         return reservation
     for line in lines:
-        products[line.sku].hold(line.quantity)
-    reservation = Reservation(order_id, ReservationStatus.RESERVED, lines)
-    reservation.events.append(Reserved(order_id, lines))
+        shelf[line.sku].hold(line.quantity)
+    reservation = Reservation(merchant_id, order_id, ReservationStatus.RESERVED, lines)
+    reservation.events.append(Reserved(merchant_id, order_id, lines))
     return reservation
+
+
+def _own(product: Product, merchant_id: str) -> Product:
+    """`product`, if it is `merchant_id`'s to move."""
+    if product.merchant_id != merchant_id:
+        raise MerchantMismatch(product.sku, product.merchant_id, merchant_id)
+    return product
 
 
 def _first_refusal(lines: tuple[Line, ...], products: Mapping[str, Product]) -> tuple[str, str, int, int] | None:
@@ -268,8 +303,8 @@ def _first_refusal(lines: tuple[Line, ...], products: Mapping[str, Product]) -> 
     return None
 
 
-def tombstone(order_id: str) -> Reservation:
+def tombstone(merchant_id: str, order_id: str) -> Reservation:
     """order.cancelled before order.placed: remember the cancel so a late order.placed is ignored."""
-    reservation = Reservation(order_id, ReservationStatus.CANCELLED, cancel_answered=True)
-    reservation.events.append(Released(order_id, (), held=False, cause=CAUSE_ORDER_CANCELLED))
+    reservation = Reservation(merchant_id, order_id, ReservationStatus.CANCELLED, cancel_answered=True)
+    reservation.events.append(Released(merchant_id, order_id, (), held=False, cause=CAUSE_ORDER_CANCELLED))
     return reservation

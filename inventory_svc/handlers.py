@@ -1,4 +1,7 @@
-"""The saga events inventory_svc consumes, applied batch-wise in stream order against in-memory stock."""
+"""The saga events inventory_svc consumes, applied batch-wise in stream order against in-memory stock.
+
+Each event acts for its merchant (`event.merchant_id`): it finds that merchant's reservation and moves that
+merchant's stock only. An event naming another merchant's order finds nothing, as for an unseen order."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from datetime import UTC, datetime
 
 from inventory_svc.domain import InvalidTransition, Line, Product, Reservation, reserve, tombstone
 from inventory_svc.messages import outbound
-from inventory_svc.store import InventoryRepository
+from inventory_svc.store import InventoryRepository, ProductKey, ReservationKey
 from paymesh.chassis.consumer import ConsumerSpec
 from paymesh.chassis.db import UnitOfWork
 from paymesh.chassis.events import InboundEvent, OutboundEvent
@@ -24,17 +27,28 @@ ORDER_EVENTS = (order_events.OrderPlaced, order_events.OrderCancelled)
 PAYMENT_EVENTS = (payment_events.PaymentSucceeded, payment_events.PaymentFailed)
 
 
+def reservation_key(event: InboundEvent) -> ReservationKey:
+    return event.merchant_id, event.order_id
+
+
 @dataclass
 class Batch:
     """The rows a batch touches, loaded once, changed in memory, written back once."""
 
-    products: dict[str, Product]
-    reservations: dict[str, Reservation]
+    products: dict[ProductKey, Product]
+    reservations: dict[ReservationKey, Reservation]
     outgoing: list[OutboundEvent] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._products_before = {sku: copy.copy(p) for sku, p in self.products.items()}
-        self._reservations_before = {oid: copy.copy(r) for oid, r in self.reservations.items()}
+        self._products_before = {key: copy.copy(p) for key, p in self.products.items()}
+        self._reservations_before = {key: copy.copy(r) for key, r in self.reservations.items()}
+        # Each merchant's products by sku, the same objects: what the domain moves for that merchant's orders.
+        self._shelves: dict[str, dict[str, Product]] = {}
+        for (merchant_id, sku), product in self.products.items():
+            self._shelves.setdefault(merchant_id, {})[sku] = product
+
+    def shelf(self, merchant_id: str) -> dict[str, Product]:
+        return self._shelves.get(merchant_id, {})
 
     def emit(self, reservation: Reservation, cause: InboundEvent) -> None:
         """Turn what the reservation recorded into outbox events, traced to the event that caused them."""
@@ -45,9 +59,9 @@ class Batch:
         """Write back what changed: the products, the new reservations and the changed ones."""
         now = datetime.now(UTC)
         before_p, before_r = self._products_before, self._reservations_before
-        changed = [p for sku, p in self.products.items() if p != before_p[sku]]
-        new = [r for oid, r in self.reservations.items() if oid not in before_r]
-        updated = [r for oid, r in self.reservations.items() if oid in before_r and r != before_r[oid]]
+        changed = [p for key, p in self.products.items() if p != before_p[key]]
+        new = [r for key, r in self.reservations.items() if key not in before_r]
+        updated = [r for key, r in self.reservations.items() if key in before_r and r != before_r[key]]
         await inventory.save_products(uow.conn, changed, now)
         await inventory.add_reservations(uow.conn, new, now)
         await inventory.save_reservations(uow.conn, updated, now)
@@ -60,14 +74,21 @@ class SagaHandlers:
         self.runtime = runtime
         self.inventory = inventory
 
+    async def _load(self, uow: UnitOfWork, events: list[InboundEvent], wanted: set[ProductKey]) -> Batch:
+        """The events' reservations, and the stock they hold plus `wanted`, each by its own merchant."""
+        reservations = await self.inventory.lock_reservations(uow.conn, {reservation_key(e) for e in events})
+        held = {(r.merchant_id, line.sku) for r in reservations.values() for line in r.lines}
+        return Batch(await self.inventory.lock_products(uow.conn, wanted | held), reservations)
+
     async def on_order_events(self, uow: UnitOfWork, events: list[InboundEvent]) -> None:
-        reservations = await self.inventory.lock_reservations(uow.conn, {e.order_id for e in events})
-        skus = {line.sku for r in reservations.values() for line in r.lines}
-        # A filter, not a dispatch: the skus an order.placed asks for, locked with the rest.
-        skus.update(
-            item.sku for e in events if isinstance(e.message, order_events.OrderPlaced) for item in e.message.items
-        )
-        batch = Batch(await self.inventory.lock_products(uow.conn, skus), reservations)
+        # A filter, not a dispatch: the skus an order.placed asks for, of its own merchant, locked with the rest.
+        asked = {
+            (e.merchant_id, item.sku)
+            for e in events
+            if isinstance(e.message, order_events.OrderPlaced)
+            for item in e.message.items
+        }
+        batch = await self._load(uow, events, asked)
         for event in events:
             match event.message:
                 case order_events.OrderPlaced() as placed:
@@ -80,44 +101,46 @@ class SagaHandlers:
         await self.runtime.publish(uow, batch.outgoing)
 
     def _place(self, batch: Batch, event: InboundEvent, placed: order_events.OrderPlaced) -> None:
-        existing = batch.reservations.get(placed.order_id)
+        key = reservation_key(event)
+        existing = batch.reservations.get(key)
         if existing is not None:
             # A duplicate, or order.placed arriving after the order was cancelled (tombstone).
-            log.info("order.placed %s ignored: reservation is %s", placed.order_id, existing.status.value)
+            log.info("order.placed %s ignored: reservation is %s", event.order_id, existing.status.value)
             return
         lines = [Line(item.sku, item.quantity) for item in placed.items]
-        reservation = reserve(placed.order_id, lines, batch.products)
-        batch.reservations[placed.order_id] = reservation
+        reservation = reserve(event.merchant_id, event.order_id, lines, batch.shelf(event.merchant_id))
+        batch.reservations[key] = reservation
         batch.emit(reservation, event)
 
     def _cancel(self, batch: Batch, event: InboundEvent) -> None:
-        reservation = batch.reservations.get(event.order_id)
+        key = reservation_key(event)
+        reservation = batch.reservations.get(key)
         if reservation is None:
-            reservation = tombstone(event.order_id)
-            batch.reservations[event.order_id] = reservation
+            reservation = tombstone(event.merchant_id, event.order_id)
+            batch.reservations[key] = reservation
         else:
             try:
-                reservation.cancel(batch.products)
+                reservation.cancel(batch.shelf(event.merchant_id))
             except InvalidTransition as exc:
                 log.info("order.cancelled %s ignored: %s", event.order_id, exc)
                 return
         batch.emit(reservation, event)
 
     async def on_payment_events(self, uow: UnitOfWork, events: list[InboundEvent]) -> None:
-        reservations = await self.inventory.lock_reservations(uow.conn, {e.order_id for e in events})
-        skus = {line.sku for r in reservations.values() for line in r.lines}
-        batch = Batch(await self.inventory.lock_products(uow.conn, skus), reservations)
+        batch = await self._load(uow, events, set())
         for event in events:
-            reservation = batch.reservations.get(event.order_id)
+            reservation = batch.reservations.get(reservation_key(event))
             if reservation is None:
-                log.info("%s for %s ignored: no reservation", event.type, event.order_id)
+                log.info("%s for %s ignored: no reservation of merchant %s", event.type, event.order_id,
+                         event.merchant_id)
                 continue
+            shelf = batch.shelf(event.merchant_id)
             try:
                 match event.message:
                     case payment_events.PaymentSucceeded():
-                        reservation.commit(batch.products)
+                        reservation.commit(shelf)
                     case payment_events.PaymentFailed():
-                        reservation.release(batch.products)
+                        reservation.release(shelf)
                     case _:
                         raise TypeError(f"inventory_svc-payment does not consume {event.type}")
             except InvalidTransition as exc:

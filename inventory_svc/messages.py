@@ -40,6 +40,7 @@ def _lines(lines: Sequence[Line]) -> list[inventory_pb2.ReservationLine]:
 def product_to_proto(stored: Stored[Product]) -> inventory_pb2.Product:
     product = stored.value
     return inventory_pb2.Product(
+        merchant_id=product.merchant_id,
         sku=product.sku,
         name=product.name,
         available=product.available,
@@ -53,6 +54,7 @@ def product_to_proto(stored: Stored[Product]) -> inventory_pb2.Product:
 def reservation_to_proto(stored: Stored[Reservation]) -> inventory_pb2.Reservation:
     reservation = stored.value
     return inventory_pb2.Reservation(
+        merchant_id=reservation.merchant_id,
         order_id=reservation.order_id,
         lines=_lines(reservation.lines),
         status=_STATUS[reservation.status],
@@ -68,13 +70,20 @@ class _Common(TypedDict):
     """The fields every inventory event carries."""
 
     event_id: str
+    merchant_id: str
     order_id: str
     occurred_at: Timestamp
 
 
 def outbound(event: Event, traceparent: str | None) -> OutboundEvent:
-    """The protobuf message, subject and headers of a domain event, in a span under `traceparent`."""
-    common: _Common = {"event_id": new_event_id(), "order_id": event.order_id, "occurred_at": now_timestamp()}
+    """The protobuf message, subject and headers (Paymesh-Merchant among them) of a domain event, in a span
+    under `traceparent`."""
+    common: _Common = {
+        "event_id": new_event_id(),
+        "merchant_id": event.merchant_id,
+        "order_id": event.order_id,
+        "occurred_at": now_timestamp(),
+    }
     message: Message
     match event:
         case Reserved():

@@ -1,4 +1,7 @@
-"""inventory_svc's tables and its repository: set-based for a batch (one SELECT per table, executemany writes)."""
+"""inventory_svc's tables and its repository: set-based for a batch (one SELECT per table, executemany writes).
+
+Every row is a merchant's, and every statement names the merchant in its WHERE clause: another merchant's
+sku or order reads exactly as one that does not exist."""
 
 from __future__ import annotations
 
@@ -15,32 +18,43 @@ from sqlalchemy import (
     Column,
     DateTime,
     MetaData,
+    PrimaryKeyConstraint,
     Row,
     String,
     Table,
     bindparam,
     insert,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from inventory_svc.domain import Line, Product, Reservation, ReservationStatus
+from paymesh.chassis.schema_steps import MERCHANT_ID_LENGTH
 
 T = TypeVar("T")
+
+# (merchant_id, sku) of a product, (merchant_id, order_id) of a reservation: what a batch asks for.
+ProductKey = tuple[str, str]
+ReservationKey = tuple[str, str]
 
 
 def _define(metadata: MetaData) -> None:
     Table(
         "products",
         metadata,
-        Column("sku", String(64), primary_key=True),
+        Column("sku", String(64), nullable=False),
         Column("name", String(200), nullable=False),
         Column("available", BigInteger, nullable=False),
         Column("reserved", BigInteger, nullable=False),
         Column("sold", BigInteger, nullable=False),
         Column("create_time", DateTime(timezone=True), nullable=False),
         Column("update_time", DateTime(timezone=True), nullable=False),
+        # Last, where the merchants revision added it to existing tables. A sku is unique per merchant, and
+        # the key leads with the merchant: it serves GetProduct and a merchant's ListProducts page.
+        Column("merchant_id", String(MERCHANT_ID_LENGTH), nullable=False),
+        PrimaryKeyConstraint("merchant_id", "sku", name="products_pkey"),
         # The last line of defence: a bug that would oversell fails the transaction.
         CheckConstraint("available >= 0", name="ck_products_available"),
         CheckConstraint("reserved >= 0", name="ck_products_reserved"),
@@ -49,7 +63,7 @@ def _define(metadata: MetaData) -> None:
     Table(
         "reservations",
         metadata,
-        Column("order_id", String(64), primary_key=True),
+        Column("order_id", String(64), nullable=False),
         Column("status", String(16), nullable=False),
         Column("lines", JSON, nullable=False),
         Column("reason", String(64), nullable=False),
@@ -57,6 +71,10 @@ def _define(metadata: MetaData) -> None:
         Column("cancel_answered", Boolean, nullable=False),
         Column("create_time", DateTime(timezone=True), nullable=False),
         Column("update_time", DateTime(timezone=True), nullable=False),
+        Column("merchant_id", String(MERCHANT_ID_LENGTH), nullable=False),
+        # Per merchant, though order ids are global: another merchant's event naming this order finds
+        # nothing and gets a row (a tombstone, a rejection) of its own, never this one.
+        PrimaryKeyConstraint("merchant_id", "order_id", name="reservations_pkey"),
     )
 
 
@@ -86,13 +104,16 @@ class InventoryRepository:
         r = self.reservations = metadata.tables["reservations"]
         # Locked in key order, so two batches sharing rows cannot deadlock (PostgreSQL; SQLite has one writer).
         self._lock_products = (
-            select(p).where(p.c.sku.in_(bindparam("skus", expanding=True))).order_by(p.c.sku).with_for_update()
+            select(p)
+            .where(tuple_(p.c.merchant_id, p.c.sku).in_(bindparam("keys", expanding=True)))
+            .order_by(p.c.merchant_id, p.c.sku)
+            .with_for_update()
         )
         self._add_product = insert(p)
         # executemany: one statement for every product a batch changed.
         self._save_products = (
             update(p)
-            .where(p.c.sku == bindparam("b_sku"))
+            .where(p.c.merchant_id == bindparam("b_merchant_id"), p.c.sku == bindparam("b_sku"))
             .values(
                 name=bindparam("b_name"),
                 available=bindparam("b_available"),
@@ -101,19 +122,26 @@ class InventoryRepository:
                 update_time=bindparam("b_update_time"),
             )
         )
-        self._product = select(p).where(p.c.sku == bindparam("sku"))
-        self._first_page = select(p).order_by(p.c.sku).limit(bindparam("limit"))
-        self._page_after = select(p).where(p.c.sku > bindparam("after")).order_by(p.c.sku).limit(bindparam("limit"))
+        self._product = select(p).where(p.c.merchant_id == bindparam("merchant_id"), p.c.sku == bindparam("sku"))
+        self._first_page = (
+            select(p).where(p.c.merchant_id == bindparam("merchant_id")).order_by(p.c.sku).limit(bindparam("limit"))
+        )
+        self._page_after = (
+            select(p)
+            .where(p.c.merchant_id == bindparam("merchant_id"), p.c.sku > bindparam("after"))
+            .order_by(p.c.sku)
+            .limit(bindparam("limit"))
+        )
         self._lock_reservations = (
             select(r)
-            .where(r.c.order_id.in_(bindparam("order_ids", expanding=True)))
-            .order_by(r.c.order_id)
+            .where(tuple_(r.c.merchant_id, r.c.order_id).in_(bindparam("keys", expanding=True)))
+            .order_by(r.c.merchant_id, r.c.order_id)
             .with_for_update()
         )
         self._add_reservations = insert(r)
         self._save_reservations = (
             update(r)
-            .where(r.c.order_id == bindparam("b_order_id"))
+            .where(r.c.merchant_id == bindparam("b_merchant_id"), r.c.order_id == bindparam("b_order_id"))
             .values(
                 status=bindparam("b_status"),
                 lines=bindparam("b_lines", type_=JSON),
@@ -123,21 +151,28 @@ class InventoryRepository:
                 update_time=bindparam("b_update_time"),
             )
         )
-        self._reservation = select(r).where(r.c.order_id == bindparam("order_id"))
+        self._reservation = select(r).where(
+            r.c.merchant_id == bindparam("merchant_id"), r.c.order_id == bindparam("order_id")
+        )
 
     # Products ---------------------------------------------------------------------------
 
-    async def lock_products(self, conn: AsyncConnection, skus: Collection[str]) -> dict[str, Product]:
-        """The products of `skus` that exist, locked until the transaction ends."""
-        if not skus:
+    async def lock_products(self, conn: AsyncConnection, keys: Collection[ProductKey]) -> dict[ProductKey, Product]:
+        """The products of these (merchant_id, sku) pairs that exist, locked until the transaction ends."""
+        if not keys:
             return {}
-        rows = await conn.execute(self._lock_products, {"skus": sorted(set(skus))})
-        return {row.sku: _product(row) for row in rows}
+        rows = await conn.execute(self._lock_products, {"keys": sorted(set(keys))})
+        return {(row.merchant_id, row.sku): _product(row) for row in rows}
+
+    async def lock_product(self, conn: AsyncConnection, merchant_id: str, sku: str) -> Product | None:
+        """The merchant's product `sku`, locked until the transaction ends; None if the merchant has none."""
+        return (await self.lock_products(conn, [(merchant_id, sku)])).get((merchant_id, sku))
 
     async def add_product(self, conn: AsyncConnection, product: Product, now: datetime) -> None:
         await conn.execute(
             self._add_product,
             {
+                "merchant_id": product.merchant_id,
                 "sku": product.sku,
                 "name": product.name,
                 "available": product.available,
@@ -149,9 +184,10 @@ class InventoryRepository:
         )
 
     async def save_products(self, conn: AsyncConnection, products: Iterable[Product], now: datetime) -> None:
-        """Write back the stock of existing products, one executemany."""
+        """Write back the stock of existing products (each to its own merchant's row), one executemany."""
         params = [
             {
+                "b_merchant_id": p.merchant_id,
                 "b_sku": p.sku,
                 "b_name": p.name,
                 "b_available": p.available,
@@ -164,30 +200,42 @@ class InventoryRepository:
         if params:
             await conn.execute(self._save_products, params)
 
-    async def product(self, conn: AsyncConnection, sku: str) -> Stored[Product] | None:
-        row = (await conn.execute(self._product, {"sku": sku})).first()
+    async def product(self, conn: AsyncConnection, merchant_id: str, sku: str) -> Stored[Product] | None:
+        row = (await conn.execute(self._product, {"merchant_id": merchant_id, "sku": sku})).first()
         return None if row is None else _stored(row, _product(row))
 
-    async def product_page(self, conn: AsyncConnection, after: str | None, limit: int) -> list[Stored[Product]]:
-        """Up to `limit` products ordered by sku, those after `after` (keyset paging)."""
+    async def product_page(
+        self, conn: AsyncConnection, merchant_id: str, after: str | None, limit: int
+    ) -> list[Stored[Product]]:
+        """Up to `limit` of the merchant's products ordered by sku, those after `after` (keyset paging)."""
         if after is None:
-            rows = await conn.execute(self._first_page, {"limit": limit})
+            rows = await conn.execute(self._first_page, {"merchant_id": merchant_id, "limit": limit})
         else:
-            rows = await conn.execute(self._page_after, {"after": after, "limit": limit})
+            rows = await conn.execute(
+                self._page_after, {"merchant_id": merchant_id, "after": after, "limit": limit}
+            )
         return [_stored(row, _product(row)) for row in rows]
 
     # Reservations -----------------------------------------------------------------------
 
-    async def lock_reservations(self, conn: AsyncConnection, order_ids: Collection[str]) -> dict[str, Reservation]:
-        """The reservations of `order_ids` that exist, locked until the transaction ends."""
-        if not order_ids:
+    async def lock_reservations(
+        self, conn: AsyncConnection, keys: Collection[ReservationKey]
+    ) -> dict[ReservationKey, Reservation]:
+        """The reservations of these (merchant_id, order_id) pairs that exist, locked until the transaction ends."""
+        if not keys:
             return {}
-        rows = await conn.execute(self._lock_reservations, {"order_ids": sorted(set(order_ids))})
-        return {row.order_id: _reservation(row) for row in rows}
+        rows = await conn.execute(self._lock_reservations, {"keys": sorted(set(keys))})
+        return {(row.merchant_id, row.order_id): _reservation(row) for row in rows}
 
     async def add_reservations(self, conn: AsyncConnection, reservations: Iterable[Reservation], now: datetime) -> None:
         rows = [
-            {"order_id": r.order_id, **_reservation_values(r), "create_time": now, "update_time": now}
+            {
+                "merchant_id": r.merchant_id,
+                "order_id": r.order_id,
+                **_reservation_values(r),
+                "create_time": now,
+                "update_time": now,
+            }
             for r in reservations
         ]
         if rows:
@@ -197,14 +245,19 @@ class InventoryRepository:
         self, conn: AsyncConnection, reservations: Iterable[Reservation], now: datetime
     ) -> None:
         params = [
-            {"b_order_id": r.order_id, **{f"b_{k}": v for k, v in _reservation_values(r).items()}, "b_update_time": now}
+            {
+                "b_merchant_id": r.merchant_id,
+                "b_order_id": r.order_id,
+                **{f"b_{k}": v for k, v in _reservation_values(r).items()},
+                "b_update_time": now,
+            }
             for r in reservations
         ]
         if params:
             await conn.execute(self._save_reservations, params)
 
-    async def reservation(self, conn: AsyncConnection, order_id: str) -> Stored[Reservation] | None:
-        row = (await conn.execute(self._reservation, {"order_id": order_id})).first()
+    async def reservation(self, conn: AsyncConnection, merchant_id: str, order_id: str) -> Stored[Reservation] | None:
+        row = (await conn.execute(self._reservation, {"merchant_id": merchant_id, "order_id": order_id})).first()
         return None if row is None else _stored(row, _reservation(row))
 
 
@@ -213,12 +266,13 @@ def _stored(row: Row[Any], value: T) -> Stored[T]:
 
 
 def _product(row: Row[Any]) -> Product:
-    return Product(row.sku, row.name, row.available, row.reserved, row.sold)
+    return Product(row.merchant_id, row.sku, row.name, row.available, row.reserved, row.sold)
 
 
 def _reservation(row: Row[Any]) -> Reservation:
     lines = tuple(Line(line["sku"], int(line["quantity"])) for line in row.lines)
     return Reservation(
+        merchant_id=row.merchant_id,
         order_id=row.order_id,
         status=ReservationStatus(row.status),
         lines=lines,

@@ -1,4 +1,5 @@
-"""OrderService over gRPC: each RPC validates, calls the domain in one transaction, answers the order."""
+"""OrderService over gRPC: each RPC validates, calls the domain in one transaction on the caller's own
+merchant's orders, answers the order."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from order_svc.domain import SETTLED, DomainError, InvalidTransition, NotCancell
 from order_svc.messages import order_to_proto, outbound, status_from_proto
 from order_svc.store import OrderRepository
 from order_svc.watch import OrderWatch
-from paymesh.chassis.auth import Scope, requires
+from paymesh.chassis.auth import Scope, current_principal, requires
 from paymesh.chassis.db import UnitOfWork
 from paymesh.chassis.errors import FailedPrecondition, NotFound, ServiceError, invalid_argument
 from paymesh.chassis.events import TRACEPARENT, child_traceparent
@@ -50,6 +51,7 @@ def refusal(exc: DomainError) -> ServiceError:
 
 
 def not_found(order_id: str) -> NotFound:
+    """An order id the caller's merchant has no order under: unknown, or another merchant's (the same answer)."""
     return NotFound(f"order {order_id} not found", reason="ORDER_NOT_FOUND", metadata={"order_id": order_id})
 
 
@@ -60,7 +62,10 @@ def traceparent_of(context: Context) -> str:
 
 
 class OrderApi(order_service_pb2_grpc.OrderServiceServicer):
-    """The OrderService RPCs; a write hands the order's new state to the watch hub once it commits."""
+    """The OrderService RPCs; a write hands the order's new state to the watch hub once it commits.
+
+    Each RPC acts for the merchant of the caller's key (`current_principal()`), never one named in a request.
+    """
 
     def __init__(self, runtime: Runtime, orders: OrderRepository, watch: OrderWatch) -> None:
         self.runtime = runtime
@@ -70,6 +75,7 @@ class OrderApi(order_service_pb2_grpc.OrderServiceServicer):
 
     @requires(Scope.ORDERS_WRITE)
     async def CreateOrder(self, request: pb.CreateOrderRequest, context: Context) -> pb.CreateOrderResponse:  # noqa: N802
+        merchant = current_principal().merchant_id
         lines = validate.create_order(request)
         trace = traceparent_of(context)
         timeout = timedelta(seconds=self.runtime.settings.saga_timeout_s)
@@ -77,6 +83,7 @@ class OrderApi(order_service_pb2_grpc.OrderServiceServicer):
         async def place(uow: UnitOfWork) -> pb.CreateOrderResponse:
             try:
                 order = Order.place(
+                    merchant_id=merchant,
                     customer_id=request.customer_id,
                     lines=lines,
                     currency=request.currency,
@@ -91,20 +98,23 @@ class OrderApi(order_service_pb2_grpc.OrderServiceServicer):
             return pb.CreateOrderResponse(order=order_to_proto(order))
 
         return await self.runtime.requests.run(
-            "OrderService.CreateOrder", request.request_id, request, pb.CreateOrderResponse, place
+            merchant, "OrderService.CreateOrder", request.request_id, request, pb.CreateOrderResponse, place
         )
 
     @requires(Scope.ORDERS_READ)
     async def GetOrder(self, request: pb.GetOrderRequest, context: Context) -> pb.GetOrderResponse:  # noqa: N802
+        merchant = current_principal().merchant_id
         order_id = validate.get_order(request)
-        return pb.GetOrderResponse(order=order_to_proto(await self._read(order_id)))
+        return pb.GetOrderResponse(order=order_to_proto(await self._read(merchant, order_id)))
 
     @requires(Scope.ORDERS_READ)
     async def ListOrders(self, request: pb.ListOrdersRequest, context: Context) -> pb.ListOrdersResponse:  # noqa: N802
+        merchant = current_principal().merchant_id
         query = validate.list_orders(request)
         async with self.runtime.db.read() as conn:
             page = await self.orders.page(
                 conn,
+                merchant,
                 status=query.status,
                 customer_id=query.customer_id,
                 after=query.after,
@@ -118,11 +128,13 @@ class OrderApi(order_service_pb2_grpc.OrderServiceServicer):
 
     @requires(Scope.ORDERS_WRITE)
     async def CancelOrder(self, request: pb.CancelOrderRequest, context: Context) -> pb.CancelOrderResponse:  # noqa: N802
+        merchant = current_principal().merchant_id
         validate.cancel_order(request)
         trace = traceparent_of(context)
+        key = (merchant, request.order_id)
 
         async def cancel(uow: UnitOfWork) -> pb.CancelOrderResponse:
-            order = (await self.orders.lock(uow.conn, [request.order_id])).get(request.order_id)
+            order = (await self.orders.lock(uow.conn, [key])).get(key)
             if order is None:
                 raise not_found(request.order_id)
             try:
@@ -136,7 +148,7 @@ class OrderApi(order_service_pb2_grpc.OrderServiceServicer):
             return pb.CancelOrderResponse(order=order_to_proto(order))
 
         return await self.runtime.requests.run(
-            "OrderService.CancelOrder", request.request_id, request, pb.CancelOrderResponse, cancel
+            merchant, "OrderService.CancelOrder", request.request_id, request, pb.CancelOrderResponse, cancel
         )
 
     @requires(Scope.ORDERS_READ)
@@ -146,12 +158,15 @@ class OrderApi(order_service_pb2_grpc.OrderServiceServicer):
         """The order now, then after each change, until it settles.
 
         Ends early when the client goes away (the stream is cancelled) or the service
-        begins to shut down (within one re-read period).
+        begins to shut down (within one re-read period). Another merchant's order id is NOT_FOUND at once,
+        as an unknown one: the hub delivers a state only to the order's own merchant's streams, and every
+        read is the merchant's.
         """
+        merchant = current_principal().merchant_id
         order_id = validate.watch_order(request)
         # Follow before the first read, so no commit falls between the two.
-        with self.watch.follow(order_id) as changes:
-            order = await self._read(order_id)
+        with self.watch.follow(merchant, order_id) as changes:
+            order = await self._read(merchant, order_id)
             yield pb.WatchOrderResponse(order=order_to_proto(order))
             version, status = order.version, order.status
             while status not in SETTLED and not self.runtime.stopping.is_set():
@@ -159,7 +174,7 @@ class OrderApi(order_service_pb2_grpc.OrderServiceServicer):
                     state = await asyncio.wait_for(changes.get(), self.watch_reread_s)
                     newer_version, newer = state.version, state.order
                 except TimeoutError:
-                    fresh = await self._read(order_id)
+                    fresh = await self._read(merchant, order_id)
                     newer_version, newer = fresh.version, order_to_proto(fresh)
                 if newer_version <= version:
                     continue  # already sent, or older than what was sent
@@ -167,9 +182,9 @@ class OrderApi(order_service_pb2_grpc.OrderServiceServicer):
                 version = newer_version
                 status = status_from_proto(newer.status) or status
 
-    async def _read(self, order_id: str) -> Order:
+    async def _read(self, merchant_id: str, order_id: str) -> Order:
         async with self.runtime.db.read() as conn:
-            order = await self.orders.get(conn, order_id)
+            order = await self.orders.get(conn, merchant_id, order_id)
         if order is None:
             raise not_found(order_id)
         return order

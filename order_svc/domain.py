@@ -102,6 +102,7 @@ def total_of(lines: tuple[Line, ...] | list[Line]) -> int:
 @dataclass
 class Order:
     order_id: str
+    merchant_id: str  # who placed it: every read and write of the order is the merchant's own
     customer_id: str
     lines: tuple[Line, ...]
     currency: str
@@ -123,6 +124,7 @@ class Order:
     def place(
         cls,
         *,
+        merchant_id: str,
         customer_id: str,
         lines: list[Line],
         currency: str,
@@ -131,8 +133,11 @@ class Order:
         timeout: timedelta,
         order_id: str | None = None,
     ) -> Order:
+        if not merchant_id:
+            raise ValueError("an order belongs to a merchant: merchant_id is required")
         order = cls(
             order_id=order_id or new_order_id(),
+            merchant_id=merchant_id,
             customer_id=customer_id,
             lines=tuple(lines),
             currency=currency,

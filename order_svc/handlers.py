@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from order_svc.domain import InvalidTransition, Order
 from order_svc.messages import outbound
-from order_svc.store import OrderRepository
+from order_svc.store import OrderKey, OrderRepository
 from order_svc.watch import OrderWatch, Snapshot
 from paymesh.chassis.consumer import ConsumerSpec
 from paymesh.chassis.db import UnitOfWork
@@ -51,6 +51,11 @@ def apply_answer(order: Order, event: InboundEvent, now: datetime) -> bool:
     return True
 
 
+def key_of(event: InboundEvent) -> OrderKey:
+    """The order an answer is about: its merchant's (legacy for an event from before merchants), by id."""
+    return event.merchant_id, event.order_id
+
+
 class SagaAnswers:
     """The batch handler of both consumers: one locked read, transitions in stream order, one write."""
 
@@ -60,16 +65,25 @@ class SagaAnswers:
         self.watch = watch
 
     async def apply(self, uow: UnitOfWork, events: list[InboundEvent]) -> None:
+        """Each event acts on the order it names of the merchant it names; one that names another
+        merchant's order finds none, as for an unknown order."""
         now = datetime.now(UTC)
-        orders = await self.orders.lock(uow.conn, (e.order_id for e in events))
-        changed: dict[str, Order] = {}
+        orders = await self.orders.lock(uow.conn, (key_of(e) for e in events))
+        changed: dict[OrderKey, Order] = {}
         outgoing: list[OutboundEvent] = []
         states: list[Snapshot | None] = []
         for event in events:
-            order = orders.get(event.order_id)
+            order = orders.get(key_of(event))
             if order is None:
-                # Answers follow order.placed, which commits after its order: not one of ours.
-                log.warning("%s %s for unknown order %r ignored", event.type, event.event_id, event.order_id)
+                # Answers follow order.placed, which commits after its order: not one of ours, or
+                # not of the merchant the event names.
+                log.warning(
+                    "%s %s for unknown order %r of merchant %r ignored",
+                    event.type,
+                    event.event_id,
+                    event.order_id,
+                    event.merchant_id,
+                )
                 continue
             try:
                 if not apply_answer(order, event, now):
@@ -77,7 +91,7 @@ class SagaAnswers:
             except InvalidTransition as exc:
                 log.info("%s %s ignored: %s", event.type, event.event_id, exc)
                 continue
-            changed[order.order_id] = order
+            changed[key_of(event)] = order
             trace = child_traceparent(event.traceparent)
             outgoing.extend(outbound(order, e, trace) for e in order.pull_events())
             states.append(self.watch.snapshot(order))

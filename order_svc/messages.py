@@ -34,6 +34,7 @@ def line_items(lines: tuple[Line, ...]) -> list[order_pb2.LineItem]:
 def order_to_proto(order: Order) -> order_pb2.Order:
     return order_pb2.Order(
         order_id=order.order_id,
+        merchant_id=order.merchant_id,
         customer_id=order.customer_id,
         items=line_items(order.lines),
         currency=order.currency,
@@ -48,7 +49,9 @@ def order_to_proto(order: Order) -> order_pb2.Order:
 
 
 def outbound(order: Order, event: Event, traceparent: str | None) -> OutboundEvent:
-    """The outbox row of a domain event; `traceparent` continues the trace of what caused it."""
+    """The outbox row of a domain event; `traceparent` continues the trace of what caused it.
+
+    Every event names the order's merchant (and so carries the Paymesh-Merchant header)."""
     now = to_timestamp(order.update_time)
     message: Message
     match event:
@@ -58,6 +61,7 @@ def outbound(order: Order, event: Event, traceparent: str | None) -> OutboundEve
                 event_id=new_event_id(),
                 order_id=order.order_id,
                 occurred_at=now,
+                merchant_id=order.merchant_id,
                 customer_id=order.customer_id,
                 items=line_items(order.lines),
                 currency=order.currency,
@@ -68,7 +72,11 @@ def outbound(order: Order, event: Event, traceparent: str | None) -> OutboundEve
         case Confirmed():
             name = "confirmed"
             message = events_pb2.OrderConfirmed(
-                event_id=new_event_id(), order_id=order.order_id, occurred_at=now, payment_id=event.payment_id
+                event_id=new_event_id(),
+                order_id=order.order_id,
+                occurred_at=now,
+                merchant_id=order.merchant_id,
+                payment_id=event.payment_id,
             )
         case Cancelled():
             name = "cancelled"
@@ -76,6 +84,7 @@ def outbound(order: Order, event: Event, traceparent: str | None) -> OutboundEve
                 event_id=new_event_id(),
                 order_id=order.order_id,
                 occurred_at=now,
+                merchant_id=order.merchant_id,
                 reason=event.reason,
                 timed_out=event.timed_out,
             )

@@ -1,4 +1,8 @@
-"""order_svc's tables and the repository that reads and writes orders. The chassis adds outbox and inbox."""
+"""order_svc's tables and the repository that reads and writes orders. The chassis adds outbox and inbox.
+
+Every order is one merchant's: each read and write names the merchant in its SQL, so another merchant's
+order is found exactly as a missing one is (not at all). Only the deadline sweeper reads across merchants.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.engine import Row
@@ -30,6 +35,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from order_svc.domain import OPEN, Line, Order, OrderStatus
 from paymesh.chassis.db import as_utc
+from paymesh.chassis.schema_steps import MERCHANT_ID_LENGTH
+
+# (merchant_id, order_id): how a batch names the orders it reads.
+OrderKey = tuple[str, str]
 
 
 def metadata() -> MetaData:
@@ -61,9 +70,19 @@ def orders_table(md: MetaData) -> Table:
         Column("payment_answered", Boolean, nullable=False, default=False),
         Column("refund_failed", Boolean, nullable=False, default=False),
         Column("version", Integer, nullable=False, default=1),
+        # Last, where the `merchants` revision added it.
+        Column("merchant_id", String(MERCHANT_ID_LENGTH), nullable=False),
     )
-    Index("ix_orders_newest", table.c.create_time, table.c.order_id)
-    Index("ix_orders_customer_newest", table.c.customer_id, table.c.create_time, table.c.order_id)
+    # ListOrders reads one merchant's orders, newest first, maybe of one customer.
+    Index("ix_orders_merchant_newest", table.c.merchant_id, table.c.create_time, table.c.order_id)
+    Index(
+        "ix_orders_merchant_customer_newest",
+        table.c.merchant_id,
+        table.c.customer_id,
+        table.c.create_time,
+        table.c.order_id,
+    )
+    # The deadline sweeper's, across every merchant.
     Index("ix_orders_status_deadline", table.c.status, table.c.deadline)
     return table
 
@@ -99,11 +118,11 @@ class OrderRepository:
         # Written with executemany: one statement for every order a batch changed.
         self._save = (
             update(t)
-            .where(t.c.order_id == bindparam("key_order_id"))
+            .where(t.c.merchant_id == bindparam("key_merchant_id"), t.c.order_id == bindparam("key_order_id"))
             .values({name: bindparam(name) for name in _MUTABLE})
         )
         self._insert = insert(t)
-        self._get = select(t).where(t.c.order_id == bindparam("order_id"))
+        self._get = select(t).where(t.c.merchant_id == bindparam("merchant_id"), t.c.order_id == bindparam("order_id"))
 
     async def add(self, conn: AsyncConnection, order: Order) -> None:
         row = {name: getattr(order, name) for name in _MUTABLE}
@@ -111,6 +130,7 @@ class OrderRepository:
             self._insert,
             {
                 "order_id": order.order_id,
+                "merchant_id": order.merchant_id,
                 "customer_id": order.customer_id,
                 "currency": order.currency,
                 "amount_minor": order.amount_minor,
@@ -123,26 +143,34 @@ class OrderRepository:
             },
         )
 
-    async def get(self, conn: AsyncConnection, order_id: str) -> Order | None:
-        rows = await conn.execute(self._get, {"order_id": order_id})
+    async def get(self, conn: AsyncConnection, merchant_id: str, order_id: str) -> Order | None:
+        """The merchant's order; None when there is none, or it is another merchant's."""
+        rows = await conn.execute(self._get, {"merchant_id": merchant_id, "order_id": order_id})
         row = rows.first()
         return None if row is None else _order(row)
 
-    async def lock(self, conn: AsyncConnection, order_ids: Iterable[str]) -> dict[str, Order]:
-        """The orders of a batch, read in one SELECT and locked until commit (PostgreSQL; SQLite has one writer).
+    async def lock(self, conn: AsyncConnection, keys: Iterable[OrderKey]) -> dict[OrderKey, Order]:
+        """The orders of a batch by (merchant_id, order_id), read in one SELECT and locked until commit
+        (PostgreSQL; SQLite has one writer). A key whose merchant does not own the order finds nothing.
 
         Locked in key order, so two batches sharing orders cannot deadlock.
         """
-        ids = sorted(set(order_ids))
-        if not ids:
+        pairs = sorted(set(keys))
+        if not pairs:
             return {}
-        rows = await conn.execute(
-            select(self.t).where(self.t.c.order_id.in_(ids)).order_by(self.t.c.order_id).with_for_update()
+        t = self.t
+        # The ids alone as well: SQLite scans the whole table for a row-value IN by itself, and searches the
+        # primary key for a plain one; the pairs then keep each merchant to its own orders.
+        query = select(t).where(
+            t.c.order_id.in_(sorted({order_id for _, order_id in pairs})),
+            tuple_(t.c.merchant_id, t.c.order_id).in_(pairs),
         )
-        return {row.order_id: _order(row) for row in rows}
+        rows = await conn.execute(query.order_by(t.c.order_id).with_for_update())
+        return {(row.merchant_id, row.order_id): _order(row) for row in rows}
 
     async def lock_overdue(self, conn: AsyncConnection, now: datetime, limit: int) -> list[Order]:
-        """Open orders past their deadline; rows another transaction holds are left for the next sweep."""
+        """Open orders past their deadline, of every merchant (the saga's clock is the system's); rows another
+        transaction holds are left for the next sweep."""
         t = self.t
         rows = await conn.execute(
             select(t)
@@ -154,10 +182,12 @@ class OrderRepository:
         return [_order(row) for row in rows]
 
     async def save(self, conn: AsyncConnection, orders: Iterable[Order]) -> None:
+        """Each order's new state, written where its own merchant and id match."""
         params: list[dict[str, Any]] = []
         for order in orders:
             values: dict[str, Any] = {name: getattr(order, name) for name in _MUTABLE}
             values["status"] = order.status.value
+            values["key_merchant_id"] = order.merchant_id
             values["key_order_id"] = order.order_id
             params.append(values)
         if params:
@@ -166,15 +196,16 @@ class OrderRepository:
     async def page(
         self,
         conn: AsyncConnection,
+        merchant_id: str,
         *,
         status: OrderStatus | None,
         customer_id: str,
         after: Cursor | None,
         limit: int,
     ) -> list[Order]:
-        """Newest first; `after` is the last order of the previous page."""
+        """The merchant's orders, newest first; `after` is the last order of the previous page."""
         t = self.t
-        query = select(t)
+        query = select(t).where(t.c.merchant_id == merchant_id)
         if status is not None:
             query = query.where(t.c.status == status.value)
         if customer_id:
@@ -194,6 +225,7 @@ def _order(row: Row[Any]) -> Order:
     """The domain object of a row of `orders`: no row leaves this module."""
     return Order(
         order_id=row.order_id,
+        merchant_id=row.merchant_id,
         customer_id=row.customer_id,
         lines=tuple(Line(sku, quantity, price) for sku, quantity, price in row.items),
         currency=row.currency,

@@ -21,6 +21,9 @@ SWEEP_BATCH = 500
 class DeadlineSweeper:
     """Every `interval_s`, times out every open order past its deadline, a batch per transaction.
 
+    It is the system, not a merchant: it sweeps every merchant's orders, and each order.cancelled it
+    publishes names that order's own merchant.
+
     Runs as one of the service's background loops (`Wiring.background`): started once
     the host has its schema and NATS, cancelled first at shutdown.
     """

@@ -1,4 +1,6 @@
-"""PaymentService over gRPC: each RPC validates, calls one operation, and maps domain errors in one place."""
+"""PaymentService over gRPC: each RPC validates, calls one operation, and maps domain errors in one place.
+Every RPC acts for the caller's merchant (its key's, never the request's): another merchant's payment is
+NOT_FOUND, exactly as one that does not exist."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from payment_svc.ledger import Ledger, utcnow
 from payment_svc.messages import payment_to_proto, step_to_proto
 from payment_svc.refunds import Refunder
 from payment_svc.store import PaymentRepository
-from paymesh.chassis.auth import Scope, requires
+from paymesh.chassis.auth import Scope, current_principal, requires
 from paymesh.chassis.errors import FailedPrecondition, NotFound, ServiceError, Unavailable
 from paymesh.chassis.service import Runtime
 from paymesh.chassis.validation import page_limit, split_page
@@ -59,19 +61,22 @@ class PaymentApi(payment_service_pb2_grpc.PaymentServiceServicer):
 
     @requires(Scope.PAYMENTS_READ)
     async def GetPayment(self, request: pb.GetPaymentRequest, context: Context) -> pb.GetPaymentResponse:  # noqa: N802
+        merchant = current_principal().merchant_id
         payment_id = validate.get_payment(request)
         async with self.runtime.db.read() as conn:
-            payment = await self.payments.get(conn, payment_id)
+            payment = await self.payments.get(conn, merchant, payment_id)
         if payment is None:
             raise not_found(payment_id)
         return pb.GetPaymentResponse(payment=payment_to_proto(payment))
 
     @requires(Scope.PAYMENTS_READ)
     async def ListPayments(self, request: pb.ListPaymentsRequest, context: Context) -> pb.ListPaymentsResponse:  # noqa: N802
+        merchant = current_principal().merchant_id
         query = validate.list_payments(request)
         async with self.runtime.db.read() as conn:
             page = await self.payments.page(
                 conn,
+                merchant,
                 order_id=query.order_id,
                 status=query.status,
                 after=query.after,
@@ -87,11 +92,14 @@ class PaymentApi(payment_service_pb2_grpc.PaymentServiceServicer):
     async def ListPaymentEvents(  # noqa: N802
         self, request: pb.ListPaymentEventsRequest, context: Context
     ) -> pb.ListPaymentEventsResponse:
+        merchant = current_principal().merchant_id
         query = validate.list_payment_events(request)
         async with self.runtime.db.read() as conn:
-            if await self.payments.get(conn, query.payment_id) is None:
+            if await self.payments.get(conn, merchant, query.payment_id) is None:
                 raise not_found(query.payment_id)
-            rows = await self.payments.trail(conn, query.payment_id, query.after, page_limit(query.page_size))
+            rows = await self.payments.trail(
+                conn, merchant, query.payment_id, query.after, page_limit(query.page_size)
+            )
         trail, last = split_page(rows, query.page_size)
         return pb.ListPaymentEventsResponse(
             events=[step_to_proto(e) for e in trail],
@@ -101,12 +109,13 @@ class PaymentApi(payment_service_pb2_grpc.PaymentServiceServicer):
     @requires(Scope.REFUNDS_WRITE)
     async def RefundPayment(self, request: pb.RefundPaymentRequest, context: Context) -> pb.RefundPaymentResponse:  # noqa: N802
         """Two-phase (AIP-155): REFUNDING and the request id committed, the gateway asked, the answer committed."""
+        merchant = current_principal().merchant_id
         refund = validate.refund_payment(request)
         async with self.runtime.db.unit_of_work() as uow:
-            stored = await self.runtime.requests.claim(uow, METHOD, refund.request_id, request)
+            stored = await self.runtime.requests.claim(uow, merchant, METHOD, refund.request_id, request)
             if stored is not None:
                 return pb.RefundPaymentResponse.FromString(stored)
-            payment = await self.payments.get(uow.conn, refund.payment_id, lock=True)
+            payment = await self.payments.get(uow.conn, merchant, refund.payment_id, lock=True)
             if payment is None:
                 raise not_found(refund.payment_id)
             try:
@@ -116,12 +125,12 @@ class PaymentApi(payment_service_pb2_grpc.PaymentServiceServicer):
             # Not handed to the background: this call asks the gateway itself, right after the commit.
             await self.ledger.record(uow, [payment], [], utcnow(), hand_over=False)
             await uow.commit()
-        result = await self.refunder.attempt(refund.payment_id)
+        result = await self.refunder.attempt(merchant, refund.payment_id)
         if result.answered:
-            response = result.response if result.response is not None else await self._replay(request)
+            response = result.response if result.response is not None else await self._replay(merchant, request)
             if response is not None:
                 return response
-        self.refunder.kick(refund.payment_id)
+        self.refunder.kick(merchant, refund.payment_id)
         raise Unavailable(
             "the gateway did not answer; the refund is being retried: "
             "ask again with the same request_id for its result",
@@ -129,9 +138,9 @@ class PaymentApi(payment_service_pb2_grpc.PaymentServiceServicer):
             metadata={"payment_id": refund.payment_id, "request_id": refund.request_id},
         )
 
-    async def _replay(self, request: pb.RefundPaymentRequest) -> pb.RefundPaymentResponse | None:
-        """The answer a concurrent attempt recorded for this request, read from the request log
+    async def _replay(self, merchant: str, request: pb.RefundPaymentRequest) -> pb.RefundPaymentResponse | None:
+        """The answer a concurrent attempt recorded for this merchant's request, read from the request log
         (None while it has none)."""
         async with self.runtime.db.read() as conn:
-            stored = await self.runtime.requests.replay(conn, METHOD, request.request_id, request)
+            stored = await self.runtime.requests.replay(conn, merchant, METHOD, request.request_id, request)
         return None if stored is None else pb.RefundPaymentResponse.FromString(stored)

@@ -69,6 +69,7 @@ GIVE_UP_GRACE = timedelta(seconds=5)
 # The saga events a payment causes; handlers turn them into protobuf messages.
 @dataclass(frozen=True)
 class Succeeded:
+    merchant_id: str
     payment_id: str
     order_id: str
     charge_id: str
@@ -78,6 +79,7 @@ class Succeeded:
 
 @dataclass(frozen=True)
 class Failed:
+    merchant_id: str
     payment_id: str
     order_id: str
     failure_code: str
@@ -86,6 +88,7 @@ class Failed:
 
 @dataclass(frozen=True)
 class Refunded:
+    merchant_id: str
     payment_id: str
     order_id: str
     amount_minor: int
@@ -97,12 +100,14 @@ class Refunded:
 
 @dataclass(frozen=True)
 class Voided:
+    merchant_id: str
     payment_id: str  # empty for a tombstone: order.placed was never seen
     order_id: str
 
 
 @dataclass(frozen=True)
 class RefundFailed:
+    merchant_id: str
     payment_id: str
     order_id: str
     failure_code: str
@@ -117,6 +122,7 @@ DomainEvent = Succeeded | Failed | Refunded | Voided | RefundFailed
 class RefundRequest:
     """A refund asked of the gateway: its amount and the idempotency key every retry reuses."""
 
+    merchant_id: str
     refund_id: str
     payment_id: str
     amount_minor: int
@@ -142,6 +148,7 @@ class AuditEntry:
 
     sequence: int  # across all payments: the order steps were written in
     position: int  # 1-based, in this payment's trail
+    merchant_id: str
     payment_id: str
     order_id: str
     type: str
@@ -154,6 +161,7 @@ class AuditEntry:
 
 @dataclass
 class Payment:
+    merchant_id: str  # the merchant whose order this pays; every read and write is by it
     payment_id: str
     order_id: str
     amount_minor: int
@@ -197,6 +205,7 @@ class Payment:
     @classmethod
     def place(
         cls,
+        merchant_id: str,
         payment_id: str,
         order_id: str,
         amount_minor: int,
@@ -205,18 +214,20 @@ class Payment:
         deadline: datetime,
         now: datetime,
     ) -> Payment:
-        payment = cls(payment_id, order_id, amount_minor, currency, token, deadline, now, now, is_new=True)
+        payment = cls(merchant_id, payment_id, order_id, amount_minor, currency, token, deadline, now, now,
+                      is_new=True)
         payment._record(Step("created", None, Status.PENDING, amount_minor, f"from order.placed of {order_id}"))
         return payment
 
     @classmethod
-    def tombstone(cls, payment_id: str, order_id: str, now: datetime) -> Payment:
+    def tombstone(cls, merchant_id: str, payment_id: str, order_id: str, now: datetime) -> Payment:
         """order.cancelled before order.placed: a VOIDED row, so a late order.placed is ignored."""
         payment = cls(
-            payment_id, order_id, 0, "", "", now, now, now, status=Status.VOIDED, cancel_requested=True, is_new=True
+            merchant_id, payment_id, order_id, 0, "", "", now, now, now, status=Status.VOIDED, cancel_requested=True,
+            is_new=True,
         )
         payment._record(Step("voided", None, Status.VOIDED, 0, "order cancelled before order.placed was seen"))
-        payment.events.append(Voided("", order_id))
+        payment.events.append(Voided(merchant_id, "", order_id))
         return payment
 
     # -- the charge -----------------------------------------------------------------
@@ -242,7 +253,9 @@ class Payment:
         self.charge_id = charge_id
         self.charge_calls_open = 0
         self._move(Status.SUCCEEDED, "charge_succeeded", self.amount_minor, f"charge {charge_id}")
-        self.events.append(Succeeded(self.payment_id, self.order_id, charge_id, self.amount_minor, self.currency))
+        self.events.append(
+            Succeeded(self.merchant_id, self.payment_id, self.order_id, charge_id, self.amount_minor, self.currency)
+        )
         if self.cancel_requested:
             self._refund(0, "order cancelled while the charge was in flight")
 
@@ -251,11 +264,11 @@ class Payment:
         self.charge_calls_open = 0
         if self.cancel_requested:
             self._move(Status.VOIDED, "voided", 0, f"declined ({code}) after the order was cancelled")
-            self.events.append(Voided(self.payment_id, self.order_id))
+            self.events.append(Voided(self.merchant_id, self.payment_id, self.order_id))
             return
         self.failure_code = code
         self._move(Status.FAILED, "charge_declined", self.amount_minor, f"{code}: {reason}")
-        self.events.append(Failed(self.payment_id, self.order_id, code, reason))
+        self.events.append(Failed(self.merchant_id, self.payment_id, self.order_id, code, reason))
 
     def can_give_up(self, now: datetime) -> bool:
         return self.status is Status.PROCESSING and now >= self.deadline + GIVE_UP_GRACE and not self.may_have_charged
@@ -269,12 +282,12 @@ class Payment:
             raise ChargeMayHaveHappened(f"payment {self.payment_id}: an attempt may have charged; keep asking")
         if self.cancel_requested:
             self._move(Status.VOIDED, "voided", 0, "gateway unreachable; the order was cancelled")
-            self.events.append(Voided(self.payment_id, self.order_id))
+            self.events.append(Voided(self.merchant_id, self.payment_id, self.order_id))
             return
         reason = "the gateway could not be reached before the saga deadline"
         self.failure_code = GATEWAY_UNAVAILABLE
         self._move(Status.FAILED, "charge_failed", 0, reason)
-        self.events.append(Failed(self.payment_id, self.order_id, GATEWAY_UNAVAILABLE, reason))
+        self.events.append(Failed(self.merchant_id, self.payment_id, self.order_id, GATEWAY_UNAVAILABLE, reason))
 
     # -- cancel ---------------------------------------------------------------------
 
@@ -284,7 +297,7 @@ class Payment:
         status = self.status
         if status is Status.PENDING:
             self._move(Status.VOIDED, "voided", 0, f"order cancelled before the charge: {reason}")
-            self.events.append(Voided(self.payment_id, self.order_id))
+            self.events.append(Voided(self.merchant_id, self.payment_id, self.order_id))
         elif status in (Status.PROCESSING, Status.REFUNDING):
             if not was_requested:
                 self._record(Step("cancel_requested", status, status, 0, f"answered when the gateway does: {reason}"))
@@ -299,14 +312,18 @@ class Payment:
         status = self.status
         self._record(Step("cancel_answered", status, status, 0, reason))
         if status in (Status.VOIDED, Status.FAILED):
-            self.events.append(Voided(self.payment_id, self.order_id))
+            self.events.append(Voided(self.merchant_id, self.payment_id, self.order_id))
         elif status is Status.REFUNDED:
             self.events.append(
-                Refunded(self.payment_id, self.order_id, 0, "", self.currency, self.refunded_minor, True)
+                Refunded(
+                    self.merchant_id, self.payment_id, self.order_id, 0, "", self.currency, self.refunded_minor, True
+                )
             )
         elif status is Status.REFUND_FAILED:
             self.events.append(
-                RefundFailed(self.payment_id, self.order_id, self.failure_code, "refund failed earlier", True)
+                RefundFailed(
+                    self.merchant_id, self.payment_id, self.order_id, self.failure_code, "refund failed earlier", True
+                )
             )
 
     # -- refunds --------------------------------------------------------------------
@@ -324,9 +341,13 @@ class Payment:
         if amount > left or amount == 0:
             raise RefundExceedsBalance(self.payment_id, amount_minor, left)
         self.refund_seq += 1
-        key = request_id or f"refund:{self.payment_id}:{self.refund_seq}"
+        # Never the client's request_id: request ids are unique per merchant only, while the gateway's
+        # idempotency keys are one namespace (the platform's), so two merchants' ids could meet there.
+        # The payment id is unique across merchants and refund_seq within the payment; a retry of the
+        # same request is stopped by the request log before it gets here.
+        key = f"refund:{self.payment_id}:{self.refund_seq}"
         refund_id = f"re_{self.payment_id}_{self.refund_seq}"
-        refund = RefundRequest(refund_id, self.payment_id, amount, key, reason, request_id)
+        refund = RefundRequest(self.merchant_id, refund_id, self.payment_id, amount, key, reason, request_id)
         self._move(Status.REFUNDING, "refund_requested", amount, f"{reason} (key {key})")
         self.new_refunds.append(refund)
         return refund
@@ -344,8 +365,8 @@ class Payment:
         answers_cancel = self.cancel_requested and to is Status.REFUNDED
         self.events.append(
             Refunded(
-                self.payment_id, self.order_id, refund.amount_minor, gateway_refund_id, self.currency, refunded,
-                answers_cancel,
+                self.merchant_id, self.payment_id, self.order_id, refund.amount_minor, gateway_refund_id,
+                self.currency, refunded, answers_cancel,
             )
         )
         if self.cancel_requested and to is Status.PARTIALLY_REFUNDED:
@@ -355,7 +376,9 @@ class Payment:
         self._require({Status.REFUNDING}, "record a refused refund")
         self.failure_code = code
         self._move(Status.REFUND_FAILED, "refund_failed", refund.amount_minor, f"{code}: {reason}")
-        self.events.append(RefundFailed(self.payment_id, self.order_id, code, reason, self.cancel_requested))
+        self.events.append(
+            RefundFailed(self.merchant_id, self.payment_id, self.order_id, code, reason, self.cancel_requested)
+        )
 
     # -- bookkeeping ------------------------------------------------------------------
 

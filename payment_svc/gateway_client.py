@@ -1,5 +1,5 @@
-"""The client of the payment gateway: deadlines, in-process retries of transient codes, a circuit breaker,
-and answers reduced to what the saga needs to know."""
+"""The client of the payment gateway: the platform's key on every call, deadlines, in-process retries of
+transient codes, a circuit breaker, and answers reduced to what the saga needs to know."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from paymesh.chassis.auth.bearer import bearer
+from paymesh.chassis.auth.keys import ApiKey
 from paymesh.chassis.backoff import Backoff
 from paymesh.gateway.v1 import gateway_pb2, gateway_service_pb2, gateway_service_pb2_grpc
 
@@ -26,7 +28,7 @@ Resp = TypeVar("Resp", bound=Message)
 RETRYABLE_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"})
 # Refused before anything happened: the call certainly did not charge.
 UNREACHED_CODES = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED"})
-# The gateway answered and refused: final, nothing happened, never retried.
+# The gateway answered and refused this request: final, nothing happened, never retried.
 REFUSED_CODES = frozenset(
     {
         "INVALID_ARGUMENT",
@@ -34,11 +36,15 @@ REFUSED_CODES = frozenset(
         "ALREADY_EXISTS",
         "NOT_FOUND",
         "OUT_OF_RANGE",
-        "PERMISSION_DENIED",
-        "UNAUTHENTICATED",
         "UNIMPLEMENTED",
     }
 )
+# The gateway refused payment_svc itself (the platform key is wrong, expired, revoked or lacks a scope):
+# nothing happened, as for a refusal, but it says nothing of the payment. Not a decline (a FAILED payment
+# for our own misconfiguration), and not retried in-process (a key is not fixed in milliseconds): the call
+# is unanswered and never reached its work, so the payment waits and is asked again with backoff, as when
+# the gateway is down, until an operator fixes the key.
+AUTH_CODES = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED"})
 
 
 def is_retryable(code: str) -> bool:
@@ -49,9 +55,13 @@ def is_refusal(code: str) -> bool:
     return code in REFUSED_CODES
 
 
+def is_auth_failure(code: str) -> bool:
+    return code in AUTH_CODES
+
+
 def may_have_reached(code: str) -> bool:
     """Whether a call that failed with `code` (a gRPC status code's name) may have done its work (e.g. charged)."""
-    return code not in UNREACHED_CODES and code not in REFUSED_CODES
+    return code not in UNREACHED_CODES and code not in REFUSED_CODES and code not in AUTH_CODES
 
 
 @dataclass(frozen=True)
@@ -98,11 +108,13 @@ class GatewayPolicy:
 
 
 class GatewayClient:
-    """Charge and Refund through one channel and one circuit breaker."""
+    """Charge and Refund through one channel and one circuit breaker, as the platform (its own key, not a
+    merchant's): each charge names the merchant it is made for."""
 
-    def __init__(self, addr: str, policy: GatewayPolicy) -> None:
+    def __init__(self, addr: str, policy: GatewayPolicy, api_key: ApiKey) -> None:
         self.addr = addr
         self.policy = policy
+        self._api_key = api_key
         self.breaker = pybreaker.CircuitBreaker(
             fail_max=policy.breaker_fail_max,
             reset_timeout=policy.breaker_reset_s,
@@ -122,6 +134,7 @@ class GatewayClient:
                 ("grpc.min_reconnect_backoff_ms", 100),
                 ("grpc.max_reconnect_backoff_ms", 1000),
             ],
+            interceptors=bearer(self._api_key),
         )
         self._stub = gateway_service_pb2_grpc.GatewayServiceStub(self._channel)
 
@@ -130,7 +143,7 @@ class GatewayClient:
             await self._channel.close(None)
 
     async def charge(
-        self, key: str, amount_minor: int, currency: str, token: str, order_id: str
+        self, key: str, amount_minor: int, currency: str, token: str, order_id: str, *, merchant_id: str
     ) -> Outcome:
         assert self._stub is not None, "GatewayClient.start() opens the channel first"
         request = gateway_service_pb2.ChargeRequest(
@@ -140,6 +153,7 @@ class GatewayClient:
             payment_method_token=token,
             order_id=order_id,
             description=f"order {order_id}",
+            merchant_id=merchant_id,
         )
         reply = await self._call(self._stub.Charge, request)
         if isinstance(reply, Outcome):
@@ -151,6 +165,8 @@ class GatewayClient:
         return Outcome(Kind.APPROVED, charge.charge_id, detail=f"charge {charge.charge_id}")
 
     async def refund(self, key: str, charge_id: str, amount_minor: int, reason: str) -> Outcome:
+        """The refund of one of our charges; the gateway tags it with that charge's merchant (RefundRequest
+        has no merchant of its own)."""
         assert self._stub is not None, "GatewayClient.start() opens the channel first"
         request = gateway_service_pb2.RefundRequest(
             idempotency_key=key, charge_id=charge_id, amount_minor=amount_minor, reason=reason
@@ -198,6 +214,17 @@ class GatewayClient:
                 code = err.code().name
                 if is_refusal(code):  # the gateway is up and said no, for good
                     return Outcome(Kind.DECLINED, code=_refusal_code(err), detail=f"refused: {err.details()}")
+                if is_auth_failure(code):
+                    # An operator's problem, and the same for every call: said loudly, never in-process retried.
+                    log.error(
+                        "the gateway at %s refused payment_svc's platform key (%s %s): check "
+                        "PAYMENT_SVC_GATEWAY_API_KEY against the key the gateway accepts; payments wait and are "
+                        "asked again later",
+                        self.addr, code, _refusal_code(err),
+                    )
+                    # An earlier attempt of this sequence that may have charged still may have.
+                    kind = Kind.UNKNOWN if reached else Kind.UNAVAILABLE
+                    return Outcome(kind, detail=f"attempt {attempt}: platform key refused: {code} {err.details()}")
                 reached = reached or may_have_reached(code)
                 last = f"attempt {attempt}: {code} {err.details()}"
                 if not is_retryable(code):

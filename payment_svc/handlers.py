@@ -11,7 +11,7 @@ from payment_svc.domain import InvalidTransition, Payment, Status
 from payment_svc.gateway_client import GatewayClient, Kind, Outcome
 from payment_svc.ledger import Ledger, utcnow
 from payment_svc.messages import outbound
-from payment_svc.store import PaymentRepository
+from payment_svc.store import OrderKey, PaymentRepository
 from paymesh.chassis.backoff import Backoff
 from paymesh.chassis.consumer import ConsumerSpec, RetryLater
 from paymesh.chassis.db import UnitOfWork
@@ -27,6 +27,12 @@ CHARGE = "charge"  # key of a prepared gateway outcome in InboundEvent.context
 
 def new_payment_id() -> str:
     return f"pay_{uuid.uuid4().hex}"
+
+
+def order_key(event: InboundEvent) -> OrderKey:
+    """How an event names its payment: the order, under the event's merchant. Another merchant's event
+    naming the same order id finds nothing, as an event for an unknown order."""
+    return event.merchant_id, event.order_id
 
 
 class SagaHandlers:
@@ -78,33 +84,36 @@ class SagaHandlers:
 
     async def apply_order_events(self, uow: UnitOfWork, events: list[InboundEvent]) -> None:
         now = utcnow()
-        payments = await self.repository.by_orders(uow.conn, (e.order_id for e in events))
+        payments = await self.repository.by_orders(uow.conn, (order_key(e) for e in events))
         out: list[OutboundEvent] = []
         for event in events:
-            payment = payments.get(event.order_id)
+            key = order_key(event)
+            payment = payments.get(key)
             match event.message:
                 case order_events.OrderPlaced() as placed:
                     if payment is not None:
-                        log.info("order.placed for %s: payment exists (%s); ignored", event.order_id, payment.status)
+                        log.info("order.placed for %s of %s: payment exists (%s); ignored", event.order_id,
+                                 event.merchant_id, payment.status)
                         continue
-                    payment = self._place(placed, now)
+                    payment = self._place(event.merchant_id, placed, now)
                 case order_events.OrderCancelled() as cancelled:
                     if payment is None:
-                        payment = Payment.tombstone(new_payment_id(), event.order_id, now)
+                        payment = Payment.tombstone(event.merchant_id, new_payment_id(), event.order_id, now)
                     else:
                         payment.cancel(cancelled.reason or ("saga timed out" if cancelled.timed_out else "cancelled"))
                 case _:
                     raise TypeError(f"payment_svc-order does not consume {type(event.message).__name__}")
-            payments[event.order_id] = payment
+            payments[key] = payment
             out.extend(outbound(e, event.traceparent) for e in payment.pull_events())
         await self.ledger.record(uow, payments.values(), out, now)
 
-    def _place(self, placed: order_events.OrderPlaced, now: datetime) -> Payment:
+    def _place(self, merchant_id: str, placed: order_events.OrderPlaced, now: datetime) -> Payment:
         if placed.HasField("deadline"):
             deadline = placed.deadline.ToDatetime(tzinfo=UTC)
         else:
             deadline = now + timedelta(seconds=self.runtime.settings.saga_timeout_s)
         return Payment.place(
+            merchant_id,
             new_payment_id(),
             placed.order_id,
             placed.amount_minor,
@@ -121,13 +130,13 @@ class SagaHandlers:
         todo = [e for e in events if CHARGE not in e.context]
         if not todo:
             return  # outcomes kept from an earlier try of this same delivery
-        calls: dict[str, Payment] = {}
+        calls: dict[OrderKey, Payment] = {}
         async with self.runtime.db.unit_of_work() as uow:
-            payments = await self.repository.by_orders(uow.conn, (e.order_id for e in todo))
-            for payment in payments.values():
+            payments = await self.repository.by_orders(uow.conn, (order_key(e) for e in todo))
+            for key, payment in payments.items():
                 if payment.status in (Status.PENDING, Status.PROCESSING):
                     payment.start_charge()
-                    calls[payment.order_id] = payment
+                    calls[key] = payment
             await self.ledger.record(uow, calls.values(), [], utcnow())
             await uow.commit()
         if not calls:
@@ -138,23 +147,23 @@ class SagaHandlers:
         async def call(p: Payment) -> Outcome:
             async with limit:
                 return await self.gateway.charge(p.idempotency_key, p.amount_minor, p.currency,
-                                                 p.payment_method_token, p.order_id)
+                                                 p.payment_method_token, p.order_id, merchant_id=p.merchant_id)
 
         results = await asyncio.gather(*(call(p) for p in calls.values()))
         outcomes = dict(zip(calls, results, strict=True))
         for event in todo:
-            if event.order_id in outcomes:
-                event.context[CHARGE] = outcomes[event.order_id]
-        unresolved = {oid: o for oid, o in outcomes.items() if not o.resolved}
+            if order_key(event) in outcomes:
+                event.context[CHARGE] = outcomes[order_key(event)]
+        unresolved = {key: o for key, o in outcomes.items() if not o.resolved}
         if unresolved:
             await self._close_unresolved(unresolved)
 
-    async def _close_unresolved(self, outcomes: dict[str, Outcome]) -> None:
+    async def _close_unresolved(self, outcomes: dict[OrderKey, Outcome]) -> None:
         """Committed on its own: the handler's transaction is rolled back when it asks for redelivery."""
         async with self.runtime.db.unit_of_work() as uow:
             payments = await self.repository.by_orders(uow.conn, outcomes)
-            for order_id, payment in payments.items():
-                outcome = outcomes[order_id]
+            for key, payment in payments.items():
+                outcome = outcomes[key]
                 try:
                     payment.charge_unresolved(outcome.may_have_reached, outcome.detail)
                 except InvalidTransition:
@@ -165,16 +174,17 @@ class SagaHandlers:
     async def apply_reservations(self, uow: UnitOfWork, events: list[InboundEvent]) -> None:
         """Records the prepared outcomes: SUCCEEDED, FAILED (declined, or given up), or redelivery later."""
         now = utcnow()
-        payments = await self.repository.by_orders(uow.conn, (e.order_id for e in events))
+        payments = await self.repository.by_orders(uow.conn, (order_key(e) for e in events))
         out: list[OutboundEvent] = []
         for event in events:
-            payment = payments.get(event.order_id)
+            payment = payments.get(order_key(event))
             if payment is None:
-                raise RetryLater(f"no payment for {event.order_id} yet (order.placed not seen)",
+                raise RetryLater(f"no payment for {event.order_id} of {event.merchant_id} yet (order.placed not seen)",
                                  self.redelivery.delay(event.num_delivered))
             outcome: Outcome | None = event.context.get(CHARGE)
             if payment.status not in (Status.PENDING, Status.PROCESSING):
-                log.info("inventory.reserved for %s: payment is %s; ignored", event.order_id, payment.status)
+                log.info("inventory.reserved for %s of %s: payment is %s; ignored", event.order_id,
+                         event.merchant_id, payment.status)
                 continue
             if outcome is None:
                 raise RetryLater(f"payment of {event.order_id} became chargeable meanwhile",

@@ -23,7 +23,8 @@ class Ledger:
     def __init__(self, runtime: Runtime, repository: PaymentRepository) -> None:
         self.runtime = runtime
         self.repository = repository
-        self.on_refund_requested: Callable[[str], None] = lambda payment_id: None
+        # Called with (merchant_id, payment_id).
+        self.on_refund_requested: Callable[[str, str], None] = lambda merchant_id, payment_id: None
 
     async def record(
         self,
@@ -35,12 +36,12 @@ class Ledger:
         hand_over: bool = True,
     ) -> None:
         payments = [p for p in payments if p.is_new or p.changed]
-        refunding = [p.payment_id for p in payments if p.new_refunds]
+        refunding = [(p.merchant_id, p.payment_id) for p in payments if p.new_refunds]
         await self.repository.save(uow.conn, payments, now)
         await self.runtime.publish(uow, events)
         if refunding and hand_over:
             uow.after_commit(lambda: self._hand_over(refunding))
 
-    def _hand_over(self, payment_ids: list[str]) -> None:
-        for payment_id in payment_ids:
-            self.on_refund_requested(payment_id)
+    def _hand_over(self, payments: list[tuple[str, str]]) -> None:
+        for merchant_id, payment_id in payments:
+            self.on_refund_requested(merchant_id, payment_id)

@@ -22,11 +22,15 @@ class _Common(TypedDict):
     event_id: str
     order_id: str
     occurred_at: Timestamp
+    merchant_id: str
 
 
 def outbound(event: domain.DomainEvent, cause_traceparent: str | None) -> OutboundEvent:
-    """The event as it goes on the PAYMENT stream, in the trace of the event or call that caused it."""
-    common = _Common(event_id=new_event_id(), order_id=event.order_id, occurred_at=now_timestamp())
+    """The event as it goes on the PAYMENT stream, in the trace of the event or call that caused it; its
+    merchant in the payload and (OutboundEvent.of) the Paymesh-Merchant header."""
+    common = _Common(
+        event_id=new_event_id(), order_id=event.order_id, occurred_at=now_timestamp(), merchant_id=event.merchant_id
+    )
     message: Message
     match event:
         case domain.Succeeded():
@@ -106,6 +110,7 @@ def payment_to_proto(p: Payment) -> payment_pb2.Payment:
         cancel_requested=p.cancel_requested,
         charge_outcome_unknown=p.charge_outcome_unknown,
         deadline=to_timestamp(p.deadline),
+        merchant_id=p.merchant_id,
     )
 
 
@@ -120,6 +125,7 @@ def step_to_proto(entry: AuditEntry) -> payment_pb2.PaymentEvent:
         create_time=to_timestamp(entry.create_time),
         order_id=entry.order_id,
         amount_minor=entry.amount_minor,
+        merchant_id=entry.merchant_id,
     )
 
 

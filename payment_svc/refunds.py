@@ -51,7 +51,7 @@ class Refunder:
         self.backoff = backoff
         self.scan_interval_s = scan_interval_s
         self.refund_timeout = timedelta(seconds=refund_timeout_s)
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}  # by (merchant_id, payment_id)
         self._stop = asyncio.Event()
 
     async def scan(self) -> None:
@@ -67,38 +67,40 @@ class Refunder:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    def kick(self, payment_id: str) -> None:
+    def kick(self, merchant_id: str, payment_id: str) -> None:
         """Work on this payment's pending refund in the background, unless already doing so."""
-        if self._stop.is_set() or payment_id in self._tasks:
+        key = (merchant_id, payment_id)
+        if self._stop.is_set() or key in self._tasks:
             return
-        task = asyncio.create_task(self._until_done(payment_id), name=f"refund-{payment_id}")
-        self._tasks[payment_id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(payment_id, None))
+        task = asyncio.create_task(self._until_done(merchant_id, payment_id), name=f"refund-{payment_id}")
+        self._tasks[key] = task
+        task.add_done_callback(lambda _: self._tasks.pop(key, None))
 
     async def _resume_refunding(self) -> None:
+        """Every merchant's REFUNDING payments: the scan is the platform's, not a caller's."""
         async with self.runtime.db.read() as conn:
-            for payment_id in await self.repository.refunding(conn):
-                self.kick(payment_id)
+            for merchant_id, payment_id in await self.repository.refunding(conn):
+                self.kick(merchant_id, payment_id)
 
-    async def _until_done(self, payment_id: str) -> None:
+    async def _until_done(self, merchant_id: str, payment_id: str) -> None:
         failures = 0
         while not self._stop.is_set():
             try:
-                result = await self.attempt(payment_id)
+                result = await self.attempt(merchant_id, payment_id)
                 if result.idle:
                     return
                 if result.answered:
                     continue  # a cancel may have asked for the rest: look again at once
             except Exception:
-                log.exception("refund of %s failed; retrying", payment_id)
+                log.exception("refund of %s (merchant %s) failed; retrying", payment_id, merchant_id)
             failures += 1
             await pause(self.backoff.delay(failures), self._stop)
 
-    async def attempt(self, payment_id: str) -> Attempt:
-        """Ask the gateway once (with its in-process retries) for the payment's pending refund."""
+    async def attempt(self, merchant_id: str, payment_id: str) -> Attempt:
+        """Ask the gateway once (with its in-process retries) for the merchant's payment's pending refund."""
         async with self.runtime.db.read() as conn:
-            payment = await self.repository.get(conn, payment_id)
-            refund = await self.repository.pending_refund(conn, payment_id)
+            payment = await self.repository.get(conn, merchant_id, payment_id)
+            refund = await self.repository.pending_refund(conn, merchant_id, payment_id)
         if payment is None or payment.status is not Status.REFUNDING or refund is None:
             return Attempt(idle=True)
         r = refund.request
@@ -111,9 +113,10 @@ class Refunder:
             return Attempt(answered=True, response=await self.record(refund, gave_up))
         if outcome.may_have_reached and not refund.outcome_unknown:
             async with self.runtime.db.unit_of_work() as uow:
-                await self.repository.mark_refund_unknown(uow.conn, r.refund_id, now)
+                await self.repository.mark_refund_unknown(uow.conn, r.merchant_id, r.refund_id, now)
                 await uow.commit()
-        log.warning("refund %s of %s unanswered (%s); retrying later", r.refund_id, payment_id, outcome.detail)
+        log.warning("refund %s of %s (merchant %s) unanswered (%s); retrying later", r.refund_id, payment_id,
+                    merchant_id, outcome.detail)
         return Attempt()
 
     async def record(self, refund: Refund, outcome: Outcome) -> payment_service_pb2.RefundPaymentResponse | None:
@@ -122,8 +125,8 @@ class Refunder:
         r = refund.request
         now = utcnow()
         async with self.runtime.db.unit_of_work() as uow:
-            payment = await self.repository.get(uow.conn, r.payment_id, lock=True)
-            current = await self.repository.pending_refund(uow.conn, r.payment_id, lock=True)
+            payment = await self.repository.get(uow.conn, r.merchant_id, r.payment_id, lock=True)
+            current = await self.repository.pending_refund(uow.conn, r.merchant_id, r.payment_id, lock=True)
             if payment is None or current is None or current.request.refund_id != r.refund_id:
                 return None
             try:
@@ -137,10 +140,11 @@ class Refunder:
             await self.ledger.record(uow, [payment], events, now)
             approved = outcome.kind is Kind.APPROVED
             await self.repository.finish_refund(
-                uow.conn, r.refund_id, "SUCCEEDED" if approved else "FAILED", outcome.id, outcome.code, now
+                uow.conn, r.merchant_id, r.refund_id, "SUCCEEDED" if approved else "FAILED", outcome.id, outcome.code,
+                now,
             )
             response = refund_response(payment, outcome.id if approved else "", r.amount_minor if approved else 0)
             if r.request_id:
-                await self.runtime.requests.complete(uow, r.request_id, response)
+                await self.runtime.requests.complete(uow, r.merchant_id, r.request_id, response)
             await uow.commit()
         return response

@@ -12,12 +12,15 @@ from payment_svc.handlers import SagaHandlers
 from payment_svc.ledger import Ledger
 from payment_svc.refunds import Refunder
 from payment_svc.store import PaymentRepository, metadata
+from paymesh.chassis.auth.keys import ApiKey
 from paymesh.chassis.backoff import Backoff
+from paymesh.chassis.config import ConfigError
 from paymesh.chassis.service import GrpcService, Runtime, Wiring
 from paymesh.chassis.spec import ServiceSpec
 from paymesh.payment.v1 import payment_service_pb2_grpc
 
 SERVICE_NAME = "paymesh.payment.v1.PaymentService"
+GATEWAY_API_KEY_ENV = "PAYMENT_SVC_GATEWAY_API_KEY"
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,9 @@ class PaymentSettings:
 
     # The payment gateway: PAYMENT_SVC_GATEWAY_ADDR, else where gateway_mock listens by default.
     gateway_addr: str
+    # The platform's own key at the gateway (PAYMENT_SVC_GATEWAY_API_KEY): the bank serves paymesh, not the
+    # merchants. An ApiKey, so no repr or log line shows it.
+    gateway_api_key: ApiKey
     gateway: GatewayPolicy = GatewayPolicy()
     # Delay before a charge the gateway has not answered is asked again (RetryLater).
     redelivery: Backoff = Backoff(base_s=0.5, cap_s=5.0)
@@ -37,14 +43,22 @@ class PaymentSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> PaymentSettings:
+        secret = env.get(GATEWAY_API_KEY_ENV, "").strip()
+        if not secret:
+            raise ConfigError(
+                f"{GATEWAY_API_KEY_ENV} is not set: payment_svc calls the gateway with the platform's key "
+                "(the one the gateway accepts as GATEWAY_MOCK_PLATFORM_KEY); `paymesh up` makes one and gives it "
+                "to both"
+            )
         return cls(
-            gateway_addr=env.get("PAYMENT_SVC_GATEWAY_ADDR") or env.get("GATEWAY_MOCK_GRPC_ADDR") or "127.0.0.1:50054"
+            gateway_addr=env.get("PAYMENT_SVC_GATEWAY_ADDR") or env.get("GATEWAY_MOCK_GRPC_ADDR") or "127.0.0.1:50054",
+            gateway_api_key=ApiKey(secret),
         )
 
 
 def wire(runtime: Runtime, settings: PaymentSettings) -> Wiring:
     payments = PaymentRepository(runtime.metadata)
-    gateway = GatewayClient(settings.gateway_addr, settings.gateway)
+    gateway = GatewayClient(settings.gateway_addr, settings.gateway, settings.gateway_api_key)
     ledger = Ledger(runtime, payments)
     refunder = Refunder(
         runtime,

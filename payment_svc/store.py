@@ -1,4 +1,5 @@
-"""payment_svc's tables and repository: payments, their audit trail, and refunds. Set-based writes."""
+"""payment_svc's tables and repository: payments, their audit trail, and refunds, each row a merchant's.
+Set-based writes; every statement names the merchant, so another merchant's row is as good as missing."""
 
 from __future__ import annotations
 
@@ -18,18 +19,24 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     and_,
     bindparam,
     func,
     insert,
     or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from payment_svc.domain import AuditEntry, Payment, Refund, RefundRequest, Status
 from paymesh.chassis.db import as_utc
+from paymesh.chassis.schema_steps import MERCHANT_ID_LENGTH
+
+# (merchant_id, order_id): how the saga's events name a payment.
+OrderKey = tuple[str, str]
 
 
 def metadata() -> MetaData:
@@ -52,7 +59,7 @@ class Tables:
             "payments",
             md,
             Column("payment_id", String(64), primary_key=True),
-            Column("order_id", String(64), nullable=False, unique=True),
+            Column("order_id", String(64), nullable=False),
             Column("amount_minor", BigInteger, nullable=False),
             Column("refunded_minor", BigInteger, nullable=False, default=0),
             Column("currency", String(3), nullable=False),
@@ -68,14 +75,21 @@ class Tables:
             Column("refund_seq", Integer, nullable=False, default=0),
             Column("create_time", DateTime(timezone=True), nullable=False),
             Column("update_time", DateTime(timezone=True), nullable=False),
+            # Last, where revision "merchants" added it to the rows already there.
+            _merchant(),
+            # An order id is the merchant's (order_svc's id of its order): another merchant's event
+            # naming it makes that merchant's own row, never touches this one.
+            UniqueConstraint("merchant_id", "order_id", name="uq_payments_merchant_order"),
         )
-        Index("ix_payments_created", self.payments.c.create_time, self.payments.c.payment_id)
-        Index("ix_payments_status", self.payments.c.status)
+        p = self.payments
+        Index("ix_payments_merchant_created", p.c.merchant_id, p.c.create_time, p.c.payment_id)
+        # The refund scan, across merchants.
+        Index("ix_payments_status", p.c.status)
         self.steps = Table(
             "payment_events",
             md,
             Column("sequence", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
-            Column("payment_id", String(64), nullable=False, index=True),
+            Column("payment_id", String(64), nullable=False),
             Column("order_id", String(64), nullable=False),
             Column("type", String(64), nullable=False),
             Column("from_status", String(32), nullable=True),
@@ -83,13 +97,16 @@ class Tables:
             Column("amount_minor", BigInteger, nullable=False),
             Column("detail", Text, nullable=False),
             Column("create_time", DateTime(timezone=True), nullable=False),
+            _merchant(),
         )
+        Index("ix_payment_events_merchant_payment", self.steps.c.merchant_id, self.steps.c.payment_id)
         self.refunds = Table(
             "refunds",
             md,
             Column("refund_id", String(96), primary_key=True),
-            Column("payment_id", String(64), nullable=False, index=True),
+            Column("payment_id", String(64), nullable=False),
             Column("request_id", String(64), nullable=False, default=""),
+            # The gateway's key: one namespace for the whole platform, so unique across merchants.
             Column("idempotency_key", String(128), nullable=False, unique=True),
             Column("amount_minor", BigInteger, nullable=False),
             Column("reason", Text, nullable=False),
@@ -99,7 +116,13 @@ class Tables:
             Column("outcome_unknown", Boolean, nullable=False, default=False),
             Column("create_time", DateTime(timezone=True), nullable=False),
             Column("update_time", DateTime(timezone=True), nullable=False),
+            _merchant(),
         )
+        Index("ix_refunds_merchant_payment", self.refunds.c.merchant_id, self.refunds.c.payment_id)
+
+
+def _merchant() -> Column[str]:
+    return Column("merchant_id", String(MERCHANT_ID_LENGTH), nullable=False)
 
 
 @dataclass(frozen=True)
@@ -123,7 +146,9 @@ _MUTABLE = (
 
 
 class PaymentRepository:
-    """Payments, their audit trail and their refunds in and out of the tables, set-based for a batch."""
+    """Payments, their audit trail and their refunds in and out of the tables, set-based for a batch.
+    Every method takes the merchant (for a batch, (merchant_id, order_id) pairs) and puts it in the SQL;
+    `refunding` alone spans merchants, as the background's refund scan does."""
 
     def __init__(self, md: MetaData) -> None:
         self.t = Tables(md)
@@ -135,51 +160,67 @@ class PaymentRepository:
         # Written with executemany: one statement for every payment a batch changed.
         self._update = (
             update(p)
-            .where(p.c.payment_id == bindparam("b_id"))
+            .where(p.c.merchant_id == bindparam("b_merchant"), p.c.payment_id == bindparam("b_id"))
             .values({k: bindparam(k) for k in (*_MUTABLE, "update_time")})
         )
 
     # -- reads ----------------------------------------------------------------------
 
     async def by_orders(
-        self, conn: AsyncConnection, order_ids: Iterable[str], *, lock: bool = True
-    ) -> dict[str, Payment]:
-        ids = list(dict.fromkeys(order_ids))
-        if not ids:
+        self, conn: AsyncConnection, orders: Iterable[OrderKey], *, lock: bool = True
+    ) -> dict[OrderKey, Payment]:
+        """The payments of these (merchant_id, order_id) pairs, keyed by the pair: an order id under another
+        merchant than its payment's finds nothing."""
+        keys = list(dict.fromkeys(orders))
+        if not keys:
             return {}
-        query = select(self.t.payments).where(self.t.payments.c.order_id.in_(ids))
+        p = self.t.payments
+        query = select(p).where(tuple_(p.c.merchant_id, p.c.order_id).in_(keys))
         rows = await conn.execute(query.with_for_update() if lock else query)
-        return {r.order_id: _payment(r) for r in rows}
+        return {(r.merchant_id, r.order_id): _payment(r) for r in rows}
 
-    async def get(self, conn: AsyncConnection, payment_id: str, *, lock: bool = False) -> Payment | None:
-        query = select(self.t.payments).where(self.t.payments.c.payment_id == payment_id)
+    async def get(
+        self, conn: AsyncConnection, merchant_id: str, payment_id: str, *, lock: bool = False
+    ) -> Payment | None:
+        p = self.t.payments
+        query = select(p).where(p.c.merchant_id == merchant_id, p.c.payment_id == payment_id)
         row = (await conn.execute(query.with_for_update() if lock else query)).first()
         return None if row is None else _payment(row)
 
-    async def pending_refund(self, conn: AsyncConnection, payment_id: str, *, lock: bool = False) -> Refund | None:
+    async def pending_refund(
+        self, conn: AsyncConnection, merchant_id: str, payment_id: str, *, lock: bool = False
+    ) -> Refund | None:
         r = self.t.refunds
-        query = select(r).where(r.c.payment_id == payment_id, r.c.status == "PENDING").order_by(r.c.create_time)
+        query = (
+            select(r)
+            .where(r.c.merchant_id == merchant_id, r.c.payment_id == payment_id, r.c.status == "PENDING")
+            .order_by(r.c.create_time)
+        )
         row = (await conn.execute(query.with_for_update() if lock else query)).first()
         return None if row is None else _refund(row)
 
-    async def refunding(self, conn: AsyncConnection) -> list[str]:
-        """The ids of the payments waiting for a refund's answer."""
+    async def refunding(self, conn: AsyncConnection) -> list[tuple[str, str]]:
+        """(merchant_id, payment_id) of every payment waiting for a refund's answer, of all merchants:
+        the background's work list."""
         p = self.t.payments
-        rows = await conn.execute(select(p.c.payment_id).where(p.c.status == Status.REFUNDING.value))
-        return [r[0] for r in rows]
+        rows = await conn.execute(
+            select(p.c.merchant_id, p.c.payment_id).where(p.c.status == Status.REFUNDING.value)
+        )
+        return [(r[0], r[1]) for r in rows]
 
     async def page(
         self,
         conn: AsyncConnection,
+        merchant_id: str,
         *,
         order_id: str,
         status: Status | None,
         after: Cursor | None,
         limit: int,
     ) -> list[Payment]:
-        """Newest first, keyset on (create_time, payment_id)."""
+        """The merchant's payments, newest first, keyset on (create_time, payment_id)."""
         p = self.t.payments
-        query = select(p)
+        query = select(p).where(p.c.merchant_id == merchant_id)
         if order_id:
             query = query.where(p.c.order_id == order_id)
         if status is not None:
@@ -190,12 +231,14 @@ class PaymentRepository:
         rows = await conn.execute(query.order_by(p.c.create_time.desc(), p.c.payment_id.desc()).limit(limit))
         return [_payment(r) for r in rows]
 
-    async def trail(self, conn: AsyncConnection, payment_id: str, after: int, limit: int) -> list[AuditEntry]:
+    async def trail(
+        self, conn: AsyncConnection, merchant_id: str, payment_id: str, after: int, limit: int
+    ) -> list[AuditEntry]:
         """The audit trail in sequence order, with each step's 1-based position in its payment's trail."""
         s = self.t.steps
         numbered = (
             select(s, func.row_number().over(order_by=s.c.sequence).label("position"))
-            .where(s.c.payment_id == payment_id)
+            .where(s.c.merchant_id == merchant_id, s.c.payment_id == payment_id)
             .subquery()
         )
         query = (
@@ -209,6 +252,7 @@ class PaymentRepository:
             AuditEntry(
                 r.sequence,
                 r.position,
+                r.merchant_id,
                 r.payment_id,
                 r.order_id,
                 r.type,
@@ -224,7 +268,8 @@ class PaymentRepository:
     # -- writes ---------------------------------------------------------------------
 
     async def save(self, conn: AsyncConnection, payments: Iterable[Payment], now: datetime) -> None:
-        """Insert new payments, update changed ones, append their audit steps and new refunds: executemany each."""
+        """Insert new payments, update changed ones, append their audit steps and new refunds: executemany each.
+        Each row is written under its payment's own merchant."""
         new: list[dict[str, Any]] = []
         changed: list[dict[str, Any]] = []
         steps: list[dict[str, Any]] = []
@@ -234,11 +279,12 @@ class PaymentRepository:
                 new.append(_row(p))
             elif p.changed:
                 values = {k: _value(getattr(p, k)) for k in _MUTABLE}
-                changed.append({"b_id": p.payment_id, "update_time": now, **values})
+                changed.append({"b_merchant": p.merchant_id, "b_id": p.payment_id, "update_time": now, **values})
                 p.update_time = now
             for step in p.steps:
                 steps.append(
                     {
+                        "merchant_id": p.merchant_id,
                         "payment_id": p.payment_id,
                         "order_id": p.order_id,
                         "type": step.type,
@@ -252,6 +298,7 @@ class PaymentRepository:
             for refund in p.new_refunds:
                 refunds.append(
                     {
+                        "merchant_id": refund.merchant_id,
                         "refund_id": refund.refund_id,
                         "payment_id": refund.payment_id,
                         "request_id": refund.request_id,
@@ -278,6 +325,7 @@ class PaymentRepository:
     async def finish_refund(
         self,
         conn: AsyncConnection,
+        merchant_id: str,
         refund_id: str,
         status: str,
         gateway_refund_id: str,
@@ -287,13 +335,17 @@ class PaymentRepository:
         r = self.t.refunds
         await conn.execute(
             update(r)
-            .where(r.c.refund_id == refund_id)
+            .where(r.c.merchant_id == merchant_id, r.c.refund_id == refund_id)
             .values(status=status, gateway_refund_id=gateway_refund_id, failure_code=failure_code, update_time=now)
         )
 
-    async def mark_refund_unknown(self, conn: AsyncConnection, refund_id: str, now: datetime) -> None:
+    async def mark_refund_unknown(self, conn: AsyncConnection, merchant_id: str, refund_id: str, now: datetime) -> None:
         r = self.t.refunds
-        await conn.execute(update(r).where(r.c.refund_id == refund_id).values(outcome_unknown=True, update_time=now))
+        await conn.execute(
+            update(r)
+            .where(r.c.merchant_id == merchant_id, r.c.refund_id == refund_id)
+            .values(outcome_unknown=True, update_time=now)
+        )
 
 
 def _value(v: Any) -> Any:
@@ -302,6 +354,7 @@ def _value(v: Any) -> Any:
 
 def _row(p: Payment) -> dict[str, Any]:
     return {
+        "merchant_id": p.merchant_id,
         "payment_id": p.payment_id,
         "order_id": p.order_id,
         "amount_minor": p.amount_minor,
@@ -317,6 +370,7 @@ def _row(p: Payment) -> dict[str, Any]:
 
 def _payment(r: Any) -> Payment:
     return Payment(
+        merchant_id=r.merchant_id,
         payment_id=r.payment_id,
         order_id=r.order_id,
         amount_minor=r.amount_minor,
@@ -339,6 +393,7 @@ def _payment(r: Any) -> Payment:
 
 def _refund(row: Any) -> Refund:
     request = RefundRequest(
-        row.refund_id, row.payment_id, row.amount_minor, row.idempotency_key, row.reason, row.request_id
+        row.merchant_id, row.refund_id, row.payment_id, row.amount_minor, row.idempotency_key, row.reason,
+        row.request_id,
     )
     return Refund(request, row.status, row.gateway_refund_id, bool(row.outcome_unknown), as_utc(row.create_time))

@@ -16,6 +16,11 @@ done answers as it did the first time. Every call has a deadline (`timeout_s`, o
 call). Answers are the proto messages (`Order`, `Product`, `Payment`, `Charge`, ...); a refusal is the
 `grpc.aio.AioRpcError` itself, code, details and trailing metadata as the service sent them. The raw
 stubs stay at hand as `order`, `inventory`, `payment` and `gateway`.
+
+Every call carries a key (`authorization: Bearer`): the merchant's `api_key` to the order, inventory
+and payment services; to the gateway (the bank) the platform's key, and an operator key for its
+`Configure`. `from_env` takes them from PAYMESH_API_KEY, PAYMESH_PLATFORM_KEY and PAYMESH_OPERATOR_KEY,
+else from the files `paymesh up` keeps in the data dir (paymesh.ops.credentials).
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 
+from paymesh.chassis.auth.bearer import METADATA_KEY, bearer
+from paymesh.chassis.auth.keys import ApiKey
 from paymesh.chassis.backoff import Backoff
 from paymesh.gateway.v1 import gateway_pb2, gateway_service_pb2, gateway_service_pb2_grpc
 from paymesh.inventory.v1 import inventory_pb2, inventory_service_pb2, inventory_service_pb2_grpc
@@ -58,7 +65,9 @@ Line = order_pb2.LineItem | tuple[str, int, int]  # (sku, quantity, unit price i
 class Unary(Protocol[Req, Rep]):
     """A unary method of a generated stub, as the client calls it."""
 
-    def __call__(self, request: Req, *, timeout: float | None = None) -> Awaitable[Rep]: ...
+    def __call__(
+        self, request: Req, *, timeout: float | None = None, metadata: tuple[tuple[str, str], ...] | None = None
+    ) -> Awaitable[Rep]: ...
 
 
 @dataclass(frozen=True)
@@ -149,15 +158,22 @@ class MeshClient:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         watch_timeout_s: float = DEFAULT_WATCH_TIMEOUT_S,
         retry: Retry | None = None,
+        api_key: str | ApiKey | None = None,
+        platform_key: str | ApiKey | None = None,
+        operator_key: str | ApiKey | None = None,
     ) -> None:
         self.addrs = {"order": order, "inventory": inventory, "payment": payment, "gateway": gateway}
         self.timeout_s = timeout_s
         self.watch_timeout_s = watch_timeout_s
         self.retry = retry or Retry()
+        # The merchant's key on its three services; the bank knows paymesh by the platform key.
+        keys = {"order": api_key, "inventory": api_key, "payment": api_key, "gateway": platform_key}
         self.channels = {
-            role: grpc.aio.insecure_channel(dial_addr(addr), options=CHANNEL_OPTIONS)
+            role: grpc.aio.insecure_channel(dial_addr(addr), options=CHANNEL_OPTIONS, interceptors=bearer(keys[role]))
             for role, addr in self.addrs.items()
         }
+        secret = operator_key.reveal() if isinstance(operator_key, ApiKey) else operator_key
+        self._operator_metadata = ((METADATA_KEY, f"Bearer {secret}"),) if secret else ()
         # The raw stubs, typed by the generated *_pb2_grpc.pyi.
         self.order = order_service_pb2_grpc.OrderServiceStub(self.channels["order"])
         self.inventory = inventory_service_pb2_grpc.InventoryServiceStub(self.channels["inventory"])
@@ -179,13 +195,16 @@ class MeshClient:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **options: Any) -> MeshClient:
         """A client of the mesh `env` names (`ORDER_SVC_GRPC_ADDR`, ..., default 127.0.0.1:50051 ... 50054),
-        as the services read them; a wildcard address (`0.0.0.0:50051`, `[::]:50051`) is dialled on loopback."""
+        as the services read them; a wildcard address (`0.0.0.0:50051`, `[::]:50051`) is dialled on loopback.
+        Its keys: `options`' own, else the environment's, else the data dir's (paymesh.ops.credentials)."""
         # The service list imports every service's wiring: read only when asked for.
-        from paymesh.chassis.config import grpc_addr
+        from paymesh.chassis.config import data_dir, grpc_addr
+        from paymesh.ops.credentials import MeshCredentials
         from paymesh.ops.services import spec
 
         env = os.environ if env is None else env
-        return cls.from_addrs({name: grpc_addr(spec(name), env) for name in SERVICES}, **options)
+        keys = MeshCredentials.load(env, data_dir(env)).client_options()
+        return cls.from_addrs({name: grpc_addr(spec(name), env) for name in SERVICES}, **(keys | options))
 
     async def close(self) -> None:
         for channel in self.channels.values():
@@ -199,14 +218,18 @@ class MeshClient:
     ) -> None:
         await self.close()
 
-    async def call(self, rpc: Unary[Any, T], request: Any, timeout: float | None = None) -> T:
-        """`rpc(request)` under the deadline, sent again (the same request) while `retry` allows."""
+    async def call(
+        self, rpc: Unary[Any, T], request: Any, timeout: float | None = None, *, operator: bool = False
+    ) -> T:
+        """`rpc(request)` under the deadline, sent again (the same request) while `retry` allows;
+        `operator`: with the operator key instead of the channel's."""
+        metadata = self._operator_metadata if operator else None
         timeout = timeout or self.timeout_s
         attempt = 1
         started = 0.0
         while True:
             try:
-                return await rpc(request, timeout=timeout)
+                return await rpc(request, timeout=timeout, metadata=metadata)
             except grpc.aio.AioRpcError as err:
                 retry = self.retry
                 if attempt == 1:
@@ -377,6 +400,7 @@ class MeshClient:
     async def charge(
         self,
         *,
+        merchant_id: str,
         amount_minor: int,
         currency: str,
         payment_method_token: str,
@@ -385,7 +409,9 @@ class MeshClient:
         idempotency_key: str | None = None,
         timeout: float | None = None,
     ) -> gateway_pb2.Charge:
+        """A charge at the bank on behalf of `merchant_id`, with the platform key (what payment_svc does)."""
         request = gateway_service_pb2.ChargeRequest(
+            merchant_id=merchant_id,
             idempotency_key=idempotency_key or new_request_id(),
             amount_minor=amount_minor,
             currency=currency,
@@ -432,12 +458,13 @@ class MeshClient:
         *,
         order_id: str = "",
         status: gateway_pb2.ChargeStatus = gateway_pb2.CHARGE_STATUS_UNSPECIFIED,
+        merchant_id: str = "",
         page_size: int = 0,
         page_token: str = "",
         timeout: float | None = None,
     ) -> Page[gateway_pb2.Charge]:
         request = gateway_service_pb2.ListChargesRequest(
-            order_id=order_id, status=status, page_size=page_size, page_token=page_token
+            order_id=order_id, status=status, merchant_id=merchant_id, page_size=page_size, page_token=page_token
         )
         reply: gateway_service_pb2.ListChargesResponse = await self.call(self.gateway.ListCharges, request, timeout)
         return Page(list(reply.charges), reply.next_page_token)
@@ -467,5 +494,7 @@ class MeshClient:
             request.lost_response_rate = lost_response_rate
         if seed is not None:
             request.seed = seed
-        reply: gateway_service_pb2.ConfigureResponse = await self.call(self.gateway.Configure, request, timeout)
+        reply: gateway_service_pb2.ConfigureResponse = await self.call(
+            self.gateway.Configure, request, timeout, operator=True
+        )
         return reply.config

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,11 @@ class Settings:
     saga_timeout_s: float
     data_dir: Path
     shutdown_grace_s: float
+    # PAYMESH_KEY_PEPPER; None: the file under data_dir (paymesh.chassis.auth.pepper). Never printed.
+    key_pepper: str | None = field(default=None, repr=False)
+    # Calls a second per merchant on this replica (PAYMESH_RATE_LIMIT_RPS; 0 off) and the burst above it.
+    rate_limit_rps: float = 10_000.0
+    rate_limit_burst: float | None = None
 
     @classmethod
     def from_env(cls, spec: ServiceSpec[Any], env: Mapping[str, str] | None = None) -> Settings:
@@ -108,4 +113,8 @@ class Settings:
             saga_timeout_s=env_float(env, "PAYMESH_SAGA_TIMEOUT_S", 30.0),
             data_dir=data_dir(env),
             shutdown_grace_s=env_float(env, "PAYMESH_SHUTDOWN_GRACE_S", 5.0),
+            key_pepper=env.get("PAYMESH_KEY_PEPPER") or None,
+            rate_limit_rps=env_float(env, "PAYMESH_RATE_LIMIT_RPS", 10_000.0, zero_means_off=True),
+            rate_limit_burst=env_float(env, "PAYMESH_RATE_LIMIT_BURST", 1.0) if env.get("PAYMESH_RATE_LIMIT_BURST")
+            else None,
         )

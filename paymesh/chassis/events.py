@@ -14,10 +14,12 @@ from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from paymesh.chassis.db import as_utc
+from paymesh.chassis.schema_steps import LEGACY_MERCHANT_ID
 
 MSG_ID = "Nats-Msg-Id"
 TYPE = "Paymesh-Type"
 TRACEPARENT = "traceparent"
+MERCHANT = "Paymesh-Merchant"
 
 
 def new_event_id() -> str:
@@ -67,16 +69,23 @@ class OutboundEvent:
 
     @classmethod
     def of(cls, subject: str, message: Message, traceparent: str | None = None) -> OutboundEvent:
-        """Wrap a protobuf event; it must carry its own `event_id`."""
+        """Wrap a protobuf event; it must carry its own `event_id`, and its `merchant_id` where it has
+        the field (every saga event does), which becomes the `Paymesh-Merchant` header too."""
         event_id = getattr(message, "event_id", "")
         if not event_id:
             raise ValueError(f"{message.DESCRIPTOR.full_name} has no event_id")
+        headers = {TRACEPARENT: traceparent or new_traceparent()}
+        if "merchant_id" in message.DESCRIPTOR.fields_by_name:
+            merchant_id = getattr(message, "merchant_id", "")
+            if not merchant_id:
+                raise ValueError(f"{message.DESCRIPTOR.full_name} {event_id} has no merchant_id")
+            headers[MERCHANT] = merchant_id
         return cls(
             event_id=event_id,
             subject=subject,
             type=message.DESCRIPTOR.full_name,
             payload=message.SerializeToString(),
-            headers={TRACEPARENT: traceparent or new_traceparent()},
+            headers=headers,
         )
 
     def nats_headers(self) -> dict[str, str]:
@@ -118,6 +127,12 @@ class InboundEvent:
     def order_id(self) -> str:
         return str(getattr(self.message, "order_id", ""))
 
+    @property
+    def merchant_id(self) -> str:
+        """The merchant the event is about, from its payload (decode checked the header agrees). An event
+        without one was published before paymesh knew merchants: its rows went to the legacy merchant."""
+        return str(getattr(self.message, "merchant_id", "")) or LEGACY_MERCHANT_ID
+
 
 def decode(raw: Any, types: dict[str, type[Message]]) -> InboundEvent:
     """Decode a nats-py message whose `Paymesh-Type` names one of `types`."""
@@ -137,6 +152,12 @@ def decode(raw: Any, types: dict[str, type[Message]]) -> InboundEvent:
     event_id = getattr(message, "event_id", "") or headers.get(MSG_ID, "")
     if not event_id:
         raise UndecodableEvent(f"{type_name} on {raw.subject} has no event id")
+    # A header that names another merchant than the payload is a forged or broken event: applied, it
+    # would act on one merchant's rows for another's.
+    merchant_id = getattr(message, "merchant_id", "")
+    if MERCHANT in headers and headers[MERCHANT] != merchant_id:
+        raise UndecodableEvent(f"{type_name} {event_id} on {raw.subject}: header {MERCHANT} "
+                               f"{headers[MERCHANT]!r} differs from its payload's merchant_id {merchant_id!r}")
     return InboundEvent(
         event_id=event_id,
         subject=raw.subject,

@@ -22,9 +22,14 @@ from nats.js import JetStreamContext
 from sqlalchemy import Table
 
 from paymesh.chassis import jetstream, migrations, outbox
+from paymesh.chassis.auth import AuthInterceptor, KeyRegistry, Principal, RateLimiter, UndeclaredScopes, scopes_of
+from paymesh.chassis.auth.keys import TrustedKey
+from paymesh.chassis.auth.pepper import PEPPER_ENV, load_pepper
+from paymesh.chassis.auth.scopes import Scope
 from paymesh.chassis.config import ConfigError, Settings, db_url, event_loop
 from paymesh.chassis.consumer import Consumer, ConsumerSpec
 from paymesh.chassis.db import Database, DatabaseConfigError, UnitOfWork
+from paymesh.chassis.errors import Unavailable
 from paymesh.chassis.events import OutboundEvent
 from paymesh.chassis.idempotency import RequestLog, requests_table
 from paymesh.chassis.inbox import inbox_table
@@ -62,6 +67,8 @@ class Wiring:
     # start (a client channel to a peer), and closes after its consumers have stopped.
     on_start: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Keys the service trusts from its own settings beside the bucket's (the bank's platform key).
+    trusted_keys: list[TrustedKey] = field(default_factory=list)
 
 
 class Runtime:
@@ -101,6 +108,31 @@ async def start_nats(runtime: Runtime) -> None:
     )
 
 
+class HostKeys:
+    """The interceptor's view of the key registry, which exists once NATS is up: until then every call
+    is refused UNAVAILABLE (the service is not SERVING yet either)."""
+
+    def __init__(self) -> None:
+        self.registry: KeyRegistry | None = None
+
+    def lookup(self, secret: str | None) -> Principal:
+        if self.registry is None:
+            raise Unavailable("the service is starting and has not loaded its API keys yet; retry shortly",
+                              reason="STARTING")
+        return self.registry.lookup(secret)
+
+
+def declared_scopes(services: Sequence[GrpcService]) -> dict[str, Scope]:
+    """Every RPC's scope, or StartupError naming the RPCs that declare none."""
+    scopes: dict[str, Scope] = {}
+    for svc in services:
+        try:
+            scopes |= scopes_of(svc.servicer, svc.full_name)
+        except UndeclaredScopes as exc:
+            raise StartupError(str(exc)) from exc
+    return scopes
+
+
 def bind(server: grpc.aio.Server, addr: str, env_prefix: str) -> None:
     try:
         port = server.add_insecure_port(addr)
@@ -120,8 +152,13 @@ class ServiceHost:
         self.wiring = wiring
         # False when an operator runs `python -m <service> migrate` as its own deploy step.
         self.migrate = migrate
-        # so_reuseport off: a second process on a taken port must fail, not share it.
-        self.server = grpc.aio.server(interceptors=[CallInterceptor()], options=[("grpc.so_reuseport", 0)])
+        self.keys = HostKeys()
+        settings = runtime.settings
+        auth = AuthInterceptor(self.keys, declared_scopes(wiring.services),
+                               limiter=RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst))
+        # so_reuseport off: a second process on a taken port must fail, not share it. The key check
+        # comes after the call log, so a refusal is logged like any answer.
+        self.server = grpc.aio.server(interceptors=[CallInterceptor(), auth], options=[("grpc.so_reuseport", 0)])
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # grpc-stubs 1.53 lacks health.aio
         self.consumers: list[Consumer] = []
         self.tasks: list[asyncio.Task[None]] = []
@@ -145,6 +182,7 @@ class ServiceHost:
         await rt.db.ping()
         await start_nats(rt)
         assert rt.nc is not None and rt.js is not None
+        await self._load_keys(rt.nc)
         holder = f"{settings.service}@{socket.gethostname()}/{settings.grpc_addr}"
         rt.relay = outbox.OutboxRelay(rt.db, rt.outbox, rt.nc, holder=holder)
         rt.relay.start()
@@ -161,6 +199,18 @@ class ServiceHost:
             self.tasks.append(asyncio.create_task(loop(), name=getattr(loop, "__name__", "background")))
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("%s SERVING", settings.service)
+
+    async def _load_keys(self, nc: NATS) -> None:
+        settings = self.runtime.settings
+        try:
+            pepper = load_pepper({PEPPER_ENV: settings.key_pepper} if settings.key_pepper else {}, settings.data_dir)
+        except ConfigError as exc:
+            raise StartupError(str(exc)) from exc
+        registry = KeyRegistry(nc, pepper, replicas=settings.stream_replicas)
+        for key in self.wiring.trusted_keys:
+            registry.trust(key)
+        await registry.start()
+        self.keys.registry = registry
 
     async def _set_health(self, status: Any) -> None:
         await self.health.set("", status)
@@ -179,6 +229,8 @@ class ServiceHost:
         await asyncio.gather(*self.tasks, return_exceptions=True)
         for consumer in self.consumers:
             await consumer.stop()
+        if self.keys.registry is not None:
+            await self.keys.registry.stop()
         for hook in self.wiring.on_stop:
             try:
                 await hook()

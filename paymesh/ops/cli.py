@@ -163,6 +163,9 @@ def add_merchants(subcommands: argparse._SubParsersAction[argparse.ArgumentParse
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     create = actions.add_parser("create", help="a merchant and its first API key (shown once)")
     create.add_argument("name", metavar="NAME")
+    create.add_argument("--id", dest="merchant_id", metavar="MERCHANT_ID",
+                        help="take this id instead of a new one: `--id mer_legacy` gives the rows written before "
+                             "paymesh knew merchants (the migrations give them to mer_legacy) a merchant and key")
     add_mesh_arguments(create)
     add_mesh_arguments(actions.add_parser("list", help="every merchant, oldest first"))
     parser.set_defaults(handler=run_keys)

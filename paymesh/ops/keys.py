@@ -161,9 +161,9 @@ def shown_once(rows: Sequence[tuple[str, str]], *after: str) -> str:
     return "\n".join([table(rows), *after, "", SHOWN_ONCE])
 
 
-def create_merchant(name: str) -> Callable[[Session], Awaitable[None]]:
+def create_merchant(name: str, merchant_id: str | None = None) -> Callable[[Session], Awaitable[None]]:
     async def body(session: Session) -> None:
-        merchant = await session.merchants.create(name)
+        merchant = await session.merchants.create(name, merchant_id)
         try:
             record, secret = await session.keys.create(merchant.merchant_id, MERCHANT_SCOPES)
         except (nats.errors.Error, TimeoutError):
@@ -208,13 +208,15 @@ def create_key(args: argparse.Namespace) -> Callable[[Session], Awaitable[None]]
 def list_keys(merchant_id: str | None) -> Callable[[Session], Awaitable[None]]:
     async def body(session: Session) -> None:
         records, now = await session.keys.list(merchant_id), utc_now()
-        rows = [("key", "merchant", "scopes", "prefix", "created", "expires", "state")]
+        used = {r.key_id: await session.keys.last_used(r.key_id) for r in records}
+        rows = [("key", "merchant", "scopes", "prefix", "created", "expires", "last used", "state")]
         rows += [(r.key_id, r.merchant_id, scopes_shown(r), r.display_prefix + "…", when(r.created_at),
-                  when(r.expires_at), state(r, now)) for r in records]
+                  when(r.expires_at), when(used[r.key_id]), state(r, now)) for r in records]
         # The record's own fields, minus the digest: a secret's hash is nobody's business on a terminal.
         out = [{"key_id": r.key_id, "merchant_id": r.merchant_id, "scopes": scope_list(r),
                 "display_prefix": r.display_prefix, "operator": r.operator, "created_at": iso(r.created_at),
                 "expires_at": iso(r.expires_at), "revoked_at": iso(r.revoked_at), "replaced_by": r.replaced_by,
+                "last_used_at": iso(used[r.key_id]),
                 "state": state(r, now).split(" ")[0]} for r in records]
         emit(session, out, table(rows) if records else "no API keys" + (f" of {merchant_id}" if merchant_id else ""))
 
@@ -269,7 +271,8 @@ def command(args: argparse.Namespace) -> tuple[Callable[[Session], Awaitable[Non
     """The body of the command asked for, and whether it hashes (so needs the pepper)."""
     match args.command, args.action:
         case "merchants", "create":
-            return create_merchant(args.name), True
+            chosen = getattr(args, "merchant_id", None)
+            return create_merchant(args.name, chosen and named_id("--id", chosen)), True
         case "merchants", "list":
             return list_merchants, False
         case "keys", "create":

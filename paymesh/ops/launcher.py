@@ -20,8 +20,20 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from paymesh.chassis.config import db_url, grpc_addr
+from paymesh.chassis import jetstream
+from paymesh.chassis.auth.keys import ApiKey
+from paymesh.chassis.auth.pepper import load_pepper
+from paymesh.chassis.config import ConfigError, db_url, grpc_addr
 from paymesh.ops.addresses import REPLICA_PORT_STEP, bind_host, dial_addr, grpc_target, replica_addr, split_addr
+from paymesh.ops.credentials import (
+    API_KEY_ENV,
+    GATEWAY_ACCEPTS,
+    KeyFile,
+    MeshCredentials,
+    ensure_dev_key,
+    ensure_operator_key,
+    platform_env,
+)
 from paymesh.ops.databases import DEFAULT_PREFIX, DatabaseSetupError, ensure_databases, shown
 from paymesh.ops.natsserver import NatsCluster, NatsServer, NatsServerError, free_port, port_is_free
 from paymesh.ops.services import NAMES, spec
@@ -278,6 +290,10 @@ class Mesh:
         self.say = out
         self.warn = err
         self.stopped = False
+        # Made (or found) in the data dir once NATS is up, before any service starts.
+        self.credentials = MeshCredentials()
+        self.dev_key: KeyFile | None = None
+        self.dev_key_made = False
 
     @property
     def nats_url(self) -> str:
@@ -333,6 +349,7 @@ class Mesh:
             raise LaunchError("PAYMESH_NATS_URL names a running NATS; unset it to start an embedded cluster")
         if stop is not None and stop.is_set():
             raise StopRequested
+        await self.ensure_credentials()
         for service in self.services:
             for replica in range(1, self.replicas[service] + 1):
                 child = spawn(service, self.replica_env(service, replica), self.logs, replica)
@@ -351,6 +368,24 @@ class Mesh:
             self.env[variables[service]] = url
         if urls:
             self.say(f"PostgreSQL databases ready on {shown(server_url)}: {', '.join(sorted(urls.values()))}")
+
+    async def ensure_credentials(self) -> None:
+        """The platform key both sides of the bank get, the development merchant's key and an operator key,
+        in the data dir (mode 0600) and the mesh's key bucket; the services hash with the same pepper."""
+        try:
+            self.env.update(platform_env(self.env, self.data_dir))
+            pepper = load_pepper(self.env, self.data_dir)
+        except ConfigError as err:
+            raise LaunchError(str(err)) from None
+        replicas = int(self.env.get("PAYMESH_STREAM_REPLICAS") or 1)
+        nc = await jetstream.connect(self.nats_url.split(","), "paymesh-up", timeout=self.start_timeout)
+        try:
+            self.dev_key, self.dev_key_made = await ensure_dev_key(nc, pepper, self.data_dir, replicas)
+            operator = await ensure_operator_key(nc, pepper, self.data_dir, replicas)
+        finally:
+            await nc.close()
+        self.credentials = MeshCredentials(api_key=self.dev_key.api_key, operator_key=operator.api_key,
+                                           platform_key=ApiKey(self.env[GATEWAY_ACCEPTS]))
 
     async def start_nats(self) -> None:
         # Starting blocks until each server's health endpoint answers: off the loop, so a signal
@@ -527,6 +562,11 @@ class Mesh:
         else:
             lines.append(f"NATS  {self.env['PAYMESH_NATS_URL']}  (external)")
         lines.append(f"logs  {self.logs}")
+        if self.dev_key is not None:
+            kept = self.data_dir / "dev_key.json"
+            made = "made now" if self.dev_key_made else "kept"
+            lines.append(f"API key of the development merchant {self.dev_key.merchant_id} ({made}, in {kept}):")
+            lines.append(f"  export {API_KEY_ENV}={self.dev_key.api_key.reveal()}")
         return lines
 
 

@@ -17,6 +17,7 @@ from paymesh.chassis.config import grpc_addr
 from paymesh.client import MeshClient
 from paymesh.gateway.v1 import gateway_pb2
 from paymesh.ops.addresses import dial_addr
+from paymesh.ops.credentials import MeshCredentials
 from paymesh.ops.launcher import LaunchError, Mesh, wait_serving
 from paymesh.ops.services import NAMES, SPECS
 from paymesh.order.v1 import order_pb2
@@ -181,7 +182,8 @@ async def demo(env: Mapping[str, str], data_dir: Path) -> int:
             print(f"mesh up in {time.monotonic() - started:.1f}s", flush=True)
         else:
             print(f"using the running mesh at {', '.join(addrs.values())}", flush=True)
-        async with MeshClient.from_addrs(addrs) as client:
+        keys = mesh.credentials if mesh is not None else MeshCredentials.load(env, data_dir)
+        async with MeshClient.from_addrs(addrs, **keys.client_options()) as client:
             tour = Tour(client, started)
             done = await tour.run_all()
             ok = await summary(tour, done)

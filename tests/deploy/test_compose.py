@@ -213,8 +213,12 @@ def env_vars_config_reads() -> set[str]:
     prefixes = [s.env_prefix for s in mesh.SPECS]
     names: set[str] = set()
 
+    constants: dict[str, str] = {}  # module-level NAME = "..." of the sources, for env.get(NAME)
+
     def add(node: ast.expr) -> None:
-        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        if isinstance(node, ast.Name) and node.id in constants:
+            names.add(constants[node.id])
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
             names.add(node.value)
         elif isinstance(node, ast.JoinedStr):
             parts = node.values
@@ -223,6 +227,11 @@ def env_vars_config_reads() -> set[str]:
                 names.update(prefix + parts[1].value for prefix in prefixes)
 
     trees = [ast.parse(path.read_text()) for path in SETTINGS_SOURCES]
+    for tree in trees:
+        for stmt in tree.body:
+            if (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)
+                    and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str)):
+                constants[stmt.targets[0].id] = stmt.value.value
     for node in (n for tree in trees for n in ast.walk(tree)):
         if not isinstance(node, ast.Call):
             continue

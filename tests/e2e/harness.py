@@ -11,17 +11,23 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import descriptor_pool
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from paymesh.chassis import jetstream
+from paymesh.chassis.auth import MERCHANT_SCOPES, ApiKey, Scope, load_pepper
+from paymesh.chassis.auth.bearer import bearer
 from paymesh.client import MeshClient
 from paymesh.gateway.v1 import gateway_pb2
 from paymesh.inventory.v1 import inventory_pb2
+from paymesh.ops.credentials import new_merchant_key
 from paymesh.ops.launcher import Mesh
 from paymesh.ops.ports import mesh_env as mesh_env  # the tests' mesh_env is the one paymesh chaos uses
 from paymesh.ops.services import NAMES
 from paymesh.order.v1 import order_pb2, order_service_pb2
 from paymesh.payment.v1 import payment_pb2
+from tests.served import SERVICE_OF
 
 T = TypeVar("T")
 OS = order_pb2.OrderStatus
@@ -97,6 +103,40 @@ async def refused(call: Awaitable[Any]) -> RpcError:
     raise AssertionError(f"expected the call to be refused, it answered {answer}")
 
 
+async def merchant_key(
+    mesh: Mesh, name: str = "second merchant", scopes: frozenset[Scope] = MERCHANT_SCOPES
+) -> tuple[str, ApiKey]:
+    """A new merchant of the mesh and a key of it, made as `paymesh merchants create` makes them; returned
+    once every replica of every service admits it (the registries follow the bucket within milliseconds)."""
+    nc = await jetstream.connect(mesh.nats_url.split(","), "tests-merchants")
+    try:
+        made = await new_merchant_key(nc, load_pepper(mesh.env, mesh.data_dir), name, scopes=scopes)
+    finally:
+        await nc.close()
+    await known_everywhere(mesh, made.api_key)
+    return made.merchant_id, made.api_key
+
+
+async def known_everywhere(mesh: Mesh, secret: ApiKey, timeout: float = 5.0) -> None:
+    """Until no replica of any service answers API_KEY_INVALID for the key: the key check comes before a
+    method reads its request, so an empty request to each service's first method is the probe."""
+    for full_name, service in SERVICE_OF.items():
+        method = descriptor_pool.Default().FindServiceByName(full_name).methods[0].name
+        for addr in mesh.addrs(service):
+            async with grpc.aio.insecure_channel(addr, interceptors=bearer(secret)) as channel:
+                call = channel.unary_unary(f"/{full_name}/{method}", request_serializer=lambda _: b"",
+                                           response_deserializer=lambda raw: raw)
+
+                async def knows(call: Any = call) -> bool:
+                    try:
+                        await call(None, timeout=2)
+                    except grpc.aio.AioRpcError as err:
+                        return RpcError.of(err).reason != "API_KEY_INVALID"
+                    return True
+
+                await eventually(knows, bool, timeout, f"the new key known by {service} at {addr}")
+
+
 class Clients:
     """A `paymesh.client.MeshClient` of one mesh, and the saga-level helpers a test needs built on it.
 
@@ -104,10 +144,16 @@ class Clients:
     request of their own and assert on the raw answer or error. `replica` picks which replica of each
     service the client dials (a service with fewer wraps around)."""
 
-    def __init__(self, mesh: Mesh, replica: int = 1) -> None:
+    def __init__(
+        self, mesh: Mesh, replica: int = 1, api_key: ApiKey | str | None = None, merchant_id: str | None = None
+    ) -> None:
         self.mesh = mesh
         self.replica = replica
-        self.client = MeshClient.from_addrs({s: mesh.addr(s, self._replica_of(s)) for s in NAMES})
+        # Whose key this is: the development merchant's unless another's key (and id) is given.
+        self.merchant_id = merchant_id or (mesh.dev_key.merchant_id if api_key is None and mesh.dev_key else "")
+        # The development merchant's key unless another merchant's is given (`merchant_key`).
+        keys = mesh.credentials.client_options() | ({"api_key": api_key} if api_key is not None else {})
+        self.client = MeshClient.from_addrs({s: mesh.addr(s, self._replica_of(s)) for s in NAMES}, **keys)
         self.order = self.client.order
         self.inventory = self.client.inventory
         self.payment = self.client.payment

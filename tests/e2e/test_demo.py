@@ -52,6 +52,10 @@ def test_demo_runs_every_scenario_to_its_expected_end(tmp_path: Path) -> None:
 @pytest.mark.timeout(90)
 def test_demo_uses_a_running_mesh_named_by_the_environment(shared_mesh: Mesh, tmp_path: Path) -> None:
     env = {k: v for k, v in shared_mesh.env.items() if k != "PAYMESH_NATS_PORT"}
+    # The keys as a user exports them from what `paymesh up` printed (its data dir is not this one).
+    keys = shared_mesh.credentials
+    assert keys.api_key is not None and keys.operator_key is not None
+    env |= {"PAYMESH_API_KEY": keys.api_key.reveal(), "PAYMESH_OPERATOR_KEY": keys.operator_key.reveal()}
 
     done = subprocess.run(
         [sys.executable, "-m", "paymesh.ops.cli", "demo", "--data-dir", str(tmp_path / "unused")],

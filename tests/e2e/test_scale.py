@@ -2,8 +2,9 @@
 SIGKILLed and restarted while 200 orders flow; a 3-node JetStream cluster (R3 streams) whose ORDER stream
 leader is SIGKILLed while 200 orders flow, and restarted.
 
-Each test places 200 orders at once (declines, a flaky gateway, lost responses, an sku that runs out,
-cancels racing the saga and after it) and then checks: every order terminal; never two successful charges
+Each test places 200 orders at once, of two merchants interleaved that sell the same skus from their own
+stock (declines, a flaky gateway, lost responses, an sku that runs out, cancels racing the saga and after
+it) and then checks, for each merchant on its own: every order terminal; never two successful charges
 for one order; stock conserved per sku; money at the gateway equal to what confirmed orders owe; nothing
 left unsent in an outbox or unacknowledged on a consumer; every event on the streams exactly once; and each
 durable consumer's inbox holding exactly the event ids its filter selects on the stream: every event
@@ -37,7 +38,7 @@ from paymesh.tools.chaos import collect
 from paymesh.tools.chaos.facts import stray_charges
 from paymesh.tools.invariants import Observed, format_report, run_checks
 from tests.e2e.events import Bus
-from tests.e2e.harness import TERMINAL, Clients, by_status, eventually, status_name, statuses
+from tests.e2e.harness import TERMINAL, Clients, by_status, eventually, merchant_key, status_name, statuses
 
 ORDERS = 200
 STOCK = (150, 120, 40)  # the last runs out: some orders are REJECTED
@@ -62,7 +63,7 @@ SETTLE_S = 60.0
 
 @dataclass
 class Workload:
-    """What a test placed: one customer's orders, the skus with their initial stock."""
+    """What a test placed for one merchant: one customer's orders, the skus with their initial stock."""
 
     customer: str
     stock: dict[str, int]
@@ -70,13 +71,20 @@ class Workload:
 
 
 @contextlib.asynccontextmanager
-async def replica_clients(mesh: Mesh) -> AsyncIterator[list[Clients]]:
-    """Stubs on each replica: `[0]` dials every service's first replica, `[1]` every second one, …"""
-    clients = [Clients(mesh, replica) for replica in range(1, max(mesh.replicas.values()) + 1)]
+async def merchant_clients(mesh: Mesh) -> AsyncIterator[list[list[Clients]]]:
+    """For the development merchant and a second one, stubs on each replica: `[m][0]` dials every service's
+    first replica with merchant m's key, `[m][1]` every second one, …"""
+    assert mesh.dev_key is not None
+    keys = [(mesh.dev_key.merchant_id, mesh.dev_key.api_key), await merchant_key(mesh, "scale merchant")]
+    clients = [
+        [Clients(mesh, replica, api_key=key, merchant_id=merchant_id)
+         for replica in range(1, max(mesh.replicas.values()) + 1)]
+        for merchant_id, key in keys
+    ]
     try:
         yield clients
     finally:
-        for c in clients:
+        for c in (c for per_merchant in clients for c in per_merchant):
             await c.close()
 
 
@@ -102,13 +110,20 @@ async def patiently(call: Callable[[], Awaitable[Any]], timeout: float = 30.0) -
             await asyncio.sleep(0.2)  # back off before asking the cluster again
 
 
-async def place_orders(clients: list[Clients], seed: int, placed: Callable[[int], None] = lambda _: None) -> Workload:
-    """ORDERS orders at once, spread over the order_svc replicas; every tenth cancelled at once through another."""
+async def place_orders(
+    merchants: list[list[Clients]], seed: int, placed: Callable[[int], None] = lambda _: None
+) -> list[Workload]:
+    """ORDERS orders at once, the merchants' interleaved, spread over the order_svc replicas; every tenth of a
+    merchant's cancelled at once through another replica. The merchants stock the same skus, each its own."""
     rng = random.Random(seed)
-    work = Workload(customer=f"cus_scale_{uuid.uuid4().hex[:10]}", stock={})
+    works = [Workload(customer=f"cus_scale_{uuid.uuid4().hex[:10]}", stock={}) for _ in merchants]
     for stock in STOCK:
-        work.stock[await clients[0].put_product(stock)] = stock
-    skus = sorted(work.stock)
+        sku = await merchants[0][0].put_product(stock)
+        for work, clients in zip(works, merchants, strict=True):
+            if clients is not merchants[0]:
+                await clients[0].put_product(stock, sku=sku)
+            work.stock[sku] = stock
+    skus = sorted(works[0].stock)
     plans = [
         (
             [(sku, rng.randint(1, 2), rng.randint(100, 5000)) for sku in rng.sample(skus, rng.randint(1, 2))],
@@ -117,19 +132,22 @@ async def place_orders(clients: list[Clients], seed: int, placed: Callable[[int]
         for _ in range(ORDERS)
     ]
 
-    async def place(i: int) -> str:
+    async def place(i: int) -> tuple[int, str]:
         lines, token = plans[i]
-        order = await clients[i % len(clients)].create_order(lines, token=token, customer_id=work.customer)
+        who, nth = i % len(merchants), i // len(merchants)
+        clients, work = merchants[who], works[who]
+        order = await clients[nth % len(clients)].create_order(lines, token=token, customer_id=work.customer)
         placed(i)
-        if i % 10 == 0:  # racing the saga, through the other replica
+        if nth % 10 == 0:  # racing the saga, through the other replica
             try:
-                await clients[(i + 1) % len(clients)].cancel(order.order_id)
+                await clients[(nth + 1) % len(clients)].cancel(order.order_id)
             except grpc.aio.AioRpcError as err:  # the saga may have ended first (REJECTED, PAYMENT_FAILED)
                 assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, err
-        return order.order_id
+        return who, order.order_id
 
-    work.order_ids = list(await asyncio.gather(*(place(i) for i in range(ORDERS))))
-    return work
+    for who, order_id in await asyncio.gather(*(place(i) for i in range(ORDERS))):
+        works[who].order_ids.append(order_id)
+    return works
 
 
 async def customer_orders(clients: Clients, customer: str) -> list[order_pb2.Order]:
@@ -173,8 +191,8 @@ async def observe(clients: Clients, work: Workload) -> Observed:
     deadline = asyncio.get_running_loop().time() + 30
     while True:
         obs = await collect(clients.client, work.order_ids, work.stock)
-        # The mesh is the test's own: a charge for an order it did not place is one too many.
-        obs.stray_charges = await stray_charges(clients.client, set(work.order_ids))
+        # The mesh is the test's own: a charge for the merchant for an order it did not place is one too many.
+        obs.stray_charges = await stray_charges(clients.client, set(work.order_ids), clients.merchant_id)
         if all(r.ok for r in run_checks(obs)) or asyncio.get_running_loop().time() > deadline:
             return obs
         await asyncio.sleep(0.5)  # re-reading the services under a deadline
@@ -198,9 +216,17 @@ async def query(db_url: str, sql: str) -> list[tuple[Any, ...]]:
 
 
 async def check_invariants(
-    mesh: Mesh, clients: Clients, bus: Bus, work: Workload, finals: list[order_pb2.Order]
+    mesh: Mesh, merchants: list[list[Clients]], bus: Bus, works: list[Workload], finals: list[list[order_pb2.Order]]
 ) -> None:
-    assert len(finals) == ORDERS and all(o.status in TERMINAL for o in finals), by_status(finals)
+    assert sum(len(f) for f in finals) == ORDERS
+    for clients, work, final in zip(merchants, works, finals, strict=True):
+        await check_merchant(clients[0], work, final)
+    await check_plumbing(mesh, bus)
+
+
+async def check_merchant(clients: Clients, work: Workload, finals: list[order_pb2.Order]) -> None:
+    """The money and stock of one merchant: its orders, its skus, its charges at the bank."""
+    assert len(finals) == len(work.order_ids) and all(o.status in TERMINAL for o in finals), by_status(finals)
     outcomes = by_status(finals)
     # The mix did what it was for: each outcome occurred.
     assert {"CONFIRMED", "PAYMENT_FAILED", "REJECTED", "CANCELLED"} <= set(outcomes), outcomes
@@ -215,6 +241,9 @@ async def check_invariants(
     confirmed = [o for o in obs.orders.values() if o.status == "CONFIRMED"]
     assert sum(c.kept_minor for o in confirmed for c in obs.charges[o.order_id]) > 0, "the gateway kept nothing"
 
+
+async def check_plumbing(mesh: Mesh, bus: Bus) -> None:
+    """Of the whole mesh, whoever the merchant: nothing stuck, every event once, every event applied once."""
     # Nothing stuck: every outbox relayed, every consumer caught up, nothing dead-lettered.
     for service in ("order_svc", "inventory_svc", "payment_svc"):
         db_url = mesh.replicas_of(service)[0].db_url
@@ -272,14 +301,14 @@ async def test_two_replicas_of_every_service_on_postgres_keep_every_invariant(
     mesh = await new_mesh(replicas=2)
     assert {s: len(mesh.replicas_of(s)) for s in mesh.services} == dict.fromkeys(mesh.services, 2)
     assert {c.db_url for c in mesh.replicas_of("order_svc")} == {mesh.env["ORDER_SVC_DB_URL"]}
-    async with replica_clients(mesh) as clients, cluster_bus(mesh) as bus:
-        work = await place_orders(clients, seed=20251122)
+    async with merchant_clients(mesh) as merchants, cluster_bus(mesh) as bus:
+        works = await place_orders(merchants, seed=20251122)
         # One payment replica crashes with charges in flight; the other carries on, and the one
         # restarted on the same address asks the gateway again with the same keys.
         await mesh.kill("payment_svc", replica=2)
         await mesh.restart("payment_svc", replica=2)
-        finals = await settle(clients, work)
-        await check_invariants(mesh, clients[0], bus, work, finals)
+        finals = [await settle(clients, work) for clients, work in zip(merchants, works, strict=True)]
+        await check_invariants(mesh, merchants, bus, works, finals)
     assert not mesh.dead(), [c.describe_exit() for c in mesh.dead()]
 
 
@@ -290,7 +319,7 @@ async def test_order_stream_leader_killed_while_orders_flow_on_a_3_node_cluster(
 ) -> None:
     mesh = await new_mesh(nats_nodes=3)
     assert mesh.cluster is not None and len(mesh.nats_servers) == 3
-    async with replica_clients(mesh) as clients, cluster_bus(mesh) as bus:
+    async with merchant_clients(mesh) as merchants, cluster_bus(mesh) as bus:
         info = await patiently(lambda: bus.js.stream_info("ORDER"))
         assert info.config.num_replicas == 3 and info.cluster is not None and info.cluster.leader
         victim = info.cluster.leader
@@ -301,11 +330,11 @@ async def test_order_stream_leader_killed_while_orders_flow_on_a_3_node_cluster(
             if placed["orders"] >= ORDERS // 3:
                 halfway.set()
 
-        placing = asyncio.create_task(place_orders(clients, seed=7, placed=count))
+        placing = asyncio.create_task(place_orders(merchants, seed=7, placed=count))
         async with asyncio.timeout(30):
             await asyncio.wait([placing, asyncio.create_task(halfway.wait())], return_when=asyncio.FIRST_COMPLETED)
         await mesh.kill_nats(victim)  # the ORDER stream's leader dies with events in flight
-        work = await placing
+        works = await placing
 
         async def leader() -> str | None:
             found = await patiently(lambda: bus.js.stream_info("ORDER"))
@@ -313,8 +342,8 @@ async def test_order_stream_leader_killed_while_orders_flow_on_a_3_node_cluster(
 
         await eventually(leader, lambda name: bool(name) and name != victim, 30, "a new ORDER leader")
         await mesh.restart_nats(victim)
-        finals = await settle(clients, work)
-        await check_invariants(mesh, clients[0], bus, work, finals)
+        finals = [await settle(clients, work) for clients, work in zip(merchants, works, strict=True)]
+        await check_invariants(mesh, merchants, bus, works, finals)
         info = await patiently(lambda: bus.js.stream_info("ORDER"))
         assert info.cluster is not None and victim in {
             info.cluster.leader,

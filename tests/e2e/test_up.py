@@ -8,6 +8,7 @@ import queue
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -24,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from paymesh.ops.databases import drop_databases
 from paymesh.ops.services import NAMES, SPECS
+from paymesh.order.v1 import order_service_pb2, order_service_pb2_grpc
 from tests.conftest import PG_ADMIN_URL
 from tests.e2e.harness import mesh_env
 
@@ -180,6 +182,49 @@ def test_up_serves_every_service_and_sigterm_stops_all(up: tuple[Launch, dict[st
     assert launch.wait_exit(STOP_TIMEOUT_S) == 0, launch.output
     assert "paymesh stopped" in launch.output
     assert_nothing_left(launch, pids)
+
+
+def printed_key(launch: Launch) -> str:
+    found = re.search(r"export PAYMESH_API_KEY=(sk_mesh_\w+)", launch.output)
+    assert found, launch.output
+    return found[1]
+
+
+def get_order_code(addr: str, key: str | None) -> grpc.StatusCode:
+    metadata = [("authorization", f"Bearer {key}")] if key else []
+    with grpc.insecure_channel(addr) as channel:
+        try:
+            order_service_pb2_grpc.OrderServiceStub(channel).GetOrder(
+                order_service_pb2.GetOrderRequest(order_id=f"ord_{uuid.uuid4().hex}"), metadata=metadata, timeout=10)
+        except grpc.RpcError as err:
+            return err.code()  # type: ignore[no-any-return,attr-defined]  # a grpc.Call
+    raise AssertionError("an unknown order was found")
+
+
+@pytest.mark.timeout(180)
+def test_up_makes_a_development_key_once_and_keeps_it(launches: list[Launch], tmp_path: Path) -> None:
+    env = mesh_env(tmp_path / "data")
+    first = start(launches, env, tmp_path)
+    first.wait_for("paymesh is up", UP_TIMEOUT_S)
+    key = printed_key(first)
+    assert "made now" in first.output
+    addr = env["ORDER_SVC_GRPC_ADDR"]
+    assert get_order_code(addr, key) == grpc.StatusCode.NOT_FOUND
+    assert get_order_code(addr, None) == grpc.StatusCode.UNAUTHENTICATED
+    data = first.data_dir
+    for name in ("key_pepper", "platform_key", "dev_key.json", "operator_key.json"):
+        assert stat.S_IMODE((data / name).stat().st_mode) == 0o600, name
+    logs = "\n".join(p.read_text(errors="replace") for p in (data / "logs").glob("*.log"))
+    assert key not in logs and (data / "platform_key").read_text().strip() not in logs, "a secret in a service log"
+    first.process.send_signal(signal.SIGINT)
+    assert first.wait_exit(STOP_TIMEOUT_S) == 0, first.output
+
+    again = start(launches, env, tmp_path)
+    again.wait_for("paymesh is up", UP_TIMEOUT_S)
+    assert printed_key(again) == key and "kept" in again.output, again.output
+    assert get_order_code(addr, key) == grpc.StatusCode.NOT_FOUND
+    again.process.send_signal(signal.SIGINT)
+    assert again.wait_exit(STOP_TIMEOUT_S) == 0, again.output
 
 
 @pytest.mark.timeout(120)

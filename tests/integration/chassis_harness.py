@@ -5,19 +5,27 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from nats.aio.client import Client as NATS
 from sqlalchemy import Column, Integer, MetaData, String, Table, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from paymesh.chassis import jetstream
+from paymesh.chassis.auth import Principal, Scope, current_principal, requires
 from paymesh.chassis.backoff import Backoff
+from paymesh.chassis.config import Settings
 from paymesh.chassis.consumer import Consumer, ConsumerSpec
 from paymesh.chassis.db import Database, UnitOfWork
+from paymesh.chassis.errors import NotFound, invalid_argument
 from paymesh.chassis.events import InboundEvent, OutboundEvent, new_event_id
 from paymesh.chassis.inbox import inbox_table
 from paymesh.chassis.outbox import outbox_table
-from paymesh.order.v1 import events_pb2
+from paymesh.chassis.service import GrpcService, Runtime, ServiceHost, Wiring
+from paymesh.chassis.spec import ServiceSpec, no_settings
+from paymesh.ops.natsserver import NatsServer, free_port
+from paymesh.order.v1 import events_pb2, order_service_pb2, order_service_pb2_grpc
+from tests.keys import AUTH_ENV
 
 EVENTS = (events_pb2.OrderPlaced,)
 
@@ -66,7 +74,9 @@ class Store:
 
 def placed(order_id: str | None = None, event_id: str | None = None) -> OutboundEvent:
     order_id = order_id or uuid.uuid4().hex
-    message = events_pb2.OrderPlaced(event_id=event_id or new_event_id(), order_id=order_id, amount_minor=100)
+    message = events_pb2.OrderPlaced(
+        event_id=event_id or new_event_id(), order_id=order_id, amount_minor=100, merchant_id="mer_chassis_tests"
+    )
     return OutboundEvent.of(f"order.placed.{order_id}", message)
 
 
@@ -130,3 +140,78 @@ async def publish(nc: NATS, event: OutboundEvent, msg_id: str | None = None) -> 
 
 async def all_acked(nc: NATS, durable: str = "ledger") -> bool:
     return await jetstream.consumer_backlog(nc.jetstream(), "ORDER", durable) == 0
+
+
+class RefusingOrders(order_service_pb2_grpc.OrderServiceServicer):
+    """Raises the chassis' errors so the test can see what a client receives."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.callers: list[Principal] = []  # who called CreateOrder, as the handler was told
+
+    @requires(Scope.ORDERS_WRITE)
+    async def CancelOrder(self, request: Any, context: Any) -> Any:  # noqa: N802
+        return await super().CancelOrder(request, context)  # type: ignore[safe-super]  # the base's UNIMPLEMENTED
+
+    @requires(Scope.ORDERS_READ)
+    async def WatchOrder(self, request: Any, context: Any) -> Any:  # noqa: N802
+        raise NotImplementedError
+
+    @requires(Scope.ORDERS_READ)
+    async def GetOrder(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC method name
+        raise NotFound(f"order {request.order_id} not found", reason="ORDER_NOT_FOUND",
+                       metadata={"order_id": request.order_id})
+
+    @requires(Scope.ORDERS_WRITE)
+    async def CreateOrder(self, request: Any, context: Any) -> Any:  # noqa: N802
+        self.callers.append(current_principal())
+        if not request.items:
+            raise invalid_argument([("items", "at least one line item is required"),
+                                    ("currency", "must be an ISO 4217 code")])
+        # A state change with its event, through the chassis' outbox.
+        async with self.runtime.db.unit_of_work() as uow:
+            await self.runtime.publish(uow, [placed(order_id="o-from-rpc")])
+            await uow.commit()
+        return order_service_pb2.CreateOrderResponse()
+
+    @requires(Scope.ORDERS_READ)
+    async def ListOrders(self, request: Any, context: Any) -> Any:  # noqa: N802
+        raise RuntimeError("a bug")
+
+
+def _no_wiring(runtime: Runtime, settings: None) -> Wiring:
+    raise AssertionError("make_host wires the refusing servicer itself")
+
+
+# A service that owns no tables and serves OrderService on ORDER_SVC_*'s settings; its database
+# carries order_svc's migrations (the chassis tables come with them).
+REFUSING_SPEC = ServiceSpec(
+    name="order_svc",
+    env_prefix="ORDER_SVC",
+    grpc_port=50051,
+    stream="ORDER",
+    metadata=MetaData,
+    migrations="order_svc.migrations",
+    wire=_no_wiring,
+    settings=no_settings,
+)
+
+
+def settings_for(nats: NatsServer, db_url: str, tmp_path: Any, **extra_env: str) -> Settings:
+    env = {
+        "PAYMESH_NATS_URL": nats.url,
+        "ORDER_SVC_GRPC_ADDR": f"127.0.0.1:{free_port()}",
+        "ORDER_SVC_DB_URL": db_url,
+        "PAYMESH_DATA_DIR": str(tmp_path),
+        **AUTH_ENV,
+        **extra_env,
+    }
+    return Settings.from_env(REFUSING_SPEC, env)
+
+
+def make_host(settings: Settings) -> ServiceHost:
+    runtime = Runtime(REFUSING_SPEC, settings)
+    servicer = RefusingOrders(runtime)
+    wiring = Wiring(services=[GrpcService("paymesh.order.v1.OrderService", servicer,
+                                          order_service_pb2_grpc.add_OrderServiceServicer_to_server)])
+    return ServiceHost(runtime, wiring)

@@ -369,3 +369,29 @@ def test_current_principal_outside_a_call_is_an_error() -> None:
     with pytest.raises(RuntimeError, match="no authenticated caller"):
         current_principal()
 
+
+
+async def test_last_use_is_kept_coarse_and_never_per_call(mesh: Mesh) -> None:
+    """Each admitted call is a dict store; the flush writes a key's last use at most once per grain per replica,
+    and a key never used has none."""
+    used, used_secret = await mesh.store.create("m_acme", MERCHANT_SCOPES)
+    idle, _ = await mesh.store.create("m_acme", MERCHANT_SCOPES)
+    await all_answer(mesh, used_secret.reveal(), None)
+    replica = mesh.replicas[0]
+    start = datetime.now(UTC)
+    for _ in range(100):
+        replica.lookup(used_secret.reveal())
+    await replica.flush_last_use()
+    first = await mesh.store.last_used(used.key_id)
+    assert first is not None and abs(first - start) < timedelta(seconds=5)
+    assert await mesh.store.last_used(idle.key_id) is None
+    kv = await ensure_bucket(mesh.connections[0].jetstream())
+    revision = (await kv.get(f"used.{used.key_id}")).revision
+    replica.lookup(used_secret.reveal())  # within the grain: nothing new written
+    await replica.flush_last_use()
+    assert (await kv.get(f"used.{used.key_id}")).revision == revision
+    later = start + timedelta(minutes=6)
+    replica.lookup(used_secret.reveal(), now=later)
+    await replica.flush_last_use()
+    assert await mesh.store.last_used(used.key_id) == later.replace(microsecond=0)
+    assert replica.lookup(used_secret.reveal()).key_id == used.key_id, "the used. entry is no key to the registry"

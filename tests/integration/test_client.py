@@ -11,9 +11,11 @@ from typing import Any
 import grpc
 import pytest
 
+from paymesh.chassis.auth import ApiKey
 from paymesh.chassis.backoff import Backoff
 from paymesh.client import MeshClient, Retry, every
 from paymesh.gateway.v1 import gateway_pb2, gateway_service_pb2, gateway_service_pb2_grpc
+from paymesh.ops.credentials import KeyFile, write_private
 from paymesh.order.v1 import order_pb2, order_service_pb2, order_service_pb2_grpc
 
 FAST = Retry(attempts=3, backoff=Backoff(base_s=0.001, cap_s=0.002))
@@ -27,9 +29,13 @@ class Script:
     code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
     requests: list[Any] = field(default_factory=list)
     released: asyncio.Event = field(default_factory=asyncio.Event)
+    # The `authorization` metadata of each call, by method name.
+    keys: list[tuple[str, str | None]] = field(default_factory=list)
 
     async def answer(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         self.requests.append(request)
+        sent = [str(v) for k, v in context.invocation_metadata() or () if k == "authorization"]
+        self.keys.append((type(request).__name__, sent[0] if sent else None))
         if len(self.requests) <= self.refusals:
             await context.abort(self.code, f"refusal {len(self.requests)}")
 
@@ -56,6 +62,8 @@ class Orders(order_service_pb2_grpc.OrderServiceServicer):
         return order_service_pb2.ListOrdersResponse(orders=orders, next_page_token=following)
 
     async def WatchOrder(self, request: Any, context: Any) -> AsyncIterator[order_service_pb2.WatchOrderResponse]:
+        sent = [str(v) for k, v in context.invocation_metadata() or () if k == "authorization"]
+        self.script.keys.append((type(request).__name__, sent[0] if sent else None))
         for status in (order_pb2.ORDER_STATUS_PENDING, order_pb2.ORDER_STATUS_AWAITING_PAYMENT):
             yield order_service_pb2.WatchOrderResponse(order=order_pb2.Order(order_id=request.order_id, status=status))
         await self.script.released.wait()  # open until the client cancels it
@@ -134,7 +142,8 @@ async def test_retries_are_bounded_and_the_last_refusal_is_the_callers(client: M
 async def test_a_refusal_other_than_unavailable_is_not_retried(client: MeshClient, script: Script) -> None:
     script.refusals, script.code = 1, grpc.StatusCode.FAILED_PRECONDITION
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await client.charge(amount_minor=100, currency="USD", payment_method_token="tok_visa", idempotency_key="k1")
+        await client.charge(merchant_id="mer_a", amount_minor=100, currency="USD", payment_method_token="tok_visa",
+                            idempotency_key="k1")
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert [r.idempotency_key for r in script.requests] == ["k1"]
 
@@ -202,3 +211,39 @@ async def test_from_env_reads_each_services_address_with_the_documented_defaults
         }
     async with MeshClient.from_env({}) as client:
         assert list(client.addrs.values()) == [f"127.0.0.1:{p}" for p in (50051, 50052, 50053, 50054)]
+
+
+MERCHANT_KEY, PLATFORM_KEY, OPERATOR_KEY = "sk_mesh_" + "m" * 43, "pl_mesh_" + "p" * 43, "ok_mesh_" + "o" * 43
+
+
+async def test_each_call_carries_the_key_of_its_party(addr: str, script: Script) -> None:
+    """The merchant's key to its services, the platform's to the bank, the operator's for Configure."""
+    async with MeshClient(order=addr, inventory=addr, payment=addr, gateway=addr, retry=FAST, api_key=MERCHANT_KEY,
+                          platform_key=PLATFORM_KEY, operator_key=OPERATOR_KEY) as client:
+        await create(client)
+        async with client.watch_order("ord_1") as watch:
+            await anext(watch)
+        await client.charge(merchant_id="mer_a", amount_minor=100, currency="USD", payment_method_token="tok_visa")
+        await client.configure_gateway(latency_ms=5)
+    assert script.keys == [
+        ("CreateOrderRequest", f"Bearer {MERCHANT_KEY}"),
+        ("WatchOrderRequest", f"Bearer {MERCHANT_KEY}"),
+        ("ChargeRequest", f"Bearer {PLATFORM_KEY}"),
+        ("ConfigureRequest", f"Bearer {OPERATOR_KEY}"),
+    ]
+
+
+async def test_from_env_takes_keys_from_the_environment_else_the_data_dir(addr: str, script: Script,
+                                                                          tmp_path: Any) -> None:
+    addrs = {f"{p}_GRPC_ADDR": addr for p in ("ORDER_SVC", "INVENTORY_SVC", "PAYMENT_SVC", "GATEWAY_MOCK")}
+    kept = KeyFile("mer_dev", "key_dev", ApiKey(MERCHANT_KEY))
+    write_private(tmp_path / "dev_key.json", kept.to_json())
+    write_private(tmp_path / "platform_key", PLATFORM_KEY + "\n")
+    async with MeshClient.from_env({**addrs, "PAYMESH_DATA_DIR": str(tmp_path)}, retry=FAST) as client:
+        await create(client)
+        await client.charge(merchant_id="mer_a", amount_minor=1, currency="USD", payment_method_token="tok_visa")
+    other = "sk_mesh_" + "x" * 43
+    async with MeshClient.from_env({**addrs, "PAYMESH_DATA_DIR": str(tmp_path), "PAYMESH_API_KEY": other},
+                                   retry=FAST) as client:
+        await create(client)
+    assert [key for _, key in script.keys] == [f"Bearer {MERCHANT_KEY}", f"Bearer {PLATFORM_KEY}", f"Bearer {other}"]

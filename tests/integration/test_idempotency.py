@@ -16,6 +16,8 @@ from tests.conftest import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
+M = "mer_idempotency_tests"  # the merchant whose request ids these are
+
 
 @pytest.fixture
 async def log_and_db(db_url: str):  # type: ignore[no-untyped-def]
@@ -37,6 +39,24 @@ def adjust(request_id: str, delta: int = 5) -> pb.AdjustStockRequest:
     return pb.AdjustStockRequest(request_id=request_id, sku="sku-1", delta=delta)
 
 
+async def test_request_ids_are_per_merchant(log_and_db) -> None:  # type: ignore[no-untyped-def]
+    """The same id from two merchants is two requests (Stripe's idempotency keys are per account): each
+    acts once, and one merchant's different request under the id is no reuse of the other's."""
+    log, db, effects = log_and_db
+    rid = str(uuid.uuid4())
+
+    async def action(uow: UnitOfWork) -> pb.AdjustStockResponse:
+        await uow.conn.execute(effects.insert().values(sku="sku-1"))
+        return pb.AdjustStockResponse(product={"sku": "sku-1", "available": 5})
+
+    await log.run("mer_a", "AdjustStock", rid, adjust(rid), pb.AdjustStockResponse, action)
+    await log.run("mer_b", "AdjustStock", rid, adjust(rid, delta=9), pb.AdjustStockResponse, action)
+    await log.run("mer_a", "AdjustStock", rid, adjust(rid), pb.AdjustStockResponse, action)  # a replay
+    assert await count(db, effects) == 2
+    with pytest.raises(AlreadyExists):
+        await log.run("mer_b", "AdjustStock", rid, adjust(rid), pb.AdjustStockResponse, action)
+
+
 async def test_same_request_replays_the_first_answer_and_acts_once(log_and_db) -> None:  # type: ignore[no-untyped-def]
     log, db, effects = log_and_db
     calls = 0
@@ -48,16 +68,16 @@ async def test_same_request_replays_the_first_answer_and_acts_once(log_and_db) -
         return pb.AdjustStockResponse(product={"sku": "sku-1", "available": 10 + calls})
 
     rid = str(uuid.uuid4())
-    first = await log.run("AdjustStock", rid, adjust(rid), pb.AdjustStockResponse, action)
-    again = await log.run("AdjustStock", rid, adjust(rid), pb.AdjustStockResponse, action)
+    first = await log.run(M, "AdjustStock", rid, adjust(rid), pb.AdjustStockResponse, action)
+    again = await log.run(M, "AdjustStock", rid, adjust(rid), pb.AdjustStockResponse, action)
     assert first == again and first.product.available == 11
     assert calls == 1 and await count(db, effects) == 1
 
     with pytest.raises(AlreadyExists) as err:
-        await log.run("AdjustStock", rid, adjust(rid, delta=6), pb.AdjustStockResponse, action)
+        await log.run(M, "AdjustStock", rid, adjust(rid, delta=6), pb.AdjustStockResponse, action)
     assert err.value.reason == "REQUEST_ID_REUSED"
     with pytest.raises(AlreadyExists):
-        await log.run("PutProduct", rid, adjust(rid), pb.AdjustStockResponse, action)
+        await log.run(M, "PutProduct", rid, adjust(rid), pb.AdjustStockResponse, action)
     assert await count(db, effects) == 1
 
 
@@ -74,9 +94,9 @@ async def test_a_failed_action_leaves_the_request_id_free(log_and_db) -> None:  
 
     rid = str(uuid.uuid4())
     with pytest.raises(RuntimeError):
-        await log.run("AdjustStock", rid, adjust(rid), pb.AdjustStockResponse, failing)
+        await log.run(M, "AdjustStock", rid, adjust(rid), pb.AdjustStockResponse, failing)
     assert await count(db, effects) == 0
-    await log.run("AdjustStock", rid, adjust(rid), pb.AdjustStockResponse, working)
+    await log.run(M, "AdjustStock", rid, adjust(rid), pb.AdjustStockResponse, working)
     assert await count(db, effects) == 1
 
 
@@ -108,10 +128,10 @@ async def test_concurrent_duplicates_wait_for_the_first_and_replay_its_answer(lo
         return pb.AdjustStockResponse(product={"sku": "sku-1", "available": 7})
 
     rid = str(uuid.uuid4())
-    first = asyncio.create_task(log.run("AdjustStock", rid, adjust(rid), pb.AdjustStockResponse, slow))
+    first = asyncio.create_task(log.run(M, "AdjustStock", rid, adjust(rid), pb.AdjustStockResponse, slow))
     await started.wait()
     dupes = [
-        asyncio.create_task(log.run("AdjustStock", rid, adjust(rid), pb.AdjustStockResponse, slow)) for _ in range(5)
+        asyncio.create_task(log.run(M, "AdjustStock", rid, adjust(rid), pb.AdjustStockResponse, slow)) for _ in range(5)
     ]
     await wait_for(lambda: _all_blocked(db, 5), timeout=10, message="five duplicates waiting behind the first")
     release.set()
@@ -131,14 +151,14 @@ async def test_a_duplicate_of_a_claimed_but_unanswered_request_is_told_it_is_in_
     log, db, effects = log_and_db
     rid = str(uuid.uuid4())
     async with db.unit_of_work() as uow:
-        assert await log.claim(uow, "AdjustStock", rid, adjust(rid)) is None
+        assert await log.claim(uow, M, "AdjustStock", rid, adjust(rid)) is None
         await uow.commit()
 
     async def act(uow: UnitOfWork) -> pb.AdjustStockResponse:
         raise AssertionError("a duplicate in progress must not act")
 
     with pytest.raises(Aborted) as refused:
-        await log.run("AdjustStock", rid, adjust(rid), pb.AdjustStockResponse, act)
+        await log.run(M, "AdjustStock", rid, adjust(rid), pb.AdjustStockResponse, act)
     assert refused.value.reason == "REQUEST_IN_PROGRESS"
     assert await count(db, effects) == 0
 
@@ -147,16 +167,16 @@ async def test_two_phase_claim_reports_in_progress(log_and_db) -> None:  # type:
     log, db, _ = log_and_db
     rid = str(uuid.uuid4())
     async with db.unit_of_work() as uow:
-        assert await log.claim(uow, "Refund", rid, adjust(rid)) is None
+        assert await log.claim(uow, M, "Refund", rid, adjust(rid)) is None
         await uow.commit()
     async with db.unit_of_work() as uow:
         with pytest.raises(Aborted):
-            await log.claim(uow, "Refund", rid, adjust(rid))
+            await log.claim(uow, M, "Refund", rid, adjust(rid))
     async with db.unit_of_work() as uow:
-        await log.complete(uow, rid, pb.AdjustStockResponse(product={"sku": "done"}))
+        await log.complete(uow, M, rid, pb.AdjustStockResponse(product={"sku": "done"}))
         await uow.commit()
     async with db.unit_of_work() as uow:
-        stored = await log.claim(uow, "Refund", rid, adjust(rid))
+        stored = await log.claim(uow, M, "Refund", rid, adjust(rid))
     assert stored is not None and pb.AdjustStockResponse.FromString(stored).product.sku == "done"
 
 
@@ -169,7 +189,7 @@ async def test_concurrent_two_phase_claims_take_the_id_once(log_and_db) -> None:
 
     async def first() -> None:
         async with db.unit_of_work() as uow:
-            assert await log.claim(uow, "Refund", rid, adjust(rid)) is None
+            assert await log.claim(uow, M, "Refund", rid, adjust(rid)) is None
             first_claimed.set()
             await release.wait()  # hold the claim uncommitted while the duplicate arrives
             await uow.commit()
@@ -178,7 +198,7 @@ async def test_concurrent_two_phase_claims_take_the_id_once(log_and_db) -> None:
         await first_claimed.wait()
         try:
             async with db.unit_of_work() as uow:
-                return await log.claim(uow, "Refund", rid, adjust(rid))
+                return await log.claim(uow, M, "Refund", rid, adjust(rid))
         except Aborted as exc:
             return exc
 
@@ -199,12 +219,12 @@ async def test_replay_reads_a_stored_answer_and_writes_nothing(log_and_db) -> No
         return pb.AdjustStockResponse(product={"sku": "sku-1", "available": 3})
 
     rid, unseen = str(uuid.uuid4()), str(uuid.uuid4())
-    answer = await log.run("AdjustStock", rid, adjust(rid), pb.AdjustStockResponse, act)
+    answer = await log.run(M, "AdjustStock", rid, adjust(rid), pb.AdjustStockResponse, act)
     async with db.read() as conn:
-        assert await log.replay(conn, "AdjustStock", rid, adjust(rid)) == answer.SerializeToString()
-        assert await log.replay(conn, "AdjustStock", unseen, adjust(unseen)) is None
+        assert await log.replay(conn, M, "AdjustStock", rid, adjust(rid)) == answer.SerializeToString()
+        assert await log.replay(conn, M, "AdjustStock", unseen, adjust(unseen)) is None
         with pytest.raises(AlreadyExists):
-            await log.replay(conn, "AdjustStock", rid, adjust(rid, delta=9))
+            await log.replay(conn, M, "AdjustStock", rid, adjust(rid, delta=9))
     # The unseen id was only read: it is still free and acts once.
-    await log.run("AdjustStock", unseen, adjust(unseen), pb.AdjustStockResponse, act)
+    await log.run(M, "AdjustStock", unseen, adjust(unseen), pb.AdjustStockResponse, act)
     assert await count(db, effects) == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -70,8 +71,23 @@ def schema(conn: Connection, service: str) -> dict[str, Any]:
                 "WHERE connamespace = current_schema()::regnamespace"
             )
         )
-    tables["ddl"] = sorted((n, s) for n, s in rows if not n.startswith("alembic_version"))
+    ddl = [(n, s) for n, s in rows if not n.startswith("alembic_version")]
+    if conn.dialect.name == "sqlite":
+        ddl = [(n, sqlite_ddl(s)) for n, s in ddl]
+    tables["ddl"] = sorted(ddl, key=lambda row: (row[0], str(row[1])))
     return tables
+
+
+def sqlite_ddl(sql: str | None) -> Any:
+    """A CREATE TABLE as SQLite keeps it, in a form a table rebuilt by Alembic's batch mode (a copy renamed into
+    place) compares equal with: the name unquoted, `DEFAULT (x)` as `DEFAULT x`, and its lines as a set (the
+    rebuild may order constraints differently; the columns' order is compared through the inspector above)."""
+    if sql is None or not sql.startswith("CREATE TABLE"):
+        return sql
+    head, _, body = sql.partition("(")
+    head = head.replace('"', "").strip()
+    body = re.sub(r"DEFAULT \(([^()]*)\)", r"DEFAULT \1", body.rstrip().removesuffix(")"))
+    return head, sorted(line.strip().rstrip(",") for line in body.splitlines() if line.strip())
 
 
 async def run(engine: AsyncEngine, fn: Any, *args: Any) -> Any:

@@ -111,6 +111,13 @@ async def test_merchants_create_gives_a_key_the_registry_resolves_to_it_with_eve
     assert made["merchant_id"] in table.out and "Beta" in table.out
 
 
+async def test_the_legacy_merchant_is_made_by_its_id_for_the_rows_from_before_merchants(ops: Operator) -> None:
+    made = await ops.json("merchants", "create", "Rows from before merchants", "--id", "mer_legacy")
+    assert made["merchant_id"] == "mer_legacy"
+    await ops.admitted(made["api_key"])
+    assert ops.registry.lookup(made["api_key"]).merchant_id == "mer_legacy"
+
+
 async def test_keys_create_holds_the_scopes_named_and_expires_when_told(ops: Operator) -> None:
     owner = await merchant(ops)
     before = datetime.now(UTC)
@@ -199,6 +206,8 @@ async def test_an_operator_key_holds_the_operator_scope_and_no_merchant_key_does
     (["keys", "revoke", "key_doesNotExist"], "no API key key_doesNotExist"),
     (["keys", "revoke", "{secret}"], "secret, not an id"),
     (["merchants", "create", " "], "needs a name"),
+    (["merchants", "create", "Again", "--id", "{m}"], "exists already"),
+    (["merchants", "create", "Odd", "--id", "acme"], "starts mer_"),
 ])
 async def test_a_refused_command_exits_2_with_one_line_and_no_secret(ops: Operator, argv: list[str], says: str) -> None:
     owner = await merchant(ops)

@@ -10,86 +10,25 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
-from sqlalchemy import MetaData
 
-from paymesh.chassis.config import Settings
-from paymesh.chassis.errors import NotFound, invalid_argument
-from paymesh.chassis.service import GrpcService, Runtime, ServiceHost, StartupError, Wiring
-from paymesh.chassis.spec import ServiceSpec, no_settings
-from paymesh.ops.natsserver import NatsServer, free_port
+from paymesh.chassis.auth.bearer import bearer
+from paymesh.chassis.service import StartupError
+from paymesh.ops.natsserver import NatsServer
 from paymesh.order.v1 import order_service_pb2, order_service_pb2_grpc
 from tests.conftest import wait_for
-from tests.integration.chassis_harness import placed, stream_messages
+from tests.integration.chassis_harness import make_host, settings_for, stream_messages
+from tests.keys import key_for
 
 pytestmark = pytest.mark.timeout(60)
 
 
-class RefusingOrders(order_service_pb2_grpc.OrderServiceServicer):
-    """Raises the chassis' errors so the test can see what a client receives."""
-
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-
-    async def GetOrder(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC method name
-        raise NotFound(f"order {request.order_id} not found", reason="ORDER_NOT_FOUND",
-                       metadata={"order_id": request.order_id})
-
-    async def CreateOrder(self, request: Any, context: Any) -> Any:  # noqa: N802
-        if not request.items:
-            raise invalid_argument([("items", "at least one line item is required"),
-                                    ("currency", "must be an ISO 4217 code")])
-        # A state change with its event, through the chassis' outbox.
-        async with self.runtime.db.unit_of_work() as uow:
-            await self.runtime.publish(uow, [placed(order_id="o-from-rpc")])
-            await uow.commit()
-        return order_service_pb2.CreateOrderResponse()
-
-    async def ListOrders(self, request: Any, context: Any) -> Any:  # noqa: N802
-        raise RuntimeError("a bug")
-
-
-def _no_wiring(runtime: Runtime, settings: None) -> Wiring:
-    raise AssertionError("make_host wires the refusing servicer itself")
-
-
-# A service that owns no tables and serves OrderService on ORDER_SVC_*'s settings; its database
-# carries order_svc's migrations (the chassis tables come with them).
-REFUSING_SPEC = ServiceSpec(
-    name="order_svc",
-    env_prefix="ORDER_SVC",
-    grpc_port=50051,
-    stream="ORDER",
-    metadata=MetaData,
-    migrations="order_svc.migrations",
-    wire=_no_wiring,
-    settings=no_settings,
-)
-
-
-def settings_for(nats: NatsServer, db_url: str, tmp_path: Any) -> Settings:
-    env = {
-        "PAYMESH_NATS_URL": nats.url,
-        "ORDER_SVC_GRPC_ADDR": f"127.0.0.1:{free_port()}",
-        "ORDER_SVC_DB_URL": db_url,
-        "PAYMESH_DATA_DIR": str(tmp_path),
-    }
-    return Settings.from_env(REFUSING_SPEC, env)
-
-
-def make_host(settings: Settings) -> ServiceHost:
-    runtime = Runtime(REFUSING_SPEC, settings)
-    servicer = RefusingOrders(runtime)
-    wiring = Wiring(services=[GrpcService("paymesh.order.v1.OrderService", servicer,
-                                          order_service_pb2_grpc.add_OrderServiceServicer_to_server)])
-    return ServiceHost(runtime, wiring)
-
-
 async def test_health_reflection_errors_and_outbox(nats_server: NatsServer, db_url: str, tmp_path: Any) -> None:
     settings = settings_for(nats_server, db_url, tmp_path)
+    key = await key_for(nats_server.url)
     host = make_host(settings)
     await host.start()
     try:
-        async with grpc.aio.insecure_channel(settings.grpc_addr) as channel:
+        async with grpc.aio.insecure_channel(settings.grpc_addr, interceptors=bearer(key)) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             for name in ["", "paymesh.order.v1.OrderService"]:
                 reply = await health.Check(health_pb2.HealthCheckRequest(service=name))

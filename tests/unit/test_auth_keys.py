@@ -13,6 +13,7 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from order_svc.service import SPEC as ORDER_SPEC
 from paymesh.chassis.auth import (
     MERCHANT_SCOPES,
     ApiKeyExpired,
@@ -40,7 +41,7 @@ from paymesh.chassis.auth.keys import (
     successor,
 )
 from paymesh.chassis.auth.scopes import parse_scopes
-from paymesh.chassis.config import ConfigError
+from paymesh.chassis.config import ConfigError, Settings
 from paymesh.chassis.errors import PermissionDenied, Unauthenticated, to_status
 
 pytestmark = pytest.mark.timeout(60)
@@ -235,10 +236,11 @@ def test_the_token_bucket_allows_the_burst_then_the_rate() -> None:
     assert [limiter.allow("m_a", 200.0) for _ in range(4)][-1] is not None, "refills up to the burst only"
     off = RateLimiter(0)
     assert all(off.allow("m_a", 0.0) is None for _ in range(10_000))
-    assert RateLimiter.from_env({"PAYMESH_RATE_LIMIT_RPS": "0"}).enabled is False
-    assert RateLimiter.from_env({}).rate_per_s == 10_000
+    settings = Settings.from_env(ORDER_SPEC, {"PAYMESH_RATE_LIMIT_RPS": "0"})
+    assert RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst).enabled is False
+    assert Settings.from_env(ORDER_SPEC, {}).rate_limit_rps == 10_000
     with pytest.raises(ConfigError, match="PAYMESH_RATE_LIMIT_RPS"):
-        RateLimiter.from_env({"PAYMESH_RATE_LIMIT_RPS": "fast"})
+        Settings.from_env(ORDER_SPEC, {"PAYMESH_RATE_LIMIT_RPS": "fast"})
 
 
 def test_rate_limited_status_carries_retry_info() -> None:

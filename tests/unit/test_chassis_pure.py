@@ -14,8 +14,10 @@ from paymesh.chassis.config import ConfigError, Settings, db_url, event_loop
 from paymesh.chassis.db import DatabaseConfigError, create_engine
 from paymesh.chassis.errors import AlreadyExists, invalid_argument, to_status
 from paymesh.chassis.events import OutboundEvent, UndecodableEvent, child_traceparent, decode, message_types
+from paymesh.chassis.schema_steps import LEGACY_MERCHANT_ID
 from paymesh.ops.services import spec
 from paymesh.order.v1 import events_pb2
+from tests.keys import PLATFORM_KEY
 
 
 def test_settings_defaults() -> None:
@@ -24,9 +26,10 @@ def test_settings_defaults() -> None:
     assert s.db_url == "sqlite+inloop:///.paymesh/payment_svc.db"
     assert s.nats_urls == ["nats://127.0.0.1:4222"]
     assert s.stream == "PAYMENT"
-    assert PaymentSettings.from_env({}).gateway_addr == "127.0.0.1:50054"
-    assert PaymentSettings.from_env({"GATEWAY_MOCK_GRPC_ADDR": "127.0.0.1:7"}).gateway_addr == "127.0.0.1:7"
-    assert PaymentSettings.from_env({"PAYMENT_SVC_GATEWAY_ADDR": "gw:1"}).gateway_addr == "gw:1"
+    key = {"PAYMENT_SVC_GATEWAY_API_KEY": PLATFORM_KEY}
+    assert PaymentSettings.from_env(key).gateway_addr == "127.0.0.1:50054"
+    assert PaymentSettings.from_env({**key, "GATEWAY_MOCK_GRPC_ADDR": "127.0.0.1:7"}).gateway_addr == "127.0.0.1:7"
+    assert PaymentSettings.from_env({**key, "PAYMENT_SVC_GATEWAY_ADDR": "gw:1"}).gateway_addr == "gw:1"
     assert s.saga_timeout_s == 30.0
 
 
@@ -105,16 +108,32 @@ def raw(data: bytes, headers: dict[str, str] | None, subject: str = "order.place
 TYPES = message_types(events_pb2.OrderPlaced)
 
 
-def test_event_round_trip_keeps_id_type_and_trace() -> None:
-    event = OutboundEvent.of("order.placed.o1", events_pb2.OrderPlaced(event_id="e1", order_id="o1", amount_minor=5))
+def test_event_round_trip_keeps_id_type_merchant_and_trace() -> None:
+    placed = events_pb2.OrderPlaced(event_id="e1", order_id="o1", amount_minor=5, merchant_id="mer_a")
+    event = OutboundEvent.of("order.placed.o1", placed)
+    assert event.nats_headers()["Paymesh-Merchant"] == "mer_a"
     inbound = decode(raw(event.payload, event.nats_headers()), TYPES)
     assert (inbound.event_id, inbound.type, inbound.order_id) == ("e1", "paymesh.order.v1.OrderPlaced", "o1")
-    assert inbound.message.amount_minor == 5
+    assert (inbound.message.amount_minor, inbound.merchant_id) == (5, "mer_a")
     assert inbound.traceparent == event.headers["traceparent"]
 
 
+def test_an_event_names_its_merchant_and_the_header_must_agree() -> None:
+    with pytest.raises(ValueError, match="has no merchant_id"):
+        OutboundEvent.of("order.placed.o1", events_pb2.OrderPlaced(event_id="e1", order_id="o1"))
+    placed = events_pb2.OrderPlaced(event_id="e1", order_id="o1", merchant_id="mer_a")
+    event = OutboundEvent.of("order.placed.o1", placed)
+    forged = {**event.nats_headers(), "Paymesh-Merchant": "mer_b"}
+    with pytest.raises(UndecodableEvent, match="'mer_b' differs from its payload's merchant_id 'mer_a'"):
+        decode(raw(event.payload, forged), TYPES)
+    # Published by a release before merchants: no header, no field; its rows went to the legacy merchant.
+    old = events_pb2.OrderPlaced(event_id="e0", order_id="o0").SerializeToString()
+    inbound = decode(raw(old, {"Paymesh-Type": "paymesh.order.v1.OrderPlaced"}), TYPES)
+    assert inbound.merchant_id == LEGACY_MERCHANT_ID
+
+
 def test_the_payload_event_id_wins_over_a_new_msg_id() -> None:
-    event = OutboundEvent.of("order.placed.o1", events_pb2.OrderPlaced(event_id="e1", order_id="o1"))
+    event = OutboundEvent.of("order.placed.o1", events_pb2.OrderPlaced(event_id="e1", order_id="o1", merchant_id="m"))
     headers = {**event.nats_headers(), "Nats-Msg-Id": "republished"}
     assert decode(raw(event.payload, headers), TYPES).event_id == "e1"
 

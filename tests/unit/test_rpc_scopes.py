@@ -5,26 +5,9 @@ from __future__ import annotations
 import pytest
 from google.protobuf import descriptor_pool
 
-from gateway_mock.api import GatewayApi
-from inventory_svc.api import InventoryApi
-from order_svc.api import OrderApi
-from payment_svc.api import PaymentApi
 from paymesh.chassis.auth import Scope, scopes_of
 from paymesh.chassis.auth.scopes import MERCHANT_SCOPES, PLATFORM_SCOPES
-from paymesh.gateway.v1 import gateway_service_pb2
-from paymesh.inventory.v1 import inventory_service_pb2
-from paymesh.order.v1 import order_service_pb2
-from paymesh.payment.v1 import payment_service_pb2
-
-# Every service the protos define, and the servicer that serves it: a new service's proto without
-# an entry here fails the completeness test below.
-SERVED = {
-    "paymesh.order.v1.OrderService": OrderApi,
-    "paymesh.inventory.v1.InventoryService": InventoryApi,
-    "paymesh.payment.v1.PaymentService": PaymentApi,
-    "paymesh.gateway.v1.GatewayService": GatewayApi,
-}
-PROTO_MODULES = (order_service_pb2, inventory_service_pb2, payment_service_pb2, gateway_service_pb2)
+from tests.served import PROTO_MODULES, SERVED, OrderApi, PaymentApi
 
 
 def test_every_service_the_protos_define_has_a_servicer_here() -> None:

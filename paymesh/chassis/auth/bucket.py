@@ -11,10 +11,17 @@ BUCKET = "PAYMESH_KEYS"
 # A key's last states (created, rolled, revoked) stay readable for an operator who asks why.
 HISTORY = 5
 ENTRY_PREFIX = "key."
+# When a key was last used, coarsely (LAST_USE_GRAIN): beside its record, so writing it never touches the
+# record a revocation or roll updates by revision.
+USED_PREFIX = "used."
 
 
 def entry_name(key_id: str) -> str:
     return ENTRY_PREFIX + key_id
+
+
+def used_entry(key_id: str) -> str:
+    return USED_PREFIX + key_id
 
 
 async def ensure_bucket(js: JetStreamContext, replicas: int = 1, bucket: str = BUCKET) -> KeyValue:

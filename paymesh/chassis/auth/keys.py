@@ -15,9 +15,14 @@ from paymesh.chassis.auth.scopes import PLATFORM_SCOPES, Scope
 
 # The prefix says what a key is, as Stripe's `sk_live_`: a person (or a secret scanner on a
 # pushed commit) recognises a paymesh credential, and tells a merchant's key from an operator's,
-# at a glance. `sk` is a merchant's secret key, `ok` an operator's; `mesh` names the issuer.
+# at a glance. `sk` is a merchant's secret key, `ok` an operator's, `pl` the platform's own (what
+# payment_svc shows the bank); `mesh` names the issuer.
 MERCHANT_PREFIX = "sk_mesh_"
 OPERATOR_PREFIX = "ok_mesh_"
+PLATFORM_PREFIX = "pl_mesh_"
+KEY_PREFIXES = (MERCHANT_PREFIX, OPERATOR_PREFIX, PLATFORM_PREFIX)
+# The merchant_id of a principal that is paymesh itself (the platform key) or one of its operators.
+PLATFORM_MERCHANT = "platform"
 KEY_ID_PREFIX = "key_"
 SECRET_BYTES = 32  # 256 bits from `secrets`; DESIGN.md asks at least 128
 DISPLAY_CHARS = 12  # `sk_mesh_AbCd`: the prefix and 4 of 43 random characters, enough to tell keys apart
@@ -70,9 +75,14 @@ class Pepper:
     __str__ = __repr__
 
 
-def new_secret(*, operator: bool = False) -> ApiKey:
-    prefix = OPERATOR_PREFIX if operator else MERCHANT_PREFIX
+def new_secret(*, operator: bool = False, prefix: str | None = None) -> ApiKey:
+    prefix = prefix or (OPERATOR_PREFIX if operator else MERCHANT_PREFIX)
     return ApiKey(prefix + _base62(secrets.token_bytes(SECRET_BYTES)))
+
+
+def new_platform_key() -> ApiKey:
+    """The secret the bank (gateway_mock) knows paymesh by: `paymesh up` makes one and gives it to both."""
+    return new_secret(prefix=PLATFORM_PREFIX)
 
 
 def new_key_id() -> str:
@@ -88,7 +98,7 @@ def digest(pepper: Pepper, secret: str) -> str:
 
 def looks_like_key(secret: str) -> bool:
     """A cheap refusal of what cannot be a key, before hashing it."""
-    return len(secret) == SECRET_LENGTH and secret.startswith((MERCHANT_PREFIX, OPERATOR_PREFIX))
+    return len(secret) == SECRET_LENGTH and secret.startswith(KEY_PREFIXES)
 
 
 def _time(value: datetime | None) -> str | None:
@@ -231,3 +241,18 @@ def check(record: ApiKeyRecord | None, now: datetime) -> Principal:
         is_operator=record.operator and Scope.OPERATOR in record.scopes,
     )
 
+
+
+@dataclass(frozen=True)
+class TrustedKey:
+    """A key a service trusts from its own settings, not from the bucket: the bank's platform key. It
+    cannot be revoked from the bucket; a new one is a new setting and a restart."""
+
+    name: str  # stands for the key id in logs and refusals: the setting it came from
+    secret: ApiKey
+    scopes: frozenset[Scope]
+
+    def record(self, pepper: Pepper, now: datetime) -> ApiKeyRecord:
+        return ApiKeyRecord(key_id=self.name, digest=digest(pepper, self.secret.reveal()),
+                            display_prefix=self.secret.reveal()[:DISPLAY_CHARS], merchant_id=PLATFORM_MERCHANT,
+                            scopes=self.scopes, created_at=now)

@@ -10,18 +10,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js.errors import InvalidKeyError, KeyDeletedError, KeyNotFoundError, NoKeysError
+from nats.js.errors import InvalidKeyError, KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 
 from paymesh.chassis.auth.bucket import BUCKET, ensure_bucket
 from paymesh.chassis.auth.registry import utc_now
-from paymesh.chassis.errors import InvalidArgument, NotFound
+from paymesh.chassis.errors import AlreadyExists, InvalidArgument, NotFound
 
 # Beside the keys, so one bucket (one replication, one backup) holds who may call; the registry
 # reads only `key.` entries, so these cost a replica nothing but the watch.
 MERCHANT_PREFIX = "merchant."
 MERCHANT_ID_PREFIX = "mer_"
 MAX_NAME_CHARS = 200
+MERCHANT_ID_MAX = 40  # the stores' merchant_id column (paymesh.chassis.schema_steps.MERCHANT_ID_LENGTH)
 
 
 def merchant_entry(merchant_id: str) -> str:
@@ -85,9 +86,17 @@ class MerchantStore:
                    clock: Callable[[], datetime] = utc_now) -> MerchantStore:
         return cls(await ensure_bucket(js, replicas, bucket), clock=clock)
 
-    async def create(self, name: str) -> Merchant:
-        merchant = Merchant(new_merchant_id(), checked_name(name), self._clock())
-        await self._kv.create(merchant_entry(merchant.merchant_id), merchant.to_json())
+    async def create(self, name: str, merchant_id: str | None = None) -> Merchant:
+        """A new merchant; `merchant_id` picks its id (one already taken is refused ALREADY_EXISTS)."""
+        merchant = Merchant(merchant_id or new_merchant_id(), checked_name(name), self._clock())
+        if not merchant.merchant_id.startswith(MERCHANT_ID_PREFIX) or len(merchant.merchant_id) > MERCHANT_ID_MAX:
+            raise InvalidArgument(f"a merchant id starts {MERCHANT_ID_PREFIX} and has at most {MERCHANT_ID_MAX} "
+                                  "characters", reason="MERCHANT_ID_INVALID")
+        try:
+            await self._kv.create(merchant_entry(merchant.merchant_id), merchant.to_json())
+        except KeyWrongLastSequenceError:
+            raise AlreadyExists(f"merchant {merchant.merchant_id} exists already", reason="MERCHANT_EXISTS",
+                                metadata={"merchant_id": merchant.merchant_id}) from None
         return merchant
 
     async def get(self, merchant_id: str) -> Merchant:

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
-from paymesh.chassis.config import env_float
-
-RATE_ENV = "PAYMESH_RATE_LIMIT_RPS"
-BURST_ENV = "PAYMESH_RATE_LIMIT_BURST"
-# Far above what one merchant's `paymesh bench --concurrency 64` asks of one replica.
-DEFAULT_RATE_PER_S = 10_000.0
+# Settings read PAYMESH_RATE_LIMIT_RPS (default 10,000 a second: far above what one merchant's
+# `paymesh bench --concurrency 64` asks of one replica) and PAYMESH_RATE_LIMIT_BURST.
 
 
 @dataclass
@@ -47,10 +42,4 @@ class RateLimiter:
             bucket.tokens = max(0.0, bucket.tokens - 1.0)
             return None
         return (1.0 - bucket.tokens) / self.rate_per_s
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> RateLimiter:
-        rate = env_float(env, RATE_ENV, DEFAULT_RATE_PER_S, zero_means_off=True)
-        burst = env_float(env, BURST_ENV, rate) if env.get(BURST_ENV) else None
-        return cls(rate, burst)
 

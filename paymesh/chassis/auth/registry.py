@@ -7,21 +7,25 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from paymesh.chassis import periodic
-from paymesh.chassis.auth.bucket import BUCKET, ENTRY_PREFIX, ensure_bucket
+from paymesh.chassis.auth.bucket import BUCKET, ENTRY_PREFIX, ensure_bucket, used_entry
 from paymesh.chassis.auth.errors import ApiKeyInvalid, ApiKeyMissing
-from paymesh.chassis.auth.keys import ApiKeyRecord, Pepper, Principal, check, digest, looks_like_key
+from paymesh.chassis.auth.keys import ApiKeyRecord, Pepper, Principal, TrustedKey, check, digest, looks_like_key
 
 log = logging.getLogger(__name__)
 
 # How often the registry asks its connection whether it reconnected (a local counter, no network).
 RECONNECT_CHECK_S = 0.25
+# "Last used" is kept coarse: a replica writes a key's last use at most once per grain, from a periodic
+# flush, so a call costs a dict store and the bucket a write per key per replica per grain.
+LAST_USE_GRAIN = timedelta(minutes=5)
+LAST_USE_FLUSH_S = 30.0
 
 
 def utc_now() -> datetime:
@@ -77,12 +81,16 @@ class KeyRegistry:
         self._bucket = bucket
         self._clock = clock
         self._index = _Index()
+        self._trusted: dict[str, ApiKeyRecord] = {}  # by digest; kept across reloads of the bucket
         self._kv: KeyValue | None = None
         self._watcher: KeyValue.KeyWatcher | None = None
         self._follow: asyncio.Task[None] | None = None
         self._guard: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._reconnects = 0
+        self._used: dict[str, datetime] = {}  # key id -> last admitted here, not yet written
+        self._written: dict[str, datetime] = {}  # key id -> the last use this replica wrote
+        self._flusher: asyncio.Task[None] | None = None
         self.loads = 0  # how many times the dict was loaded whole: 1 after start, +1 per reconnect
 
     async def start(self, timeout: float = 10.0) -> None:
@@ -91,10 +99,12 @@ class KeyRegistry:
         await self._load(timeout)
         self._guard = asyncio.create_task(
             periodic.every(RECONNECT_CHECK_S, self._reload_after_reconnect, stop=self._stop, name="key registry"))
+        self._flusher = asyncio.create_task(
+            periodic.every(LAST_USE_FLUSH_S, self.flush_last_use, stop=self._stop, name="key last use"))
 
     async def stop(self) -> None:
         self._stop.set()
-        for task in (self._guard, self._follow):
+        for task in (self._guard, self._follow, self._flusher):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -107,11 +117,33 @@ class KeyRegistry:
         if not secret:
             raise ApiKeyMissing()
         if not looks_like_key(secret):
-            raise ApiKeyInvalid("this is not a paymesh API key (they start sk_mesh_ or ok_mesh_)")
+            raise ApiKeyInvalid("this is not a paymesh API key (they start sk_mesh_, ok_mesh_ or pl_mesh_)")
         # A dict lookup by the HMAC, not a compare of secrets: what timing could reveal is about
         # the digest, which the caller cannot steer without the pepper; no constant-time compare needed.
-        record = self._index.by_digest.get(digest(self._pepper, secret))
-        return check(record, self._clock() if now is None else now)
+        hashed = digest(self._pepper, secret)
+        record = self._index.by_digest.get(hashed)
+        when = self._clock() if now is None else now
+        if record is None:
+            return check(self._trusted.get(hashed), when)  # a key from settings has no last use to keep
+        principal = check(record, when)
+        self._used[record.key_id] = when
+        return principal
+
+    async def flush_last_use(self) -> None:
+        """Write `used.<key_id>` for each key admitted since the last flush whose last write here is a grain old."""
+        if self._kv is None:
+            return
+        due = {k: t for k, t in self._used.items() if t - self._written.get(k, datetime.min.replace(tzinfo=UTC))
+               >= LAST_USE_GRAIN}
+        self._used = {k: t for k, t in self._used.items() if k not in due}
+        for key_id, when in due.items():
+            await self._kv.put(used_entry(key_id), when.astimezone(UTC).isoformat(timespec="seconds").encode())
+            self._written[key_id] = when
+
+    def trust(self, key: TrustedKey) -> None:
+        """Admit a key from the service's settings (the bank's platform key) beside the bucket's."""
+        record = key.record(self._pepper, self._clock())
+        self._trusted[record.digest] = record
 
     def record(self, key_id: str) -> ApiKeyRecord | None:
         return self._index.by_key_id.get(key_id)

@@ -9,7 +9,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 
-from paymesh.chassis.auth.bucket import BUCKET, ENTRY_PREFIX, ensure_bucket, entry_name
+from paymesh.chassis.auth.bucket import BUCKET, ENTRY_PREFIX, ensure_bucket, entry_name, used_entry
 from paymesh.chassis.auth.keys import ApiKey, ApiKeyRecord, Pepper, new_key, successor
 from paymesh.chassis.auth.registry import utc_now
 from paymesh.chassis.auth.scopes import Scope
@@ -75,6 +75,14 @@ class KeyStore:
             if merchant_id is None or record.merchant_id == merchant_id:
                 records.append(record)
         return sorted(records, key=lambda r: (r.created_at, r.key_id))
+
+    async def last_used(self, key_id: str) -> datetime | None:
+        """When a replica last admitted the key, to within LAST_USE_GRAIN; None: never (or not yet written)."""
+        try:
+            entry = await self._kv.get(used_entry(key_id))
+        except (KeyNotFoundError, KeyDeletedError):
+            return None
+        return datetime.fromisoformat(entry.value.decode()) if entry.value else None
 
     async def revoke(self, key_id: str, now: datetime | None = None) -> ApiKeyRecord:
         """Refused by every replica as soon as it sees this write; revoking twice keeps the first time."""

@@ -25,19 +25,19 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n paymesh/gateway/v1/gateway.proto\x12\x12paymesh.gateway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd9\x02\n\x06\x43harge\x12\x11\n\tcharge_id\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\x12\x14\n\x0c\x61mount_minor\x18\x03 \x01(\x03\x12\x16\n\x0erefunded_minor\x18\x04 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x05 \x01(\t\x12\x30\n\x06status\x18\x06 \x01(\x0e\x32 .paymesh.gateway.v1.ChargeStatus\x12\x14\n\x0c\x64\x65\x63line_code\x18\x07 \x01(\t\x12\x10\n\x08order_id\x18\x08 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\t \x01(\t\x12\x12\n\ncard_last4\x18\n \x01(\t\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb0\x01\n\x06Refund\x12\x11\n\trefund_id\x18\x01 \x01(\t\x12\x11\n\tcharge_id\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x14\n\x0c\x61mount_minor\x18\x04 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x7f\n\x0b\x46\x61ultConfig\x12\x12\n\nlatency_ms\x18\x01 \x01(\x05\x12\x14\n\x0c\x64\x65\x63line_rate\x18\x02 \x01(\x01\x12\x1c\n\x14transient_error_rate\x18\x03 \x01(\x01\x12\x1a\n\x12lost_response_rate\x18\x04 \x01(\x01\x12\x0c\n\x04seed\x18\x05 \x01(\x03*\xa8\x01\n\x0c\x43hargeStatus\x12\x1d\n\x19\x43HARGE_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43HARGE_STATUS_SUCCEEDED\x10\x01\x12\x1a\n\x16\x43HARGE_STATUS_DECLINED\x10\x02\x12\x1a\n\x16\x43HARGE_STATUS_REFUNDED\x10\x03\x12$\n CHARGE_STATUS_PARTIALLY_REFUNDED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n paymesh/gateway/v1/gateway.proto\x12\x12paymesh.gateway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xee\x02\n\x06\x43harge\x12\x11\n\tcharge_id\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\x12\x14\n\x0c\x61mount_minor\x18\x03 \x01(\x03\x12\x16\n\x0erefunded_minor\x18\x04 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x05 \x01(\t\x12\x30\n\x06status\x18\x06 \x01(\x0e\x32 .paymesh.gateway.v1.ChargeStatus\x12\x14\n\x0c\x64\x65\x63line_code\x18\x07 \x01(\t\x12\x10\n\x08order_id\x18\x08 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\t \x01(\t\x12\x12\n\ncard_last4\x18\n \x01(\t\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bmerchant_id\x18\r \x01(\t\"\xc5\x01\n\x06Refund\x12\x11\n\trefund_id\x18\x01 \x01(\t\x12\x11\n\tcharge_id\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x14\n\x0c\x61mount_minor\x18\x04 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bmerchant_id\x18\x08 \x01(\t\"\x7f\n\x0b\x46\x61ultConfig\x12\x12\n\nlatency_ms\x18\x01 \x01(\x05\x12\x14\n\x0c\x64\x65\x63line_rate\x18\x02 \x01(\x01\x12\x1c\n\x14transient_error_rate\x18\x03 \x01(\x01\x12\x1a\n\x12lost_response_rate\x18\x04 \x01(\x01\x12\x0c\n\x04seed\x18\x05 \x01(\x03*\xa8\x01\n\x0c\x43hargeStatus\x12\x1d\n\x19\x43HARGE_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43HARGE_STATUS_SUCCEEDED\x10\x01\x12\x1a\n\x16\x43HARGE_STATUS_DECLINED\x10\x02\x12\x1a\n\x16\x43HARGE_STATUS_REFUNDED\x10\x03\x12$\n CHARGE_STATUS_PARTIALLY_REFUNDED\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'paymesh.gateway.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CHARGESTATUS']._serialized_start=746
-  _globals['_CHARGESTATUS']._serialized_end=914
+  _globals['_CHARGESTATUS']._serialized_start=788
+  _globals['_CHARGESTATUS']._serialized_end=956
   _globals['_CHARGE']._serialized_start=90
-  _globals['_CHARGE']._serialized_end=435
-  _globals['_REFUND']._serialized_start=438
-  _globals['_REFUND']._serialized_end=614
-  _globals['_FAULTCONFIG']._serialized_start=616
-  _globals['_FAULTCONFIG']._serialized_end=743
+  _globals['_CHARGE']._serialized_end=456
+  _globals['_REFUND']._serialized_start=459
+  _globals['_REFUND']._serialized_end=656
+  _globals['_FAULTCONFIG']._serialized_start=658
+  _globals['_FAULTCONFIG']._serialized_end=785
 # @@protoc_insertion_point(module_scope)

@@ -23,7 +23,7 @@ CHARGE_STATUS_REFUNDED: ChargeStatus
 CHARGE_STATUS_PARTIALLY_REFUNDED: ChargeStatus
 
 class Charge(_message.Message):
-    __slots__ = ("charge_id", "idempotency_key", "amount_minor", "refunded_minor", "currency", "status", "decline_code", "order_id", "description", "card_last4", "create_time", "update_time")
+    __slots__ = ("charge_id", "idempotency_key", "amount_minor", "refunded_minor", "currency", "status", "decline_code", "order_id", "description", "card_last4", "create_time", "update_time", "merchant_id")
     CHARGE_ID_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_MINOR_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +36,7 @@ class Charge(_message.Message):
     CARD_LAST4_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    MERCHANT_ID_FIELD_NUMBER: _ClassVar[int]
     charge_id: str
     idempotency_key: str
     amount_minor: int
@@ -48,10 +49,11 @@ class Charge(_message.Message):
     card_last4: str
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, charge_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., amount_minor: _Optional[int] = ..., refunded_minor: _Optional[int] = ..., currency: _Optional[str] = ..., status: _Optional[_Union[ChargeStatus, str]] = ..., decline_code: _Optional[str] = ..., order_id: _Optional[str] = ..., description: _Optional[str] = ..., card_last4: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    merchant_id: str
+    def __init__(self, charge_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., amount_minor: _Optional[int] = ..., refunded_minor: _Optional[int] = ..., currency: _Optional[str] = ..., status: _Optional[_Union[ChargeStatus, str]] = ..., decline_code: _Optional[str] = ..., order_id: _Optional[str] = ..., description: _Optional[str] = ..., card_last4: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., merchant_id: _Optional[str] = ...) -> None: ...
 
 class Refund(_message.Message):
-    __slots__ = ("refund_id", "charge_id", "idempotency_key", "amount_minor", "currency", "reason", "create_time")
+    __slots__ = ("refund_id", "charge_id", "idempotency_key", "amount_minor", "currency", "reason", "create_time", "merchant_id")
     REFUND_ID_FIELD_NUMBER: _ClassVar[int]
     CHARGE_ID_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +61,7 @@ class Refund(_message.Message):
     CURRENCY_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    MERCHANT_ID_FIELD_NUMBER: _ClassVar[int]
     refund_id: str
     charge_id: str
     idempotency_key: str
@@ -66,7 +69,8 @@ class Refund(_message.Message):
     currency: str
     reason: str
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, refund_id: _Optional[str] = ..., charge_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., amount_minor: _Optional[int] = ..., currency: _Optional[str] = ..., reason: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    merchant_id: str
+    def __init__(self, refund_id: _Optional[str] = ..., charge_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., amount_minor: _Optional[int] = ..., currency: _Optional[str] = ..., reason: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., merchant_id: _Optional[str] = ...) -> None: ...
 
 class FaultConfig(_message.Message):
     __slots__ = ("latency_ms", "decline_rate", "transient_error_rate", "lost_response_rate", "seed")

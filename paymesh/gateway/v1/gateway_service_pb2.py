@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from paymesh.gateway.v1 import gateway_pb2 as paymesh_dot_gateway_dot_v1_dot_gateway__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(paymesh/gateway/v1/gateway_service.proto\x12\x12paymesh.gateway.v1\x1a paymesh/gateway/v1/gateway.proto\"\x95\x01\n\rChargeRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x14\n\x0c\x61mount_minor\x18\x02 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12\x1c\n\x14payment_method_token\x18\x04 \x01(\t\x12\x10\n\x08order_id\x18\x05 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\"<\n\x0e\x43hargeResponse\x12*\n\x06\x63harge\x18\x01 \x01(\x0b\x32\x1a.paymesh.gateway.v1.Charge\"a\n\rRefundRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x11\n\tcharge_id\x18\x02 \x01(\t\x12\x14\n\x0c\x61mount_minor\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\"h\n\x0eRefundResponse\x12*\n\x06refund\x18\x01 \x01(\x0b\x32\x1a.paymesh.gateway.v1.Refund\x12*\n\x06\x63harge\x18\x02 \x01(\x0b\x32\x1a.paymesh.gateway.v1.Charge\"L\n\x10GetChargeRequest\x12\x13\n\tcharge_id\x18\x01 \x01(\tH\x00\x12\x19\n\x0fidempotency_key\x18\x02 \x01(\tH\x00\x42\x08\n\x06lookup\"?\n\x11GetChargeResponse\x12*\n\x06\x63harge\x18\x01 \x01(\x0b\x32\x1a.paymesh.gateway.v1.Charge\"\x7f\n\x12ListChargesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x10\n\x08order_id\x18\x03 \x01(\t\x12\x30\n\x06status\x18\x04 \x01(\x0e\x32 .paymesh.gateway.v1.ChargeStatus\"[\n\x13ListChargesResponse\x12+\n\x07\x63harges\x18\x01 \x03(\x0b\x32\x1a.paymesh.gateway.v1.Charge\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x85\x02\n\x10\x43onfigureRequest\x12\x17\n\nlatency_ms\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x19\n\x0c\x64\x65\x63line_rate\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12!\n\x14transient_error_rate\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x1f\n\x12lost_response_rate\x18\x04 \x01(\x01H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x04\x88\x01\x01\x12\r\n\x05reset\x18\x06 \x01(\x08\x42\r\n\x0b_latency_msB\x0f\n\r_decline_rateB\x17\n\x15_transient_error_rateB\x15\n\x13_lost_response_rateB\x07\n\x05_seed\"D\n\x11\x43onfigureResponse\x12/\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1f.paymesh.gateway.v1.FaultConfig2\xc6\x03\n\x0eGatewayService\x12O\n\x06\x43harge\x12!.paymesh.gateway.v1.ChargeRequest\x1a\".paymesh.gateway.v1.ChargeResponse\x12O\n\x06Refund\x12!.paymesh.gateway.v1.RefundRequest\x1a\".paymesh.gateway.v1.RefundResponse\x12X\n\tGetCharge\x12$.paymesh.gateway.v1.GetChargeRequest\x1a%.paymesh.gateway.v1.GetChargeResponse\x12^\n\x0bListCharges\x12&.paymesh.gateway.v1.ListChargesRequest\x1a\'.paymesh.gateway.v1.ListChargesResponse\x12X\n\tConfigure\x12$.paymesh.gateway.v1.ConfigureRequest\x1a%.paymesh.gateway.v1.ConfigureResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(paymesh/gateway/v1/gateway_service.proto\x12\x12paymesh.gateway.v1\x1a paymesh/gateway/v1/gateway.proto\"\xaa\x01\n\rChargeRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x14\n\x0c\x61mount_minor\x18\x02 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12\x1c\n\x14payment_method_token\x18\x04 \x01(\t\x12\x10\n\x08order_id\x18\x05 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\x13\n\x0bmerchant_id\x18\x07 \x01(\t\"<\n\x0e\x43hargeResponse\x12*\n\x06\x63harge\x18\x01 \x01(\x0b\x32\x1a.paymesh.gateway.v1.Charge\"a\n\rRefundRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x11\n\tcharge_id\x18\x02 \x01(\t\x12\x14\n\x0c\x61mount_minor\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\"h\n\x0eRefundResponse\x12*\n\x06refund\x18\x01 \x01(\x0b\x32\x1a.paymesh.gateway.v1.Refund\x12*\n\x06\x63harge\x18\x02 \x01(\x0b\x32\x1a.paymesh.gateway.v1.Charge\"L\n\x10GetChargeRequest\x12\x13\n\tcharge_id\x18\x01 \x01(\tH\x00\x12\x19\n\x0fidempotency_key\x18\x02 \x01(\tH\x00\x42\x08\n\x06lookup\"?\n\x11GetChargeResponse\x12*\n\x06\x63harge\x18\x01 \x01(\x0b\x32\x1a.paymesh.gateway.v1.Charge\"\x94\x01\n\x12ListChargesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x10\n\x08order_id\x18\x03 \x01(\t\x12\x30\n\x06status\x18\x04 \x01(\x0e\x32 .paymesh.gateway.v1.ChargeStatus\x12\x13\n\x0bmerchant_id\x18\x05 \x01(\t\"[\n\x13ListChargesResponse\x12+\n\x07\x63harges\x18\x01 \x03(\x0b\x32\x1a.paymesh.gateway.v1.Charge\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x85\x02\n\x10\x43onfigureRequest\x12\x17\n\nlatency_ms\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x19\n\x0c\x64\x65\x63line_rate\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12!\n\x14transient_error_rate\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x1f\n\x12lost_response_rate\x18\x04 \x01(\x01H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x04\x88\x01\x01\x12\r\n\x05reset\x18\x06 \x01(\x08\x42\r\n\x0b_latency_msB\x0f\n\r_decline_rateB\x17\n\x15_transient_error_rateB\x15\n\x13_lost_response_rateB\x07\n\x05_seed\"D\n\x11\x43onfigureResponse\x12/\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1f.paymesh.gateway.v1.FaultConfig2\xc6\x03\n\x0eGatewayService\x12O\n\x06\x43harge\x12!.paymesh.gateway.v1.ChargeRequest\x1a\".paymesh.gateway.v1.ChargeResponse\x12O\n\x06Refund\x12!.paymesh.gateway.v1.RefundRequest\x1a\".paymesh.gateway.v1.RefundResponse\x12X\n\tGetCharge\x12$.paymesh.gateway.v1.GetChargeRequest\x1a%.paymesh.gateway.v1.GetChargeResponse\x12^\n\x0bListCharges\x12&.paymesh.gateway.v1.ListChargesRequest\x1a\'.paymesh.gateway.v1.ListChargesResponse\x12X\n\tConfigure\x12$.paymesh.gateway.v1.ConfigureRequest\x1a%.paymesh.gateway.v1.ConfigureResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,25 +33,25 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'paymesh.gateway.v1.gateway_
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CHARGEREQUEST']._serialized_start=99
-  _globals['_CHARGEREQUEST']._serialized_end=248
-  _globals['_CHARGERESPONSE']._serialized_start=250
-  _globals['_CHARGERESPONSE']._serialized_end=310
-  _globals['_REFUNDREQUEST']._serialized_start=312
-  _globals['_REFUNDREQUEST']._serialized_end=409
-  _globals['_REFUNDRESPONSE']._serialized_start=411
-  _globals['_REFUNDRESPONSE']._serialized_end=515
-  _globals['_GETCHARGEREQUEST']._serialized_start=517
-  _globals['_GETCHARGEREQUEST']._serialized_end=593
-  _globals['_GETCHARGERESPONSE']._serialized_start=595
-  _globals['_GETCHARGERESPONSE']._serialized_end=658
-  _globals['_LISTCHARGESREQUEST']._serialized_start=660
-  _globals['_LISTCHARGESREQUEST']._serialized_end=787
-  _globals['_LISTCHARGESRESPONSE']._serialized_start=789
-  _globals['_LISTCHARGESRESPONSE']._serialized_end=880
-  _globals['_CONFIGUREREQUEST']._serialized_start=883
-  _globals['_CONFIGUREREQUEST']._serialized_end=1144
-  _globals['_CONFIGURERESPONSE']._serialized_start=1146
-  _globals['_CONFIGURERESPONSE']._serialized_end=1214
-  _globals['_GATEWAYSERVICE']._serialized_start=1217
-  _globals['_GATEWAYSERVICE']._serialized_end=1671
+  _globals['_CHARGEREQUEST']._serialized_end=269
+  _globals['_CHARGERESPONSE']._serialized_start=271
+  _globals['_CHARGERESPONSE']._serialized_end=331
+  _globals['_REFUNDREQUEST']._serialized_start=333
+  _globals['_REFUNDREQUEST']._serialized_end=430
+  _globals['_REFUNDRESPONSE']._serialized_start=432
+  _globals['_REFUNDRESPONSE']._serialized_end=536
+  _globals['_GETCHARGEREQUEST']._serialized_start=538
+  _globals['_GETCHARGEREQUEST']._serialized_end=614
+  _globals['_GETCHARGERESPONSE']._serialized_start=616
+  _globals['_GETCHARGERESPONSE']._serialized_end=679
+  _globals['_LISTCHARGESREQUEST']._serialized_start=682
+  _globals['_LISTCHARGESREQUEST']._serialized_end=830
+  _globals['_LISTCHARGESRESPONSE']._serialized_start=832
+  _globals['_LISTCHARGESRESPONSE']._serialized_end=923
+  _globals['_CONFIGUREREQUEST']._serialized_start=926
+  _globals['_CONFIGUREREQUEST']._serialized_end=1187
+  _globals['_CONFIGURERESPONSE']._serialized_start=1189
+  _globals['_CONFIGURERESPONSE']._serialized_end=1257
+  _globals['_GATEWAYSERVICE']._serialized_start=1260
+  _globals['_GATEWAYSERVICE']._serialized_end=1714
 # @@protoc_insertion_point(module_scope)

@@ -8,20 +8,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ChargeRequest(_message.Message):
-    __slots__ = ("idempotency_key", "amount_minor", "currency", "payment_method_token", "order_id", "description")
+    __slots__ = ("idempotency_key", "amount_minor", "currency", "payment_method_token", "order_id", "description", "merchant_id")
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_MINOR_FIELD_NUMBER: _ClassVar[int]
     CURRENCY_FIELD_NUMBER: _ClassVar[int]
     PAYMENT_METHOD_TOKEN_FIELD_NUMBER: _ClassVar[int]
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    MERCHANT_ID_FIELD_NUMBER: _ClassVar[int]
     idempotency_key: str
     amount_minor: int
     currency: str
     payment_method_token: str
     order_id: str
     description: str
-    def __init__(self, idempotency_key: _Optional[str] = ..., amount_minor: _Optional[int] = ..., currency: _Optional[str] = ..., payment_method_token: _Optional[str] = ..., order_id: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
+    merchant_id: str
+    def __init__(self, idempotency_key: _Optional[str] = ..., amount_minor: _Optional[int] = ..., currency: _Optional[str] = ..., payment_method_token: _Optional[str] = ..., order_id: _Optional[str] = ..., description: _Optional[str] = ..., merchant_id: _Optional[str] = ...) -> None: ...
 
 class ChargeResponse(_message.Message):
     __slots__ = ("charge",)
@@ -64,16 +66,18 @@ class GetChargeResponse(_message.Message):
     def __init__(self, charge: _Optional[_Union[_gateway_pb2.Charge, _Mapping]] = ...) -> None: ...
 
 class ListChargesRequest(_message.Message):
-    __slots__ = ("page_size", "page_token", "order_id", "status")
+    __slots__ = ("page_size", "page_token", "order_id", "status", "merchant_id")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    MERCHANT_ID_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
     order_id: str
     status: _gateway_pb2.ChargeStatus
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., order_id: _Optional[str] = ..., status: _Optional[_Union[_gateway_pb2.ChargeStatus, str]] = ...) -> None: ...
+    merchant_id: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., order_id: _Optional[str] = ..., status: _Optional[_Union[_gateway_pb2.ChargeStatus, str]] = ..., merchant_id: _Optional[str] = ...) -> None: ...
 
 class ListChargesResponse(_message.Message):
     __slots__ = ("charges", "next_page_token")

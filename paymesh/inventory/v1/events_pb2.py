@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from paymesh.inventory.v1 import inventory_pb2 as paymesh_dot_inventory_dot_v1_dot_inventory__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!paymesh/inventory/v1/events.proto\x12\x14paymesh.inventory.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a$paymesh/inventory/v1/inventory.proto\"\x9e\x01\n\x11InventoryReserved\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x05lines\x18\x04 \x03(\x0b\x32%.paymesh.inventory.v1.ReservationLine\"\xab\x01\n\x11InventoryRejected\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0b\n\x03sku\x18\x05 \x01(\t\x12\x11\n\trequested\x18\x06 \x01(\x03\x12\x11\n\tavailable\x18\x07 \x01(\x03\"\x9f\x01\n\x12InventoryCommitted\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x05lines\x18\x04 \x03(\x0b\x32%.paymesh.inventory.v1.ReservationLine\"\xbb\x01\n\x11InventoryReleased\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x05lines\x18\x04 \x03(\x0b\x32%.paymesh.inventory.v1.ReservationLine\x12\x0c\n\x04held\x18\x05 \x01(\x08\x12\r\n\x05\x63\x61use\x18\x06 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!paymesh/inventory/v1/events.proto\x12\x14paymesh.inventory.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a$paymesh/inventory/v1/inventory.proto\"\xb3\x01\n\x11InventoryReserved\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x05lines\x18\x04 \x03(\x0b\x32%.paymesh.inventory.v1.ReservationLine\x12\x13\n\x0bmerchant_id\x18\x05 \x01(\t\"\xc0\x01\n\x11InventoryRejected\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0b\n\x03sku\x18\x05 \x01(\t\x12\x11\n\trequested\x18\x06 \x01(\x03\x12\x11\n\tavailable\x18\x07 \x01(\x03\x12\x13\n\x0bmerchant_id\x18\x08 \x01(\t\"\xb4\x01\n\x12InventoryCommitted\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x05lines\x18\x04 \x03(\x0b\x32%.paymesh.inventory.v1.ReservationLine\x12\x13\n\x0bmerchant_id\x18\x05 \x01(\t\"\xd0\x01\n\x11InventoryReleased\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x05lines\x18\x04 \x03(\x0b\x32%.paymesh.inventory.v1.ReservationLine\x12\x0c\n\x04held\x18\x05 \x01(\x08\x12\r\n\x05\x63\x61use\x18\x06 \x01(\t\x12\x13\n\x0bmerchant_id\x18\x07 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,11 +34,11 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'paymesh.inventory.v1.events
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_INVENTORYRESERVED']._serialized_start=131
-  _globals['_INVENTORYRESERVED']._serialized_end=289
-  _globals['_INVENTORYREJECTED']._serialized_start=292
-  _globals['_INVENTORYREJECTED']._serialized_end=463
-  _globals['_INVENTORYCOMMITTED']._serialized_start=466
-  _globals['_INVENTORYCOMMITTED']._serialized_end=625
-  _globals['_INVENTORYRELEASED']._serialized_start=628
-  _globals['_INVENTORYRELEASED']._serialized_end=815
+  _globals['_INVENTORYRESERVED']._serialized_end=310
+  _globals['_INVENTORYREJECTED']._serialized_start=313
+  _globals['_INVENTORYREJECTED']._serialized_end=505
+  _globals['_INVENTORYCOMMITTED']._serialized_start=508
+  _globals['_INVENTORYCOMMITTED']._serialized_end=688
+  _globals['_INVENTORYRELEASED']._serialized_start=691
+  _globals['_INVENTORYRELEASED']._serialized_end=899
 # @@protoc_insertion_point(module_scope)

@@ -11,19 +11,21 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class InventoryReserved(_message.Message):
-    __slots__ = ("event_id", "order_id", "occurred_at", "lines")
+    __slots__ = ("event_id", "order_id", "occurred_at", "lines", "merchant_id")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
     LINES_FIELD_NUMBER: _ClassVar[int]
+    MERCHANT_ID_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     order_id: str
     occurred_at: _timestamp_pb2.Timestamp
     lines: _containers.RepeatedCompositeFieldContainer[_inventory_pb2.ReservationLine]
-    def __init__(self, event_id: _Optional[str] = ..., order_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lines: _Optional[_Iterable[_Union[_inventory_pb2.ReservationLine, _Mapping]]] = ...) -> None: ...
+    merchant_id: str
+    def __init__(self, event_id: _Optional[str] = ..., order_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lines: _Optional[_Iterable[_Union[_inventory_pb2.ReservationLine, _Mapping]]] = ..., merchant_id: _Optional[str] = ...) -> None: ...
 
 class InventoryRejected(_message.Message):
-    __slots__ = ("event_id", "order_id", "occurred_at", "reason", "sku", "requested", "available")
+    __slots__ = ("event_id", "order_id", "occurred_at", "reason", "sku", "requested", "available", "merchant_id")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +33,7 @@ class InventoryRejected(_message.Message):
     SKU_FIELD_NUMBER: _ClassVar[int]
     REQUESTED_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    MERCHANT_ID_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     order_id: str
     occurred_at: _timestamp_pb2.Timestamp
@@ -38,32 +41,37 @@ class InventoryRejected(_message.Message):
     sku: str
     requested: int
     available: int
-    def __init__(self, event_id: _Optional[str] = ..., order_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., sku: _Optional[str] = ..., requested: _Optional[int] = ..., available: _Optional[int] = ...) -> None: ...
+    merchant_id: str
+    def __init__(self, event_id: _Optional[str] = ..., order_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., sku: _Optional[str] = ..., requested: _Optional[int] = ..., available: _Optional[int] = ..., merchant_id: _Optional[str] = ...) -> None: ...
 
 class InventoryCommitted(_message.Message):
-    __slots__ = ("event_id", "order_id", "occurred_at", "lines")
+    __slots__ = ("event_id", "order_id", "occurred_at", "lines", "merchant_id")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
     LINES_FIELD_NUMBER: _ClassVar[int]
+    MERCHANT_ID_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     order_id: str
     occurred_at: _timestamp_pb2.Timestamp
     lines: _containers.RepeatedCompositeFieldContainer[_inventory_pb2.ReservationLine]
-    def __init__(self, event_id: _Optional[str] = ..., order_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lines: _Optional[_Iterable[_Union[_inventory_pb2.ReservationLine, _Mapping]]] = ...) -> None: ...
+    merchant_id: str
+    def __init__(self, event_id: _Optional[str] = ..., order_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lines: _Optional[_Iterable[_Union[_inventory_pb2.ReservationLine, _Mapping]]] = ..., merchant_id: _Optional[str] = ...) -> None: ...
 
 class InventoryReleased(_message.Message):
-    __slots__ = ("event_id", "order_id", "occurred_at", "lines", "held", "cause")
+    __slots__ = ("event_id", "order_id", "occurred_at", "lines", "held", "cause", "merchant_id")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
     LINES_FIELD_NUMBER: _ClassVar[int]
     HELD_FIELD_NUMBER: _ClassVar[int]
     CAUSE_FIELD_NUMBER: _ClassVar[int]
+    MERCHANT_ID_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     order_id: str
     occurred_at: _timestamp_pb2.Timestamp
     lines: _containers.RepeatedCompositeFieldContainer[_inventory_pb2.ReservationLine]
     held: bool
     cause: str
-    def __init__(self, event_id: _Optional[str] = ..., order_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lines: _Optional[_Iterable[_Union[_inventory_pb2.ReservationLine, _Mapping]]] = ..., held: _Optional[bool] = ..., cause: _Optional[str] = ...) -> None: ...
+    merchant_id: str
+    def __init__(self, event_id: _Optional[str] = ..., order_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lines: _Optional[_Iterable[_Union[_inventory_pb2.ReservationLine, _Mapping]]] = ..., held: _Optional[bool] = ..., cause: _Optional[str] = ..., merchant_id: _Optional[str] = ...) -> None: ...

@@ -25,19 +25,19 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$paymesh/inventory/v1/inventory.proto\x12\x14paymesh.inventory.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb9\x01\n\x07Product\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tavailable\x18\x03 \x01(\x03\x12\x10\n\x08reserved\x18\x04 \x01(\x03\x12\x0c\n\x04sold\x18\x05 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"0\n\x0fReservationLine\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\"\xa0\x02\n\x0bReservation\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x34\n\x05lines\x18\x02 \x03(\x0b\x32%.paymesh.inventory.v1.ReservationLine\x12\x37\n\x06status\x18\x03 \x01(\x0e\x32\'.paymesh.inventory.v1.ReservationStatus\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0b\n\x03sku\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tcancelled\x18\x08 \x01(\x08*\xbc\x01\n\x11ReservationStatus\x12\"\n\x1eRESERVATION_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n\x1bRESERVATION_STATUS_RESERVED\x10\x01\x12\x1f\n\x1bRESERVATION_STATUS_REJECTED\x10\x02\x12 \n\x1cRESERVATION_STATUS_COMMITTED\x10\x03\x12\x1f\n\x1bRESERVATION_STATUS_RELEASED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$paymesh/inventory/v1/inventory.proto\x12\x14paymesh.inventory.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xce\x01\n\x07Product\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tavailable\x18\x03 \x01(\x03\x12\x10\n\x08reserved\x18\x04 \x01(\x03\x12\x0c\n\x04sold\x18\x05 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bmerchant_id\x18\x08 \x01(\t\"0\n\x0fReservationLine\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\"\xb5\x02\n\x0bReservation\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x34\n\x05lines\x18\x02 \x03(\x0b\x32%.paymesh.inventory.v1.ReservationLine\x12\x37\n\x06status\x18\x03 \x01(\x0e\x32\'.paymesh.inventory.v1.ReservationStatus\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0b\n\x03sku\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tcancelled\x18\x08 \x01(\x08\x12\x13\n\x0bmerchant_id\x18\t \x01(\t*\xbc\x01\n\x11ReservationStatus\x12\"\n\x1eRESERVATION_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n\x1bRESERVATION_STATUS_RESERVED\x10\x01\x12\x1f\n\x1bRESERVATION_STATUS_REJECTED\x10\x02\x12 \n\x1cRESERVATION_STATUS_COMMITTED\x10\x03\x12\x1f\n\x1bRESERVATION_STATUS_RELEASED\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'paymesh.inventory.v1.inventory_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RESERVATIONSTATUS']._serialized_start=625
-  _globals['_RESERVATIONSTATUS']._serialized_end=813
+  _globals['_RESERVATIONSTATUS']._serialized_start=667
+  _globals['_RESERVATIONSTATUS']._serialized_end=855
   _globals['_PRODUCT']._serialized_start=96
-  _globals['_PRODUCT']._serialized_end=281
-  _globals['_RESERVATIONLINE']._serialized_start=283
-  _globals['_RESERVATIONLINE']._serialized_end=331
-  _globals['_RESERVATION']._serialized_start=334
-  _globals['_RESERVATION']._serialized_end=622
+  _globals['_PRODUCT']._serialized_end=302
+  _globals['_RESERVATIONLINE']._serialized_start=304
+  _globals['_RESERVATIONLINE']._serialized_end=352
+  _globals['_RESERVATION']._serialized_start=355
+  _globals['_RESERVATION']._serialized_end=664
 # @@protoc_insertion_point(module_scope)

@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class OrderPlaced(_message.Message):
-    __slots__ = ("event_id", "order_id", "occurred_at", "customer_id", "items", "currency", "amount_minor", "payment_method_token", "deadline")
+    __slots__ = ("event_id", "order_id", "occurred_at", "customer_id", "items", "currency", "amount_minor", "payment_method_token", "deadline", "merchant_id")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -21,6 +21,7 @@ class OrderPlaced(_message.Message):
     AMOUNT_MINOR_FIELD_NUMBER: _ClassVar[int]
     PAYMENT_METHOD_TOKEN_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_FIELD_NUMBER: _ClassVar[int]
+    MERCHANT_ID_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     order_id: str
     occurred_at: _timestamp_pb2.Timestamp
@@ -30,30 +31,35 @@ class OrderPlaced(_message.Message):
     amount_minor: int
     payment_method_token: str
     deadline: _timestamp_pb2.Timestamp
-    def __init__(self, event_id: _Optional[str] = ..., order_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., customer_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[_order_pb2.LineItem, _Mapping]]] = ..., currency: _Optional[str] = ..., amount_minor: _Optional[int] = ..., payment_method_token: _Optional[str] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    merchant_id: str
+    def __init__(self, event_id: _Optional[str] = ..., order_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., customer_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[_order_pb2.LineItem, _Mapping]]] = ..., currency: _Optional[str] = ..., amount_minor: _Optional[int] = ..., payment_method_token: _Optional[str] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., merchant_id: _Optional[str] = ...) -> None: ...
 
 class OrderConfirmed(_message.Message):
-    __slots__ = ("event_id", "order_id", "occurred_at", "payment_id")
+    __slots__ = ("event_id", "order_id", "occurred_at", "payment_id", "merchant_id")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
     PAYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    MERCHANT_ID_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     order_id: str
     occurred_at: _timestamp_pb2.Timestamp
     payment_id: str
-    def __init__(self, event_id: _Optional[str] = ..., order_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., payment_id: _Optional[str] = ...) -> None: ...
+    merchant_id: str
+    def __init__(self, event_id: _Optional[str] = ..., order_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., payment_id: _Optional[str] = ..., merchant_id: _Optional[str] = ...) -> None: ...
 
 class OrderCancelled(_message.Message):
-    __slots__ = ("event_id", "order_id", "occurred_at", "reason", "timed_out")
+    __slots__ = ("event_id", "order_id", "occurred_at", "reason", "timed_out", "merchant_id")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     TIMED_OUT_FIELD_NUMBER: _ClassVar[int]
+    MERCHANT_ID_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     order_id: str
     occurred_at: _timestamp_pb2.Timestamp
     reason: str
     timed_out: bool
-    def __init__(self, event_id: _Optional[str] = ..., order_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., timed_out: _Optional[bool] = ...) -> None: ...
+    merchant_id: str
+    def __init__(self, event_id: _Optional[str] = ..., order_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., timed_out: _Optional[bool] = ..., merchant_id: _Optional[str] = ...) -> None: ...

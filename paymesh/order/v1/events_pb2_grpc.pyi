@@ -10,6 +10,7 @@ Payload: the event's message below, binary protobuf.
 Headers:
   Nats-Msg-Id   = event_id (JetStream dedupes on it)
   Paymesh-Type  = the full message name, e.g. paymesh.order.v1.OrderPlaced
+  Paymesh-Merchant = merchant_id, the merchant whose order this is
   traceparent   = W3C trace context of the command that caused the event
 Every event starts with event_id = 1, order_id = 2, occurred_at = 3.
 """

@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cpaymesh/order/v1/order.proto\x12\x10paymesh.order.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"C\n\x08LineItem\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\x12\x18\n\x10unit_price_minor\x18\x03 \x01(\x03\"\xec\x02\n\x05Order\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12)\n\x05items\x18\x03 \x03(\x0b\x32\x1a.paymesh.order.v1.LineItem\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x14\n\x0c\x61mount_minor\x18\x05 \x01(\x03\x12-\n\x06status\x18\x06 \x01(\x0e\x32\x1d.paymesh.order.v1.OrderStatus\x12\x16\n\x0e\x66\x61ilure_reason\x18\x07 \x01(\t\x12\x12\n\npayment_id\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x9b\x02\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14ORDER_STATUS_PENDING\x10\x01\x12!\n\x1dORDER_STATUS_AWAITING_PAYMENT\x10\x02\x12\x1a\n\x16ORDER_STATUS_CONFIRMED\x10\x03\x12\x19\n\x15ORDER_STATUS_REJECTED\x10\x04\x12\x1f\n\x1bORDER_STATUS_PAYMENT_FAILED\x10\x05\x12\x1b\n\x17ORDER_STATUS_CANCELLING\x10\x06\x12\x1a\n\x16ORDER_STATUS_CANCELLED\x10\x07\x12 \n\x1cORDER_STATUS_REQUIRES_REVIEW\x10\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cpaymesh/order/v1/order.proto\x12\x10paymesh.order.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"C\n\x08LineItem\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\x12\x18\n\x10unit_price_minor\x18\x03 \x01(\x03\"\x81\x03\n\x05Order\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12)\n\x05items\x18\x03 \x03(\x0b\x32\x1a.paymesh.order.v1.LineItem\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x14\n\x0c\x61mount_minor\x18\x05 \x01(\x03\x12-\n\x06status\x18\x06 \x01(\x0e\x32\x1d.paymesh.order.v1.OrderStatus\x12\x16\n\x0e\x66\x61ilure_reason\x18\x07 \x01(\t\x12\x12\n\npayment_id\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bmerchant_id\x18\x0c \x01(\t*\x9b\x02\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14ORDER_STATUS_PENDING\x10\x01\x12!\n\x1dORDER_STATUS_AWAITING_PAYMENT\x10\x02\x12\x1a\n\x16ORDER_STATUS_CONFIRMED\x10\x03\x12\x19\n\x15ORDER_STATUS_REJECTED\x10\x04\x12\x1f\n\x1bORDER_STATUS_PAYMENT_FAILED\x10\x05\x12\x1b\n\x17ORDER_STATUS_CANCELLING\x10\x06\x12\x1a\n\x16ORDER_STATUS_CANCELLED\x10\x07\x12 \n\x1cORDER_STATUS_REQUIRES_REVIEW\x10\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'paymesh.order.v1.order_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ORDERSTATUS']._serialized_start=520
-  _globals['_ORDERSTATUS']._serialized_end=803
+  _globals['_ORDERSTATUS']._serialized_start=541
+  _globals['_ORDERSTATUS']._serialized_end=824
   _globals['_LINEITEM']._serialized_start=83
   _globals['_LINEITEM']._serialized_end=150
   _globals['_ORDER']._serialized_start=153
-  _globals['_ORDER']._serialized_end=517
+  _globals['_ORDER']._serialized_end=538
 # @@protoc_insertion_point(module_scope)

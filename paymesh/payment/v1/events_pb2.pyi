@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PaymentSucceeded(_message.Message):
-    __slots__ = ("event_id", "order_id", "occurred_at", "payment_id", "charge_id", "amount_minor", "currency")
+    __slots__ = ("event_id", "order_id", "occurred_at", "payment_id", "charge_id", "amount_minor", "currency", "merchant_id")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +17,7 @@ class PaymentSucceeded(_message.Message):
     CHARGE_ID_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_MINOR_FIELD_NUMBER: _ClassVar[int]
     CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    MERCHANT_ID_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     order_id: str
     occurred_at: _timestamp_pb2.Timestamp
@@ -24,26 +25,29 @@ class PaymentSucceeded(_message.Message):
     charge_id: str
     amount_minor: int
     currency: str
-    def __init__(self, event_id: _Optional[str] = ..., order_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., payment_id: _Optional[str] = ..., charge_id: _Optional[str] = ..., amount_minor: _Optional[int] = ..., currency: _Optional[str] = ...) -> None: ...
+    merchant_id: str
+    def __init__(self, event_id: _Optional[str] = ..., order_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., payment_id: _Optional[str] = ..., charge_id: _Optional[str] = ..., amount_minor: _Optional[int] = ..., currency: _Optional[str] = ..., merchant_id: _Optional[str] = ...) -> None: ...
 
 class PaymentFailed(_message.Message):
-    __slots__ = ("event_id", "order_id", "occurred_at", "payment_id", "failure_code", "reason")
+    __slots__ = ("event_id", "order_id", "occurred_at", "payment_id", "failure_code", "reason", "merchant_id")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
     PAYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     FAILURE_CODE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    MERCHANT_ID_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     order_id: str
     occurred_at: _timestamp_pb2.Timestamp
     payment_id: str
     failure_code: str
     reason: str
-    def __init__(self, event_id: _Optional[str] = ..., order_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., payment_id: _Optional[str] = ..., failure_code: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    merchant_id: str
+    def __init__(self, event_id: _Optional[str] = ..., order_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., payment_id: _Optional[str] = ..., failure_code: _Optional[str] = ..., reason: _Optional[str] = ..., merchant_id: _Optional[str] = ...) -> None: ...
 
 class PaymentRefunded(_message.Message):
-    __slots__ = ("event_id", "order_id", "occurred_at", "payment_id", "amount_minor", "refund_id", "currency", "refunded_minor", "cause")
+    __slots__ = ("event_id", "order_id", "occurred_at", "payment_id", "amount_minor", "refund_id", "currency", "refunded_minor", "cause", "merchant_id")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +57,7 @@ class PaymentRefunded(_message.Message):
     CURRENCY_FIELD_NUMBER: _ClassVar[int]
     REFUNDED_MINOR_FIELD_NUMBER: _ClassVar[int]
     CAUSE_FIELD_NUMBER: _ClassVar[int]
+    MERCHANT_ID_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     order_id: str
     occurred_at: _timestamp_pb2.Timestamp
@@ -62,24 +67,27 @@ class PaymentRefunded(_message.Message):
     currency: str
     refunded_minor: int
     cause: str
-    def __init__(self, event_id: _Optional[str] = ..., order_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., payment_id: _Optional[str] = ..., amount_minor: _Optional[int] = ..., refund_id: _Optional[str] = ..., currency: _Optional[str] = ..., refunded_minor: _Optional[int] = ..., cause: _Optional[str] = ...) -> None: ...
+    merchant_id: str
+    def __init__(self, event_id: _Optional[str] = ..., order_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., payment_id: _Optional[str] = ..., amount_minor: _Optional[int] = ..., refund_id: _Optional[str] = ..., currency: _Optional[str] = ..., refunded_minor: _Optional[int] = ..., cause: _Optional[str] = ..., merchant_id: _Optional[str] = ...) -> None: ...
 
 class PaymentVoided(_message.Message):
-    __slots__ = ("event_id", "order_id", "occurred_at", "payment_id", "cause")
+    __slots__ = ("event_id", "order_id", "occurred_at", "payment_id", "cause", "merchant_id")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
     PAYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     CAUSE_FIELD_NUMBER: _ClassVar[int]
+    MERCHANT_ID_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     order_id: str
     occurred_at: _timestamp_pb2.Timestamp
     payment_id: str
     cause: str
-    def __init__(self, event_id: _Optional[str] = ..., order_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., payment_id: _Optional[str] = ..., cause: _Optional[str] = ...) -> None: ...
+    merchant_id: str
+    def __init__(self, event_id: _Optional[str] = ..., order_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., payment_id: _Optional[str] = ..., cause: _Optional[str] = ..., merchant_id: _Optional[str] = ...) -> None: ...
 
 class PaymentRefundFailed(_message.Message):
-    __slots__ = ("event_id", "order_id", "occurred_at", "payment_id", "failure_code", "reason", "cause")
+    __slots__ = ("event_id", "order_id", "occurred_at", "payment_id", "failure_code", "reason", "cause", "merchant_id")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +95,7 @@ class PaymentRefundFailed(_message.Message):
     FAILURE_CODE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     CAUSE_FIELD_NUMBER: _ClassVar[int]
+    MERCHANT_ID_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     order_id: str
     occurred_at: _timestamp_pb2.Timestamp
@@ -94,4 +103,5 @@ class PaymentRefundFailed(_message.Message):
     failure_code: str
     reason: str
     cause: str
-    def __init__(self, event_id: _Optional[str] = ..., order_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., payment_id: _Optional[str] = ..., failure_code: _Optional[str] = ..., reason: _Optional[str] = ..., cause: _Optional[str] = ...) -> None: ...
+    merchant_id: str
+    def __init__(self, event_id: _Optional[str] = ..., order_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., payment_id: _Optional[str] = ..., failure_code: _Optional[str] = ..., reason: _Optional[str] = ..., cause: _Optional[str] = ..., merchant_id: _Optional[str] = ...) -> None: ...

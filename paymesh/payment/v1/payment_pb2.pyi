@@ -33,7 +33,7 @@ PAYMENT_STATUS_REFUND_FAILED: PaymentStatus
 PAYMENT_STATUS_VOIDED: PaymentStatus
 
 class Payment(_message.Message):
-    __slots__ = ("payment_id", "order_id", "amount_minor", "refunded_minor", "currency", "status", "charge_id", "failure_code", "idempotency_key", "create_time", "update_time", "cancel_requested", "charge_outcome_unknown", "deadline")
+    __slots__ = ("payment_id", "order_id", "amount_minor", "refunded_minor", "currency", "status", "charge_id", "failure_code", "idempotency_key", "create_time", "update_time", "cancel_requested", "charge_outcome_unknown", "deadline", "merchant_id")
     PAYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_MINOR_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +48,7 @@ class Payment(_message.Message):
     CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
     CHARGE_OUTCOME_UNKNOWN_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_FIELD_NUMBER: _ClassVar[int]
+    MERCHANT_ID_FIELD_NUMBER: _ClassVar[int]
     payment_id: str
     order_id: str
     amount_minor: int
@@ -62,10 +63,11 @@ class Payment(_message.Message):
     cancel_requested: bool
     charge_outcome_unknown: bool
     deadline: _timestamp_pb2.Timestamp
-    def __init__(self, payment_id: _Optional[str] = ..., order_id: _Optional[str] = ..., amount_minor: _Optional[int] = ..., refunded_minor: _Optional[int] = ..., currency: _Optional[str] = ..., status: _Optional[_Union[PaymentStatus, str]] = ..., charge_id: _Optional[str] = ..., failure_code: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cancel_requested: _Optional[bool] = ..., charge_outcome_unknown: _Optional[bool] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    merchant_id: str
+    def __init__(self, payment_id: _Optional[str] = ..., order_id: _Optional[str] = ..., amount_minor: _Optional[int] = ..., refunded_minor: _Optional[int] = ..., currency: _Optional[str] = ..., status: _Optional[_Union[PaymentStatus, str]] = ..., charge_id: _Optional[str] = ..., failure_code: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cancel_requested: _Optional[bool] = ..., charge_outcome_unknown: _Optional[bool] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., merchant_id: _Optional[str] = ...) -> None: ...
 
 class PaymentEvent(_message.Message):
-    __slots__ = ("sequence", "payment_id", "type", "from_status", "to_status", "detail", "create_time", "order_id", "amount_minor")
+    __slots__ = ("sequence", "payment_id", "type", "from_status", "to_status", "detail", "create_time", "order_id", "amount_minor", "merchant_id")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     PAYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +77,7 @@ class PaymentEvent(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_MINOR_FIELD_NUMBER: _ClassVar[int]
+    MERCHANT_ID_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     payment_id: str
     type: str
@@ -84,4 +87,5 @@ class PaymentEvent(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     order_id: str
     amount_minor: int
-    def __init__(self, sequence: _Optional[int] = ..., payment_id: _Optional[str] = ..., type: _Optional[str] = ..., from_status: _Optional[_Union[PaymentStatus, str]] = ..., to_status: _Optional[_Union[PaymentStatus, str]] = ..., detail: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., order_id: _Optional[str] = ..., amount_minor: _Optional[int] = ...) -> None: ...
+    merchant_id: str
+    def __init__(self, sequence: _Optional[int] = ..., payment_id: _Optional[str] = ..., type: _Optional[str] = ..., from_status: _Optional[_Union[PaymentStatus, str]] = ..., to_status: _Optional[_Union[PaymentStatus, str]] = ..., detail: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., order_id: _Optional[str] = ..., amount_minor: _Optional[int] = ..., merchant_id: _Optional[str] = ...) -> None: ...

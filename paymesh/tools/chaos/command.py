@@ -9,19 +9,36 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import nats
 
+from paymesh.chassis import jetstream
+from paymesh.chassis.auth import load_pepper
 from paymesh.client import MeshClient
+from paymesh.ops.credentials import KeyFile, new_merchant_key
 from paymesh.ops.ports import mesh_env
 from paymesh.tools.chaos.driver import Driver, Options, Tally, client_of
-from paymesh.tools.chaos.facts import collect, dead_letters, stray_charges
+from paymesh.tools.chaos.facts import collect, dead_letters, foreign_charges, stray_charges
 from paymesh.tools.chaos.plan import make_plan
 from paymesh.tools.invariants import CheckResult, Observed, format_report, run_checks
 
 
-async def chaos(opts: Options, say: Callable[[str], None]) -> tuple[list[CheckResult], Tally, Observed]:
+async def make_merchants(mesh: Any, count: int) -> list[KeyFile]:
+    """The run's merchants, each with a key of every merchant scope: made as `paymesh merchants create` makes them."""
+    pepper = load_pepper(mesh.env, mesh.data_dir)
+    nc = await jetstream.connect(mesh.nats_url.split(","), "paymesh-chaos")
+    try:
+        return [await new_merchant_key(nc, pepper, f"chaos merchant {i + 1}") for i in range(count)]
+    finally:
+        await nc.close()
+
+
+async def chaos(opts: Options, say: Callable[[str], None]) -> tuple[list[CheckResult], Tally, list[Observed]]:
+    """The run; the checks hold for each merchant on its own (its orders, its stock, its charges), so each
+    merchant's results are named with it."""
     from paymesh.ops.launcher import Mesh
 
     window_s = opts.orders / opts.rate
@@ -31,21 +48,23 @@ async def chaos(opts: Options, say: Callable[[str], None]) -> tuple[list[CheckRe
         env = mesh_env(data_dir)
         env["PAYMESH_SAGA_TIMEOUT_S"] = f"{opts.saga_timeout_s:g}"
         mesh = Mesh(env, data_dir, out=lambda line: say(f"chaos: {line}"), err=lambda line: say(f"chaos: {line}"))
-        client: MeshClient | None = None
+        clients: list[MeshClient] = []
         followers: list[asyncio.Task[None]] = []
         try:
             await mesh.start()
-            client = client_of(mesh.env)
-            driver = Driver(mesh, client, plan, opts, say)
+            merchants = await make_merchants(mesh, opts.merchants)
+            clients = [client_of(mesh.env, m.api_key) for m in merchants]
+            driver = Driver(mesh, clients, plan, opts, say)
             await driver.stock()
-            say(f"chaos: seed {opts.seed}, {opts.orders} orders at <= {opts.rate:g}/s, {len(plan.faults)} faults")
+            say(f"chaos: seed {opts.seed}, {opts.orders} orders of {len(merchants)} merchants at <= {opts.rate:g}/s, "
+                f"{len(plan.faults)} faults")
             started = time.monotonic()
             followers = [asyncio.create_task(driver.follow()) for _ in range(max(2, opts.concurrency // 2))]
             await asyncio.gather(driver.place_all(), driver.inject())
             # The faults have stopped: every service runs, the gateway is clean.
             for child in mesh.dead():
                 await mesh.restart(child.service, replica=child.replica)
-            await client.configure_gateway(reset=True)
+            await driver.client.configure_gateway(reset=True)
             faults_stopped = time.monotonic()
             limit_s = opts.saga_timeout_s + opts.settle_grace_s
             driver.give_up_at = faults_stopped + limit_s
@@ -61,17 +80,26 @@ async def chaos(opts: Options, say: Callable[[str], None]) -> tuple[list[CheckRe
             finally:
                 await nc.close()
             say("chaos: collecting")
-            order_ids = await driver.order_ids()
-            obs = await collect(client, order_ids, plan.stock, opts.concurrency)
-            obs.settled_after_s, obs.settle_limit_s = settled_after, limit_s
-            obs.stray_charges = await stray_charges(client, set(order_ids))
-            obs.dead_letters = await dead_letters(mesh.nats_url)
-            return run_checks(obs), driver.tally, obs
+            dead = await dead_letters(mesh.nats_url)
+            results: list[CheckResult] = []
+            observed: list[Observed] = []
+            ours = {m.merchant_id for m in merchants}
+            for merchant, (client, order_ids) in zip(merchants, await driver.order_ids_by_merchant(), strict=True):
+                obs = await collect(client, order_ids, plan.stock, opts.concurrency)
+                obs.settled_after_s, obs.settle_limit_s = settled_after, limit_s
+                # Charges tagged with this merchant for none of its orders, and (once) charges of no merchant here.
+                obs.stray_charges = await stray_charges(client, set(order_ids), merchant.merchant_id)
+                if merchant is merchants[0]:
+                    obs.stray_charges += await foreign_charges(client, ours)
+                obs.dead_letters = dead
+                observed.append(obs)
+                results += [replace(r, name=f"{r.name} · {merchant.merchant_id}") for r in run_checks(obs)]
+            return results, driver.tally, observed
         finally:
             for task in followers:  # still running only when the run was interrupted or failed
                 task.cancel()
             await asyncio.gather(*followers, return_exceptions=True)
-            if client is not None:
+            for client in clients:
                 await client.close()
             await mesh.stop()
 
@@ -89,13 +117,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds past the saga timeout the orders get to end after the faults stop (default 30)",
     )
     parser.add_argument("--data-dir", metavar="DIR", help="keep the mesh's data here instead of a temp dir")
+    parser.add_argument("--merchants", type=int, default=2,
+                        help="merchants whose orders interleave, each checked on its own (default 2)")
 
 
 def options(args: argparse.Namespace) -> Options:
     return Options(
         orders=args.orders, seed=args.seed, kills=args.kills, nats_restarts=args.nats_restarts, rate=args.rate,
         concurrency=args.concurrency, saga_timeout_s=args.saga_timeout, settle_grace_s=args.settle_grace,
-        data_dir=Path(args.data_dir) if args.data_dir else None,
+        data_dir=Path(args.data_dir) if args.data_dir else None, merchants=args.merchants,
     )
 
 
@@ -106,7 +136,7 @@ def main(args: argparse.Namespace) -> int:
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    async def run() -> tuple[list[CheckResult], Tally, Observed]:
+    async def run() -> tuple[list[CheckResult], Tally, list[Observed]]:
         task = asyncio.current_task()
         assert task is not None
         # SIGTERM as Ctrl-C: cancel the run, whose `finally` stops every process it started.
@@ -124,7 +154,7 @@ def main(args: argparse.Namespace) -> int:
         say(f"chaos: the mesh failed, run stopped: {err}")
         return 2
     print(f"paymesh chaos --orders {opts.orders} --seed {opts.seed} --kills {opts.kills} "
-          f"--nats-restarts {opts.nats_restarts}")
+          f"--nats-restarts {opts.nats_restarts} --merchants {opts.merchants}")
     print("faults:")
     for line in tally.faults:
         print(f"  {line}")

@@ -6,13 +6,14 @@ import asyncio
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from paymesh.chassis.auth import ApiKey
 from paymesh.chassis.backoff import Backoff
 from paymesh.chassis.jetstream import consumer_backlog
 from paymesh.client import MeshClient, Retry, every
@@ -40,9 +41,11 @@ THROUGH_FAULTS = Retry(
 )
 
 
-def client_of(env: dict[str, str]) -> MeshClient:
-    """A client of the run's mesh that rides out its faults."""
-    return MeshClient.from_env(env, retry=THROUGH_FAULTS, timeout_s=CALL_TIMEOUT_S)
+def client_of(env: dict[str, str], api_key: ApiKey | None = None) -> MeshClient:
+    """A client of the run's mesh that rides out its faults; a merchant's own if `api_key` is given, else
+    the development merchant's."""
+    keys = {} if api_key is None else {"api_key": api_key}
+    return MeshClient.from_env(env, retry=THROUGH_FAULTS, timeout_s=CALL_TIMEOUT_S, **keys)
 
 
 @dataclass
@@ -56,6 +59,7 @@ class Options:
     saga_timeout_s: float = 30.0
     settle_grace_s: float = 30.0
     data_dir: Path | None = None
+    merchants: int = 2  # whose orders interleave; the checks hold for each on its own
 
 
 @dataclass
@@ -68,11 +72,18 @@ class Tally:
 
 
 class Driver:
-    """Places the planned orders at a bounded rate, follows some to cancel or refund, injects the faults."""
+    """Places the planned orders at a bounded rate, follows some to cancel or refund, injects the faults.
 
-    def __init__(self, mesh: Any, client: MeshClient, plan: Plan, opts: Options, say: Callable[[str], None]) -> None:
+    Order i is merchant i mod n's, through that merchant's client: the merchants sell the same skus,
+    each from its own stock. `client` (the first) also drives the gateway's faults."""
+
+    def __init__(
+        self, mesh: Any, clients: Sequence[MeshClient], plan: Plan, opts: Options, say: Callable[[str], None]
+    ) -> None:
         self.mesh = mesh
-        self.client = client
+        self.clients = list(clients)
+        self.client = self.clients[0]
+        self.owner: dict[str, MeshClient] = {}  # order id -> the client of the merchant that placed it
         self.plan = plan
         self.opts = opts
         self.say = say
@@ -85,8 +96,9 @@ class Driver:
         self.give_up_at = float("inf")  # set when the faults stop: no follow-up waits past it
 
     async def stock(self) -> None:
-        for sku, units in self.plan.stock.items():
-            await self.client.put_product(sku, name=sku, available=units)
+        for client in self.clients:
+            for sku, units in self.plan.stock.items():
+                await client.put_product(sku, name=sku, available=units)
 
     async def place_all(self) -> None:
         start = time.monotonic()
@@ -105,8 +117,9 @@ class Driver:
         self.placing_done.set()
 
     async def place(self, planned: PlannedOrder) -> None:
+        client = self.clients[planned.index % len(self.clients)]
         try:
-            order = await self.client.create_order(
+            order = await client.create_order(
                 customer_id=self.customer, items=planned.lines, currency="USD", payment_method_token=planned.token
             )
         except grpc.aio.AioRpcError as err:
@@ -115,6 +128,7 @@ class Driver:
         finally:
             self.slots.release()
         self.tally.placed.append(order.order_id)
+        self.owner[order.order_id] = client
         if planned.action == "cancel_at_once":
             await self.cancel(order.order_id)
         elif planned.action != "none":
@@ -123,7 +137,7 @@ class Driver:
     async def cancel(self, order_id: str) -> None:
         async with self.gate:
             try:
-                await self.client.cancel_order(order_id, reason="chaos")
+                await self.owner[order_id].cancel_order(order_id, reason="chaos")
                 self.tally.counts["cancelled"] += 1
             except grpc.aio.AioRpcError as err:  # FAILED_PRECONDITION: it ended first (REJECTED, ...)
                 self.tally.counts[f"CancelOrder {err.code().name}"] += 1
@@ -131,7 +145,7 @@ class Driver:
     async def refund_part(self, order: order_pb2.Order) -> None:
         async with self.gate:
             try:
-                await self.client.refund_payment(
+                await self.owner[order.order_id].refund_payment(
                     order.payment_id, amount_minor=max(1, order.amount_minor // 3), reason="chaos: partial refund"
                 )
                 self.tally.counts["partially refunded"] += 1
@@ -157,7 +171,7 @@ class Driver:
         give_up = time.monotonic() + deadline_s
         while time.monotonic() < min(give_up, self.give_up_at):
             try:
-                order: order_pb2.Order | None = await self.client.get_order(order_id)
+                order: order_pb2.Order | None = await self.owner[order_id].get_order(order_id)
             except grpc.aio.AioRpcError:
                 order = None
             if order is not None and order_fact(order).status in TERMINAL:
@@ -196,14 +210,28 @@ class Driver:
         self.tally.faults.append(line)
         self.say(f"chaos: {line}")
 
-    async def orders_of_run(self) -> list[order_pb2.Order]:
+    async def orders_of(self, client: MeshClient) -> list[order_pb2.Order]:
+        """One merchant's orders of this run, as it lists them."""
         return await every(
-            lambda token: self.client.list_orders(customer_id=self.customer, page_size=500, page_token=token)
+            lambda token: client.list_orders(customer_id=self.customer, page_size=500, page_token=token)
         )
+
+    async def orders_of_run(self) -> list[order_pb2.Order]:
+        return [order for client in self.clients for order in await self.orders_of(client)]
 
     async def order_ids(self) -> list[str]:
         """Every order of this run: those placed, and any whose CreateOrder answer was lost for good."""
         return sorted(set(self.tally.placed) | {o.order_id for o in await self.orders_of_run()})
+
+    async def order_ids_by_merchant(self) -> list[tuple[MeshClient, list[str]]]:
+        """Each merchant's client and its orders of this run (listed by that merchant: a lost CreateOrder answer
+        is found too), so the checks run per merchant on what that merchant can see."""
+        out = []
+        for client in self.clients:
+            listed = {o.order_id for o in await self.orders_of(client)}
+            placed = {order_id for order_id, owner in self.owner.items() if owner is client}
+            out.append((client, sorted(listed | placed)))
+        return out
 
     async def all_terminal(self) -> bool:
         """One look: has every order of this run ended?"""
@@ -219,8 +247,9 @@ class Driver:
         """
         for status in IN_FLIGHT_PAYMENTS:
             value = getattr(payment_pb2, f"PAYMENT_STATUS_{status}")
-            if (await self.client.list_payments(status=value, page_size=1)).items:
-                return False
+            for client in self.clients:
+                if (await client.list_payments(status=value, page_size=1)).items:
+                    return False
         for stream in ("ORDER", "INVENTORY", "PAYMENT"):
             for info in await js.consumers_info(stream):
                 if await consumer_backlog(js, stream, info.name):

@@ -129,10 +129,19 @@ async def collect(
     return obs
 
 
-async def stray_charges(client: MeshClient, mine: set[str]) -> list[ChargeFact]:
-    """Charges the gateway holds for no order of `mine` (on a mesh of the run's own: there should be none)."""
-    charges = await every(lambda token: client.list_charges(page_size=500, page_token=token))
+async def stray_charges(client: MeshClient, mine: set[str], merchant_id: str) -> list[ChargeFact]:
+    """Charges the gateway holds for `merchant_id` for no order of `mine` (the merchant's orders of the run):
+    on a mesh of the run's own there should be none."""
+    charges = await every(
+        lambda token: client.list_charges(merchant_id=merchant_id, page_size=500, page_token=token)
+    )
     return [charge_fact(c) for c in charges if c.order_id not in mine]
+
+
+async def foreign_charges(client: MeshClient, merchants: set[str]) -> list[ChargeFact]:
+    """Charges tagged with a merchant that is none of `merchants` (on a mesh of the run's own: none)."""
+    charges = await every(lambda token: client.list_charges(page_size=500, page_token=token))
+    return [charge_fact(c) for c in charges if c.merchant_id not in merchants]
 
 
 async def dead_letters(nats_url: str) -> list[DeadLetterFact]:

@@ -9,11 +9,14 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from paymesh.gateway.v1 import gateway_service_pb2 as pb
+from tests.keys import MERCHANT_A
 
 
 def charge_request(key: str, token: str = "tok_visa", amount: int = 1000, **fields: Any) -> pb.ChargeRequest:
+    """A charge for MERCHANT_A unless `merchant_id` says otherwise."""
     return pb.ChargeRequest(idempotency_key=key, amount_minor=amount, currency=fields.pop("currency", "USD"),
-                            payment_method_token=token, **fields)
+                            payment_method_token=token, merchant_id=fields.pop("merchant_id", MERCHANT_A),
+                            **fields)
 
 
 def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:

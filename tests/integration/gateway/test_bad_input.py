@@ -26,7 +26,11 @@ CASES: list[tuple[str, Any, list[str]]] = [
     ("Charge", charge_request("k-1", token="tok_mastercard"), ["payment_method_token"]),
     ("Charge", charge_request("k-1", order_id="ord/1"), ["order_id"]),
     ("Charge", charge_request("k-1", description="x" * 501), ["description"]),
-    ("Charge", pb.ChargeRequest(), ["idempotency_key", "amount_minor", "currency", "payment_method_token"]),
+    ("Charge", charge_request("k-1", merchant_id=""), ["merchant_id"]),
+    ("Charge", charge_request("k-1", merchant_id="m" * 41), ["merchant_id"]),
+    ("Charge", charge_request("k-1", merchant_id="mer/a"), ["merchant_id"]),
+    ("Charge", pb.ChargeRequest(),
+     ["idempotency_key", "amount_minor", "currency", "payment_method_token", "merchant_id"]),
     ("Refund", pb.RefundRequest(charge_id="ch_1"), ["idempotency_key"]),
     ("Refund", pb.RefundRequest(idempotency_key="r-1"), ["charge_id"]),
     ("Refund", pb.RefundRequest(idempotency_key="r-1", charge_id="ch_1", amount_minor=-1), ["amount_minor"]),
@@ -36,6 +40,8 @@ CASES: list[tuple[str, Any, list[str]]] = [
     ("ListCharges", pb.ListChargesRequest(page_size=-1), ["page_size"]),
     ("ListCharges", pb.ListChargesRequest(page_token="not-a-token"), ["page_token"]),
     ("ListCharges", pb.ListChargesRequest(status=99), ["status"]),  # type: ignore[arg-type]
+    ("ListCharges", pb.ListChargesRequest(merchant_id="mer a"), ["merchant_id"]),
+    ("ListCharges", pb.ListChargesRequest(merchant_id="m" * 41), ["merchant_id"]),
     ("Configure", pb.ConfigureRequest(decline_rate=1.5), ["decline_rate"]),
     ("Configure", pb.ConfigureRequest(transient_error_rate=-0.1), ["transient_error_rate"]),
     ("Configure", pb.ConfigureRequest(lost_response_rate=float("nan")), ["lost_response_rate"]),
@@ -43,16 +49,17 @@ CASES: list[tuple[str, Any, list[str]]] = [
 ]
 
 
-async def test_bad_input_is_refused_field_by_field_and_writes_nothing(gateway: Any) -> None:
+async def test_bad_input_is_refused_field_by_field_and_writes_nothing(gateway: Any, operator: Any) -> None:
     await gateway.Charge(charge_request("k-1", amount=1000))
     before = await all_charges(gateway)
-    config_before = (await gateway.Configure(pb.ConfigureRequest())).config
+    config_before = (await operator.Configure(pb.ConfigureRequest())).config
     for rpc, request, fields in CASES:
+        stub = operator if rpc == "Configure" else gateway
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await getattr(gateway, rpc)(request)
+            await getattr(stub, rpc)(request)
         case = f"{rpc}({request})"
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, case
         assert error_info(err.value).reason == "INVALID_ARGUMENT", case
         assert violated_fields(err.value) == fields, case
         assert await all_charges(gateway) == before, case
-    assert (await gateway.Configure(pb.ConfigureRequest())).config == config_before
+    assert (await operator.Configure(pb.ConfigureRequest())).config == config_before

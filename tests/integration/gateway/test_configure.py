@@ -31,15 +31,15 @@ async def run(stub: Any, prefix: str, n: int = 40) -> list[str]:
     return [await outcome(stub, charge_request(f"{prefix}-{i}")) for i in range(n)]
 
 
-async def test_the_same_seed_gives_the_same_run(gateway: Any) -> None:
-    reply = await gateway.Configure(pb.ConfigureRequest(reset=True, seed=2026, **FAULTY))
+async def test_the_same_seed_gives_the_same_run(gateway: Any, operator: Any) -> None:
+    reply = await operator.Configure(pb.ConfigureRequest(reset=True, seed=2026, **FAULTY))
     assert reply.config == gateway_pb2.FaultConfig(seed=2026, **FAULTY)
     first = await run(gateway, "run1")
     assert {"CHARGE_STATUS_SUCCEEDED", "CHARGE_STATUS_DECLINED", "UNAVAILABLE", "DEADLINE_EXCEEDED"} <= set(first)
 
-    await gateway.Configure(pb.ConfigureRequest(reset=True, seed=2026, **FAULTY))
+    await operator.Configure(pb.ConfigureRequest(reset=True, seed=2026, **FAULTY))
     assert await run(gateway, "run2") == first
-    await gateway.Configure(pb.ConfigureRequest(seed=7))
+    await operator.Configure(pb.ConfigureRequest(seed=7))
     assert await run(gateway, "run3") != first, "another seed, other faults"
 
     # What was stored is never faulted again: a lost response retried is the stored charge, and the
@@ -55,7 +55,7 @@ async def test_the_same_seed_gives_the_same_run(gateway: Any) -> None:
         assert retried == stored[key]
 
     # Scripted tokens are not touched by the random faults.
-    await gateway.Configure(pb.ConfigureRequest(decline_rate=1.0, transient_error_rate=1.0))
+    await operator.Configure(pb.ConfigureRequest(decline_rate=1.0, transient_error_rate=1.0))
     assert await outcome(gateway, charge_request(f"k-{uuid.uuid4().hex}", "tok_chargeDeclined")) == (
         "CHARGE_STATUS_DECLINED"
     )
@@ -64,17 +64,17 @@ async def test_the_same_seed_gives_the_same_run(gateway: Any) -> None:
     )
 
 
-async def test_unset_fields_keep_their_value_and_reset_restores_the_defaults(gateway: Any) -> None:
-    await gateway.Configure(pb.ConfigureRequest(decline_rate=0.5, seed=3))
-    kept = await gateway.Configure(pb.ConfigureRequest(latency_ms=1))
+async def test_unset_fields_keep_their_value_and_reset_restores_the_defaults(gateway: Any, operator: Any) -> None:
+    await operator.Configure(pb.ConfigureRequest(decline_rate=0.5, seed=3))
+    kept = await operator.Configure(pb.ConfigureRequest(latency_ms=1))
     assert kept.config == gateway_pb2.FaultConfig(latency_ms=1, decline_rate=0.5, seed=3)
-    reset = await gateway.Configure(pb.ConfigureRequest(reset=True))
+    reset = await operator.Configure(pb.ConfigureRequest(reset=True))
     assert reset.config == gateway_pb2.FaultConfig()
     assert await run(gateway, "after-reset", 10) == ["CHARGE_STATUS_SUCCEEDED"] * 10
 
 
-async def test_latency_delays_each_charge(gateway: Any) -> None:
-    await gateway.Configure(pb.ConfigureRequest(latency_ms=150))
+async def test_latency_delays_each_charge(gateway: Any, operator: Any) -> None:
+    await operator.Configure(pb.ConfigureRequest(latency_ms=150))
     start = time.perf_counter()
     await gateway.Charge(charge_request(f"k-{uuid.uuid4().hex}"))
     assert time.perf_counter() - start >= 0.15

@@ -1,8 +1,13 @@
 """An order_svc host in-process on a free port, real NATS and a real store, and helpers that answer as the
-other services would."""
+other services would.
+
+The rig holds a key for MERCHANT_A and one for MERCHANT_B, both made before the host starts: `rig.orders`
+calls as A, `rig.stubs[MERCHANT_B]` as B; the helpers act for A unless told `merchant=`, and the answers
+(`reserved(...)`, ...) speak for A unless given `merchant_id=`."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,6 +25,7 @@ from order_svc.service import SPEC
 from order_svc.sweeper import DeadlineSweeper
 from order_svc.watch import OrderWatch
 from paymesh.chassis import jetstream
+from paymesh.chassis.auth.bearer import bearer
 from paymesh.chassis.config import Settings
 from paymesh.chassis.consumer import BatchHandler
 from paymesh.chassis.events import OutboundEvent, message_types, new_event_id
@@ -31,9 +37,12 @@ from paymesh.order.v1 import order_pb2, order_service_pb2, order_service_pb2_grp
 from paymesh.payment.v1 import events_pb2 as payment_events
 from tests.conftest import wait_for
 from tests.integration.chassis_harness import publish
+from tests.keys import AUTH_ENV, MERCHANT_A, MERCHANT_B, key_for
 
 ORDER_TYPES = message_types(order_events)
 S = order_pb2.OrderStatus
+MERCHANTS = (MERCHANT_A, MERCHANT_B)
+Stub = order_service_pb2_grpc.OrderServiceStub
 
 
 @dataclass(frozen=True)
@@ -48,8 +57,13 @@ class Published:
 @dataclass
 class Rig:
     host: ServiceHost
-    orders: order_service_pb2_grpc.OrderServiceStub
+    stubs: dict[str, Stub]  # by merchant, each sending that merchant's key
     nc: NATS
+
+    @property
+    def orders(self) -> Stub:
+        """MERCHANT_A's."""
+        return self.stubs[MERCHANT_A]
 
     @property
     def api(self) -> OrderApi:
@@ -76,22 +90,28 @@ class Rig:
         """Events the two consumers have applied (duplicates skipped by the inbox not counted)."""
         return sum(c.applied for c in self.host.consumers)
 
-    async def create(self, customer_id: str = "cus_1", token: str = "tok_visa", **fields: Any) -> order_pb2.Order:
-        reply = await self.orders.CreateOrder(
+    async def create(
+        self, customer_id: str = "cus_1", token: str = "tok_visa", *, merchant: str = MERCHANT_A, **fields: Any
+    ) -> order_pb2.Order:
+        reply = await self.stubs[merchant].CreateOrder(
             create_request(customer_id=customer_id, payment_method_token=token, **fields)
         )
         return reply.order
 
-    async def get(self, order_id: str) -> order_pb2.Order:
-        return (await self.orders.GetOrder(order_service_pb2.GetOrderRequest(order_id=order_id))).order
+    async def get(self, order_id: str, *, merchant: str = MERCHANT_A) -> order_pb2.Order:
+        return (await self.stubs[merchant].GetOrder(order_service_pb2.GetOrderRequest(order_id=order_id))).order
 
-    async def cancel(self, order_id: str, reason: str = "customer asked") -> order_pb2.Order:
+    async def cancel(
+        self, order_id: str, reason: str = "customer asked", *, merchant: str = MERCHANT_A
+    ) -> order_pb2.Order:
         request = order_service_pb2.CancelOrderRequest(order_id=order_id, request_id=str(uuid.uuid4()), reason=reason)
-        return (await self.orders.CancelOrder(request)).order
+        return (await self.stubs[merchant].CancelOrder(request)).order
 
-    async def wait_status(self, order_id: str, status: int, timeout: float = 10.0) -> order_pb2.Order:
+    async def wait_status(
+        self, order_id: str, status: int, timeout: float = 10.0, *, merchant: str = MERCHANT_A
+    ) -> order_pb2.Order:
         async def reached() -> order_pb2.Order | None:
-            order = await self.get(order_id)
+            order = await self.get(order_id, merchant=merchant)
             return order if order.status == status else None
 
         return await wait_for(reached, timeout=timeout, message=f"{order_id} in {S.Name(status)}")
@@ -166,22 +186,33 @@ def create_request(**fields: Any) -> order_service_pb2.CreateOrderRequest:
     return order_service_pb2.CreateOrderRequest(**values)
 
 
-def reserved(order_id: str) -> inventory_events.InventoryReserved:
-    return inventory_events.InventoryReserved(event_id=new_event_id(), order_id=order_id)
+def reserved(order_id: str, merchant_id: str = MERCHANT_A) -> inventory_events.InventoryReserved:
+    return inventory_events.InventoryReserved(event_id=new_event_id(), order_id=order_id, merchant_id=merchant_id)
 
 
-def rejected(order_id: str, reason: str = "OUT_OF_STOCK") -> inventory_events.InventoryRejected:
-    return inventory_events.InventoryRejected(event_id=new_event_id(), order_id=order_id, reason=reason, sku="sku-1")
+def rejected(
+    order_id: str, reason: str = "OUT_OF_STOCK", merchant_id: str = MERCHANT_A
+) -> inventory_events.InventoryRejected:
+    return inventory_events.InventoryRejected(
+        event_id=new_event_id(), order_id=order_id, reason=reason, sku="sku-1", merchant_id=merchant_id
+    )
 
 
-def released(order_id: str, cause: str = "ORDER_CANCELLED") -> inventory_events.InventoryReleased:
-    return inventory_events.InventoryReleased(event_id=new_event_id(), order_id=order_id, held=True, cause=cause)
+def released(
+    order_id: str, cause: str = "ORDER_CANCELLED", merchant_id: str = MERCHANT_A
+) -> inventory_events.InventoryReleased:
+    return inventory_events.InventoryReleased(
+        event_id=new_event_id(), order_id=order_id, held=True, cause=cause, merchant_id=merchant_id
+    )
 
 
-def succeeded(order_id: str, payment_id: str = "pay_1") -> payment_events.PaymentSucceeded:
+def succeeded(
+    order_id: str, payment_id: str = "pay_1", merchant_id: str = MERCHANT_A
+) -> payment_events.PaymentSucceeded:
     return payment_events.PaymentSucceeded(
         event_id=new_event_id(),
         order_id=order_id,
+        merchant_id=merchant_id,
         payment_id=payment_id,
         charge_id="ch_1",
         amount_minor=2599,
@@ -189,22 +220,23 @@ def succeeded(order_id: str, payment_id: str = "pay_1") -> payment_events.Paymen
     )
 
 
-def failed(order_id: str, code: str = "card_declined") -> payment_events.PaymentFailed:
+def failed(order_id: str, code: str = "card_declined", merchant_id: str = MERCHANT_A) -> payment_events.PaymentFailed:
     return payment_events.PaymentFailed(
-        event_id=new_event_id(), order_id=order_id, payment_id="pay_1", failure_code=code
+        event_id=new_event_id(), order_id=order_id, payment_id="pay_1", failure_code=code, merchant_id=merchant_id
     )
 
 
-def voided(order_id: str) -> payment_events.PaymentVoided:
+def voided(order_id: str, merchant_id: str = MERCHANT_A) -> payment_events.PaymentVoided:
     return payment_events.PaymentVoided(
-        event_id=new_event_id(), order_id=order_id, payment_id="pay_1", cause="ORDER_CANCELLED"
+        event_id=new_event_id(), order_id=order_id, payment_id="pay_1", cause="ORDER_CANCELLED", merchant_id=merchant_id
     )
 
 
-def refunded(order_id: str) -> payment_events.PaymentRefunded:
+def refunded(order_id: str, merchant_id: str = MERCHANT_A) -> payment_events.PaymentRefunded:
     return payment_events.PaymentRefunded(
         event_id=new_event_id(),
         order_id=order_id,
+        merchant_id=merchant_id,
         payment_id="pay_1",
         amount_minor=2599,
         refunded_minor=2599,
@@ -213,10 +245,11 @@ def refunded(order_id: str) -> payment_events.PaymentRefunded:
     )
 
 
-def refund_failed(order_id: str) -> payment_events.PaymentRefundFailed:
+def refund_failed(order_id: str, merchant_id: str = MERCHANT_A) -> payment_events.PaymentRefundFailed:
     return payment_events.PaymentRefundFailed(
         event_id=new_event_id(),
         order_id=order_id,
+        merchant_id=merchant_id,
         payment_id="pay_1",
         failure_code="refund_declined",
         cause="ORDER_CANCELLED",
@@ -229,29 +262,53 @@ def saga_timeout_s() -> float:
     return 30.0
 
 
-@pytest.fixture
-async def rig(nats_server: NatsServer, db_url: str, tmp_path: Path, saga_timeout_s: float) -> AsyncIterator[Rig]:
-    env = {
-        "PAYMESH_NATS_URL": nats_server.url,
+def rig_env(nats_url: str, db_url: str, data_dir: Path, saga_timeout_s: float = 30.0) -> dict[str, str]:
+    return {
+        "PAYMESH_NATS_URL": nats_url,
         "ORDER_SVC_GRPC_ADDR": f"127.0.0.1:{free_port()}",
         "ORDER_SVC_DB_URL": db_url,
-        "PAYMESH_DATA_DIR": str(tmp_path),
+        "PAYMESH_DATA_DIR": str(data_dir),
         "PAYMESH_SAGA_TIMEOUT_S": str(saga_timeout_s),
         "PAYMESH_SHUTDOWN_GRACE_S": "1",
+        **AUTH_ENV,
     }
-    settings = Settings.from_env(SPEC, env)
-    nc = await jetstream.connect([nats_server.url], "order-test")
+
+
+@contextlib.asynccontextmanager
+async def running(
+    nats_url: str,
+    db_url: str,
+    data_dir: Path,
+    *,
+    saga_timeout_s: float = 30.0,
+    merchants: tuple[str, ...] = MERCHANTS,
+) -> AsyncIterator[Rig]:
+    """order_svc up on `db_url` (migrated to head at start), with a stub per merchant in `merchants`."""
+    settings = Settings.from_env(SPEC, rig_env(nats_url, db_url, data_dir, saga_timeout_s))
+    nc = await jetstream.connect([nats_url], "order-test")
     js = nc.jetstream()
     # The streams inventory_svc and payment_svc own, as they create them on start.
     await jetstream.ensure_stream(js, "INVENTORY", ["inventory.>"])
     await jetstream.ensure_stream(js, "PAYMENT", ["payment.>"])
+    # Before start, so the registry has them loaded when the first call comes.
+    keys = {merchant: await key_for(nats_url, merchant) for merchant in merchants}
     runtime = Runtime(SPEC, settings)
     host = ServiceHost(runtime, SPEC.wire(runtime, None))
     await host.start()
-    channel = grpc.aio.insecure_channel(settings.grpc_addr)
     try:
-        yield Rig(host, order_service_pb2_grpc.OrderServiceStub(channel), nc)
+        async with contextlib.AsyncExitStack() as channels:
+            stubs: dict[str, Stub] = {}
+            for merchant, key in keys.items():
+                channel = grpc.aio.insecure_channel(settings.grpc_addr, interceptors=bearer(key))
+                await channels.enter_async_context(channel)
+                stubs[merchant] = Stub(channel)
+            yield Rig(host, stubs, nc)
     finally:
-        await channel.close()
         await host.stop()
         await nc.close()
+
+
+@pytest.fixture
+async def rig(nats_server: NatsServer, db_url: str, tmp_path: Path, saga_timeout_s: float) -> AsyncIterator[Rig]:
+    async with running(nats_server.url, db_url, tmp_path, saga_timeout_s=saga_timeout_s) as rig:
+        yield rig

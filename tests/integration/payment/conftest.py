@@ -1,5 +1,6 @@
 """A payment_svc in-process on a free port, with real NATS, a real store and a scripted gateway peer;
-helpers that publish as order_svc and inventory_svc would."""
+helpers that publish as order_svc and inventory_svc would. Its clients call with merchant keys (MERCHANT_A's
+by default, MERCHANT_B's through `as_merchant`); payment_svc calls the gateway with the platform key."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from payment_svc.api import PaymentApi
 from payment_svc.gateway_client import GatewayClient, GatewayPolicy, RetryPolicy
 from payment_svc.service import SPEC, PaymentSettings
 from paymesh.chassis import jetstream
+from paymesh.chassis.auth.bearer import bearer
 from paymesh.chassis.backoff import Backoff
 from paymesh.chassis.config import Settings
 from paymesh.chassis.events import OutboundEvent, message_types, new_event_id
@@ -34,6 +36,7 @@ from paymesh.payment.v1 import payment_pb2, payment_service_pb2, payment_service
 from tests.conftest import wait_for
 from tests.integration.chassis_harness import publish, stream_messages
 from tests.integration.payment.scripted_gateway import GatewayServer, ScriptedGateway
+from tests.keys import AUTH_ENV, MERCHANT_A, MERCHANT_B, PLATFORM_ENV, key_for
 
 PS = payment_pb2.PaymentStatus
 PAYMENT_TYPES = message_types(payment_events)
@@ -84,8 +87,13 @@ class Rig:
     host: ServiceHost
     gateway: GatewayServer | None
     nc: NATS
-    channel: grpc.aio.Channel
+    # One channel per merchant, each sending that merchant's key; `payments` is MERCHANT_A's stub.
+    channels: dict[str, grpc.aio.Channel]
     payments: payment_service_pb2_grpc.PaymentServiceStub
+
+    def as_merchant(self, merchant_id: str) -> payment_service_pb2_grpc.PaymentServiceStub:
+        """A stub calling with `merchant_id`'s key (MERCHANT_A or MERCHANT_B)."""
+        return payment_service_pb2_grpc.PaymentServiceStub(self.channels[merchant_id])
 
     @property
     def gateway_client(self) -> GatewayClient:
@@ -100,10 +108,16 @@ class Rig:
         return event
 
     async def place(
-        self, order_id: str, token: str = "tok_visa", amount: int = 1999, deadline_s: float | None = 30.0
+        self,
+        order_id: str,
+        token: str = "tok_visa",
+        amount: int = 1999,
+        deadline_s: float | None = 30.0,
+        merchant: str = MERCHANT_A,
     ) -> OutboundEvent:
         message = order_events.OrderPlaced(
             event_id=new_event_id(),
+            merchant_id=merchant,
             order_id=order_id,
             customer_id="cus_1",
             currency="USD",
@@ -116,22 +130,31 @@ class Rig:
             message.deadline.CopyFrom(ts)
         return await self.publish(f"order.placed.{order_id}", message)
 
-    async def reserve(self, order_id: str, event_id: str | None = None, msg_id: str | None = None) -> OutboundEvent:
-        message = inventory_events.InventoryReserved(event_id=event_id or new_event_id(), order_id=order_id)
+    async def reserve(
+        self, order_id: str, event_id: str | None = None, msg_id: str | None = None, merchant: str = MERCHANT_A
+    ) -> OutboundEvent:
+        message = inventory_events.InventoryReserved(
+            event_id=event_id or new_event_id(), order_id=order_id, merchant_id=merchant
+        )
         return await self.publish(f"inventory.reserved.{order_id}", message, msg_id)
 
-    async def cancel(self, order_id: str) -> OutboundEvent:
-        message = order_events.OrderCancelled(event_id=new_event_id(), order_id=order_id, reason="customer asked")
+    async def cancel(self, order_id: str, merchant: str = MERCHANT_A) -> OutboundEvent:
+        message = order_events.OrderCancelled(
+            event_id=new_event_id(), order_id=order_id, reason="customer asked", merchant_id=merchant
+        )
         return await self.publish(f"order.cancelled.{order_id}", message)
 
-    async def payment_of(self, order_id: str) -> payment_pb2.Payment | None:
-        reply = await self.payments.ListPayments(payment_service_pb2.ListPaymentsRequest(order_id=order_id))
+    async def payment_of(self, order_id: str, merchant: str = MERCHANT_A) -> payment_pb2.Payment | None:
+        request = payment_service_pb2.ListPaymentsRequest(order_id=order_id)
+        reply = await self.as_merchant(merchant).ListPayments(request)
         assert len(reply.payments) <= 1
         return reply.payments[0] if reply.payments else None
 
-    async def wait_payment(self, order_id: str, status: int, timeout: float = 10.0) -> payment_pb2.Payment:
+    async def wait_payment(
+        self, order_id: str, status: int, timeout: float = 10.0, merchant: str = MERCHANT_A
+    ) -> payment_pb2.Payment:
         async def reached() -> payment_pb2.Payment | None:
-            payment = await self.payment_of(order_id)
+            payment = await self.payment_of(order_id, merchant)
             return payment if payment is not None and payment.status == status else None
 
         return await wait_for(reached, timeout=timeout, message=f"payment of {order_id} in {PS.Name(status)}")
@@ -194,6 +217,8 @@ def settings_for(nats: NatsServer, db_url: str, tmp_path: Path, gateway_addr: st
         "PAYMENT_SVC_DB_URL": db_url,
         "PAYMENT_SVC_GATEWAY_ADDR": gateway_addr,
         "PAYMESH_DATA_DIR": str(tmp_path),
+        **AUTH_ENV,
+        **PLATFORM_ENV,
         **env,
     }
     return RigSettings(Settings.from_env(SPEC, values), fast(PaymentSettings.from_env(values)))
@@ -209,15 +234,19 @@ async def start_host(settings: RigSettings) -> ServiceHost:
 
 @contextlib.asynccontextmanager
 async def running(nats: NatsServer, settings: RigSettings, gateway: GatewayServer | None) -> AsyncIterator[Rig]:
-    """A started payment_svc and the clients a test drives it with; stopped at the end."""
+    """A started payment_svc and the clients a test drives it with; stopped at the end. The merchants' keys
+    are made before the start, so the service loads them with the rest of the bucket."""
+    keys = {merchant: await key_for(nats.url, merchant) for merchant in (MERCHANT_A, MERCHANT_B)}
     host = await start_host(settings)
     nc = await jetstream.connect([nats.url], "payment-test")
-    channel = grpc.aio.insecure_channel(settings.grpc_addr)
-    rig = Rig(settings, host, gateway, nc, channel, payment_service_pb2_grpc.PaymentServiceStub(channel))
+    channels = {m: grpc.aio.insecure_channel(settings.grpc_addr, interceptors=bearer(k)) for m, k in keys.items()}
+    stub = payment_service_pb2_grpc.PaymentServiceStub(channels[MERCHANT_A])
+    rig = Rig(settings, host, gateway, nc, channels, stub)
     try:
         yield rig
     finally:
-        await channel.close()
+        for channel in channels.values():
+            await channel.close()
         await nc.close()
         await rig.host.stop()
 

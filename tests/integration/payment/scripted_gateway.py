@@ -1,4 +1,6 @@
-"""A real gRPC GatewayService on a free port with scripted answers: a peer over the wire for fault cases."""
+"""A real gRPC GatewayService on a free port with scripted answers: a peer over the wire for fault cases.
+As the bank does, it serves the platform alone: a call without `authorization: Bearer <accepted_key>` is
+refused UNAUTHENTICATED before anything happens."""
 
 from __future__ import annotations
 
@@ -9,9 +11,18 @@ from typing import Any
 
 import grpc
 
-from paymesh.chassis.errors import FailedPrecondition, InvalidArgument, NotFound, to_status
+from paymesh.chassis.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ServiceError,
+    Unauthenticated,
+    to_status,
+)
 from paymesh.gateway.v1 import gateway_pb2, gateway_service_pb2, gateway_service_pb2_grpc
 from paymesh.ops.natsserver import free_port
+from tests.keys import PLATFORM_KEY
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -28,7 +39,11 @@ TOKENS = {
 
 
 class ScriptedGateway(gateway_service_pb2_grpc.GatewayServiceServicer):
-    def __init__(self) -> None:
+    def __init__(self, accepted_key: str = PLATFORM_KEY) -> None:
+        self.accepted_key = accepted_key  # a test may change it: the bank's side of a key fix
+        # How a wrong key is refused: UNAUTHENTICATED (unknown key) or PERMISSION_DENIED (a key without the scope).
+        self.refuse_with = grpc.StatusCode.UNAUTHENTICATED
+        self.auth_refusals = 0
         self.charges: dict[str, gateway_pb2.Charge] = {}  # by idempotency key
         self.refunds: dict[str, gateway_service_pb2.RefundResponse] = {}  # by idempotency key
         self.charge_calls: Counter[str] = Counter()
@@ -41,9 +56,15 @@ class ScriptedGateway(gateway_service_pb2_grpc.GatewayServiceServicer):
     async def Charge(  # noqa: N802
         self, request: gateway_service_pb2.ChargeRequest, context: Context
     ) -> gateway_service_pb2.ChargeResponse:
+        await self._authenticate(context)
         key = request.idempotency_key
         self.charge_calls[key] += 1
         token = request.payment_method_token
+        if not request.merchant_id:
+            await context.abort_with_status(
+                to_status(InvalidArgument("merchant_id is required: the platform tags each charge",
+                                          reason="MERCHANT_ID_MISSING"))
+            )
         self.token_of[key] = token
         if token not in TOKENS:
             await context.abort_with_status(
@@ -69,6 +90,7 @@ class ScriptedGateway(gateway_service_pb2_grpc.GatewayServiceServicer):
                 decline_code=code,
                 order_id=request.order_id,
                 card_last4="4242",
+                merchant_id=request.merchant_id,
             )
             if token == "tok_lostResponse":
                 await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "response lost")
@@ -82,6 +104,7 @@ class ScriptedGateway(gateway_service_pb2_grpc.GatewayServiceServicer):
     async def Refund(  # noqa: N802
         self, request: gateway_service_pb2.RefundRequest, context: Context
     ) -> gateway_service_pb2.RefundResponse:
+        await self._authenticate(context)
         key = request.idempotency_key
         self.refund_calls[key] += 1
         if key in self.refunds:
@@ -107,10 +130,22 @@ class ScriptedGateway(gateway_service_pb2_grpc.GatewayServiceServicer):
             else gateway_pb2.CHARGE_STATUS_PARTIALLY_REFUNDED
         )
         refund = gateway_pb2.Refund(
-            refund_id=f"re_{uuid.uuid4().hex}", charge_id=charge.charge_id, idempotency_key=key, amount_minor=amount
+            refund_id=f"re_{uuid.uuid4().hex}", charge_id=charge.charge_id, idempotency_key=key, amount_minor=amount,
+            merchant_id=charge.merchant_id,
         )
         self.refunds[key] = gateway_service_pb2.RefundResponse(refund=refund, charge=charge)
         return self.refunds[key]
+
+    async def _authenticate(self, context: Context) -> None:
+        metadata = dict(context.invocation_metadata() or ())
+        if metadata.get("authorization") != f"Bearer {self.accepted_key}":
+            self.auth_refusals += 1
+            if self.refuse_with == grpc.StatusCode.PERMISSION_DENIED:
+                error: ServiceError = PermissionDenied("this key may not charge", reason="SCOPE_MISSING")
+            else:
+                error = Unauthenticated("the platform key is not the one this gateway accepts",
+                                        reason="API_KEY_INVALID")
+            await context.abort_with_status(to_status(error))
 
     def refunded_total(self, key: str) -> int:
         charge = self.charges.get(key)
@@ -120,10 +155,10 @@ class ScriptedGateway(gateway_service_pb2_grpc.GatewayServiceServicer):
 class GatewayServer:
     """Starts, stops and restarts the scripted gateway on one port, keeping its state."""
 
-    def __init__(self) -> None:
+    def __init__(self, accepted_key: str = PLATFORM_KEY) -> None:
         self.port = free_port()
         self.addr = f"127.0.0.1:{self.port}"
-        self.servicer = ScriptedGateway()
+        self.servicer = ScriptedGateway(accepted_key)
         self._server: grpc.aio.Server | None = None
 
     async def start(self) -> None:

@@ -13,6 +13,7 @@ from grpc_status import rpc_status
 from paymesh.payment.v1 import payment_pb2, payment_service_pb2
 from tests.conftest import wait_for
 from tests.integration.payment.conftest import PS, Rig, gw, new_order_id
+from tests.keys import MERCHANT_A
 
 pytestmark = pytest.mark.timeout(30)
 pb = payment_service_pb2
@@ -51,11 +52,12 @@ async def test_partial_refund_then_the_rest_with_replay_and_reuse(rig: Rig) -> N
     reply = await rig.payments.RefundPayment(first)
     assert (reply.payment.status, reply.payment.refunded_minor, reply.amount_minor) == (
         PS.PAYMENT_STATUS_PARTIALLY_REFUNDED, 300, 300)
-    assert reply.refund_id == gw(rig).refunds[first.request_id].refund.refund_id
+    gateway_key = f"refund:{payment.payment_id}:1"  # the payment's, not the client's request_id
+    assert reply.refund_id == gw(rig).refunds[gateway_key].refund.refund_id
 
     # Same request_id, same request: the first answer, and no second refund at the gateway.
     assert await rig.payments.RefundPayment(first) == reply
-    assert gw(rig).refund_calls[first.request_id] == 1
+    assert gw(rig).refund_calls[gateway_key] == 1
     # Same request_id, another request: refused.
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await rig.payments.RefundPayment(refund(payment.payment_id, 200, request_id=first.request_id))
@@ -88,9 +90,9 @@ async def test_an_answer_recorded_by_a_concurrent_attempt_is_replayed_and_nothin
     first = refund(payment.payment_id, 100)
     reply = await rig.payments.RefundPayment(first)
     api = rig.host.wiring.services[0].servicer
-    assert await api._replay(first) == reply
+    assert await api._replay(MERCHANT_A, first) == reply
     unseen = refund(payment.payment_id, 100)
-    assert await api._replay(unseen) is None
+    assert await api._replay(MERCHANT_A, unseen) is None
     # The replay only read: the id is still new and acts once.
     again = await rig.payments.RefundPayment(unseen)
     assert (again.amount_minor, again.payment.refunded_minor) == (100, 200)

@@ -15,10 +15,13 @@ from gateway_mock.faults import NO_FAULTS, FaultConfig, FaultModel, Faults
 pytestmark = pytest.mark.timeout(10)
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+MERCHANT = "mer_aaaaaaaaaaaaaaaa"
 
 
-def command(token: str = "tok_visa", amount: int = 1000, key: str = "k-1", **kw: str) -> ChargeCommand:
-    return ChargeCommand(idempotency_key=key, amount_minor=amount, currency="USD", token=token, **kw)
+def command(token: str = "tok_visa", amount: int = 1000, key: str = "k-1", merchant_id: str = MERCHANT,
+            **kw: str) -> ChargeCommand:
+    return ChargeCommand(idempotency_key=key, amount_minor=amount, currency="USD", token=token,
+                         merchant_id=merchant_id, **kw)
 
 
 def charged(token: str = "tok_visa", amount: int = 1000) -> Charge:
@@ -142,10 +145,32 @@ def test_replay_with_the_same_request_and_refusal_of_another() -> None:
     charge = charged()
     assert charge.replay(command(description="free text is not part of the request's identity")) is charge
     for other in [command(amount=999), command(token="tok_flaky"), command(order_id="ord_2"),
-                  ChargeCommand("k-1", 1000, "EUR", "tok_visa")]:
+                  ChargeCommand("k-1", 1000, "EUR", "tok_visa", MERCHANT)]:
         with pytest.raises(domain.IdempotencyKeyReused) as err:
             charge.replay(other)
         assert (err.value.key, err.value.existing_id) == ("k-1", "ch_1")
+
+
+def test_a_charge_carries_its_merchant_and_a_retry_for_another_merchant_is_another_request() -> None:
+    charge = charged()
+    assert charge.merchant_id == MERCHANT
+    # The key is the platform's, global: the same money and card for another merchant is not a retry.
+    with pytest.raises(domain.IdempotencyKeyReused) as err:
+        charge.replay(command(merchant_id="mer_bbbbbbbbbbbbbbbb"))
+    assert (err.value.kind, err.value.key, err.value.existing_id) == ("charge", "k-1", "ch_1")
+    assert charge.replay(command()) is charge
+
+
+def test_the_fingerprint_is_the_one_stored_before_merchants() -> None:
+    # Charges stored before merchants keep their fingerprint; a retry of one (as the legacy merchant's)
+    # must still match it, so the merchant is compared beside the fingerprint, not inside it.
+    assert command().fingerprint() == command(merchant_id="mer_legacy").fingerprint()
+    assert command().fingerprint() == domain._fingerprint("charge", 1000, "USD", "tok_visa", "")
+
+
+def test_a_refund_is_the_charge_merchant_s() -> None:
+    charge = charged()
+    assert charge.refund("re_1", refund(300), NOW).merchant_id == MERCHANT
 
 
 def test_refund_replay_keeps_the_amount_as_asked() -> None:

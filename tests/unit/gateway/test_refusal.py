@@ -13,7 +13,7 @@ from gateway_mock.api import refusal
 pytestmark = pytest.mark.timeout(10)
 
 NOW = datetime(2026, 1, 2, tzinfo=UTC)
-CMD = domain.ChargeCommand("k-1", 1000, "USD", "tok_visa")
+CMD = domain.ChargeCommand("k-1", 1000, "USD", "tok_visa", "mer_aaaaaaaaaaaaaaaa")
 CHARGE = domain.Charge.create("ch_1", CMD, domain.ChargeDecision(domain.ChargeStatus.DECLINED, "card_declined"), NOW)
 
 

@@ -27,6 +27,7 @@ from inventory_svc.domain import (
 pytestmark = pytest.mark.timeout(5)
 
 S = ReservationStatus
+M = "mer_aaaaaaaaaaaaaaaa"
 
 
 def stock(p: Product) -> tuple[int, int, int]:
@@ -34,14 +35,14 @@ def stock(p: Product) -> tuple[int, int, int]:
 
 
 def shelf(**available: int) -> dict[str, Product]:
-    return {sku: Product(sku, sku.title(), available=n) for sku, n in available.items()}
+    return {sku: Product(M, sku, sku.title(), available=n) for sku, n in available.items()}
 
 
 # Product -------------------------------------------------------------------------------
 
 
 def test_product_moves_keep_the_stocked_total() -> None:
-    p = Product("mug", available=10)
+    p = Product(M, "mug", available=10)
     p.hold(4)
     assert stock(p) == (6, 4, 0)
     p.sell(3)
@@ -58,7 +59,7 @@ def test_product_moves_keep_the_stocked_total() -> None:
     [("hold", "available"), ("unhold", "reserved"), ("sell", "reserved"), ("restock", "sold")],
 )
 def test_a_product_move_past_its_bucket_is_refused_and_changes_nothing(move: str, bucket: str) -> None:
-    p = Product("mug", available=2, reserved=2, sold=2)
+    p = Product(M, "mug", available=2, reserved=2, sold=2)
     with pytest.raises(NegativeStock) as err:
         getattr(p, move)(3)
     assert (err.value.bucket, err.value.requested, err.value.held) == (bucket, 3, 2)
@@ -68,14 +69,14 @@ def test_a_product_move_past_its_bucket_is_refused_and_changes_nothing(move: str
 @pytest.mark.parametrize("move", ["hold", "unhold", "sell", "restock"])
 @pytest.mark.parametrize("quantity", [0, -1])
 def test_a_product_move_needs_a_positive_quantity(move: str, quantity: int) -> None:
-    p = Product("mug", available=2, reserved=2, sold=2)
+    p = Product(M, "mug", available=2, reserved=2, sold=2)
     with pytest.raises(InvalidTransition):
         getattr(p, move)(quantity)
     assert stock(p) == (2, 2, 2)
 
 
 def test_adjust_adds_and_removes_available_only() -> None:
-    p = Product("mug", available=5, reserved=1, sold=1)
+    p = Product(M, "mug", available=5, reserved=1, sold=1)
     p.adjust(3)
     assert stock(p) == (8, 1, 1)
     p.adjust(-8)
@@ -83,7 +84,7 @@ def test_adjust_adds_and_removes_available_only() -> None:
 
 
 def test_adjust_refuses_zero_going_negative_and_overflow() -> None:
-    p = Product("mug", available=5, reserved=1)
+    p = Product(M, "mug", available=5, reserved=1)
     with pytest.raises(InvalidTransition):
         p.adjust(0)
     with pytest.raises(InsufficientStock) as err:
@@ -95,7 +96,7 @@ def test_adjust_refuses_zero_going_negative_and_overflow() -> None:
 
 
 def test_put_renames_and_sets_available_leaving_held_and_sold_alone() -> None:
-    p = Product("mug", "Mug", available=5, reserved=2, sold=3)
+    p = Product(M, "mug", "Mug", available=5, reserved=2, sold=3)
     p.put("Big mug", 9)
     assert (p.name, *stock(p)) == ("Big mug", 9, 2, 3)
     with pytest.raises(NegativeStock):
@@ -111,9 +112,9 @@ def test_put_renames_and_sets_available_leaving_held_and_sold_alone() -> None:
 def test_reserve_holds_every_line_and_records_reserved() -> None:
     products = shelf(mug=5, tee=2)
     lines = [Line("mug", 2), Line("tee", 2)]
-    r = reserve("o1", lines, products)
+    r = reserve(M, "o1", lines, products)
     assert r.status is S.RESERVED
-    assert r.pull_events() == [Reserved("o1", tuple(lines))]
+    assert r.pull_events() == [Reserved(M, "o1", tuple(lines))]
     assert stock(products["mug"]) == (3, 2, 0)
     assert stock(products["tee"]) == (0, 2, 0)
 
@@ -131,26 +132,26 @@ def test_reserve_rejects_on_the_first_failing_line_and_moves_nothing(
     lines: list[Line], reason: str, sku: str, requested: int, available: int
 ) -> None:
     products = shelf(mug=5, tee=2, cap=1)
-    r = reserve("o1", lines, products)
+    r = reserve(M, "o1", lines, products)
     assert (r.status, r.reason, r.sku) == (S.REJECTED, reason, sku)
-    assert r.pull_events() == [Rejected("o1", reason, sku, requested, available)]
+    assert r.pull_events() == [Rejected(M, "o1", reason, sku, requested, available)]
     assert [stock(p) for p in products.values()] == [(5, 0, 0), (2, 0, 0), (1, 0, 0)]
 
 
 def test_the_same_sku_on_two_lines_counts_twice() -> None:
     products = shelf(mug=3)
-    r = reserve("o1", [Line("mug", 2), Line("mug", 2)], products)
+    r = reserve(M, "o1", [Line("mug", 2), Line("mug", 2)], products)
     assert r.status is S.REJECTED
-    assert r.pull_events() == [Rejected("o1", "OUT_OF_STOCK", "mug", 4, 3)]
+    assert r.pull_events() == [Rejected(M, "o1", "OUT_OF_STOCK", "mug", 4, 3)]
     assert stock(products["mug"]) == (3, 0, 0)
-    r = reserve("o2", [Line("mug", 2), Line("mug", 1)], products)
+    r = reserve(M, "o2", [Line("mug", 2), Line("mug", 1)], products)
     assert r.status is S.RESERVED
     assert stock(products["mug"]) == (0, 3, 0)
 
 
 def test_reservations_in_sequence_see_each_others_holds() -> None:
     products = shelf(mug=10)
-    statuses = [reserve(f"o{i}", [Line("mug", 1)], products).status for i in range(30)]
+    statuses = [reserve(M, f"o{i}", [Line("mug", 1)], products).status for i in range(30)]
     assert statuses.count(S.RESERVED) == 10
     assert statuses[:10] == [S.RESERVED] * 10
     assert stock(products["mug"]) == (0, 10, 0)
@@ -173,7 +174,7 @@ def held(status: ReservationStatus, *, cancel_answered: bool = False) -> tuple[R
         products["mug"].reserved = 2
     if status is S.COMMITTED:
         products["mug"].sold = 2
-    r = Reservation("o1", status, () if status is S.CANCELLED else lines, cancel_answered=cancel_answered)
+    r = Reservation(M, "o1", status, () if status is S.CANCELLED else lines, cancel_answered=cancel_answered)
     return r, products
 
 
@@ -181,7 +182,7 @@ def test_commit_sells_the_held_lines() -> None:
     r, products = held(S.RESERVED)
     r.commit(products)
     assert r.status is S.COMMITTED
-    assert r.pull_events() == [Committed("o1", (Line("mug", 2),))]
+    assert r.pull_events() == [Committed(M, "o1", (Line("mug", 2),))]
     assert stock(products["mug"]) == (8, 0, 2)
 
 
@@ -189,7 +190,7 @@ def test_release_on_payment_failure_returns_the_held_lines() -> None:
     r, products = held(S.RESERVED)
     r.release(products)
     assert r.status is S.RELEASED
-    assert r.pull_events() == [Released("o1", (Line("mug", 2),), held=True, cause=CAUSE_PAYMENT_FAILED)]
+    assert r.pull_events() == [Released(M, "o1", (Line("mug", 2),), held=True, cause=CAUSE_PAYMENT_FAILED)]
     assert stock(products["mug"]) == (10, 0, 0)
     assert not r.cancel_answered
 
@@ -223,7 +224,7 @@ def test_cancel_answers_once_from_every_state(
     r, products = held(status)
     r.cancel(products)
     assert (r.status, r.cancel_answered) == (after, True)
-    assert r.pull_events() == [Released("o1", lines, held=was_held, cause=CAUSE_ORDER_CANCELLED)]
+    assert r.pull_events() == [Released(M, "o1", lines, held=was_held, cause=CAUSE_ORDER_CANCELLED)]
     assert stock(products["mug"]) == shelf_after
     with pytest.raises(InvalidTransition, match="already answered"):
         r.cancel(products)
@@ -241,15 +242,15 @@ def test_a_cancelled_reservation_refuses_every_later_transition() -> None:
 
 
 def test_tombstone_answers_the_cancel_and_refuses_the_rest() -> None:
-    r = tombstone("o1")
+    r = tombstone(M, "o1")
     assert (r.status, r.lines, r.cancel_answered) == (S.CANCELLED, (), True)
-    assert r.pull_events() == [Released("o1", (), held=False, cause=CAUSE_ORDER_CANCELLED)]
+    assert r.pull_events() == [Released(M, "o1", (), held=False, cause=CAUSE_ORDER_CANCELLED)]
     for action in (r.commit, r.release, r.cancel):
         with pytest.raises(InvalidTransition):
             action({})
 
 
 def test_pull_events_hands_over_what_was_recorded_once() -> None:
-    r = reserve("o1", [Line("mug", 1)], shelf(mug=1))
-    assert r.pull_events() == [Reserved("o1", (Line("mug", 1),))]
+    r = reserve(M, "o1", [Line("mug", 1)], shelf(mug=1))
+    assert r.pull_events() == [Reserved(M, "o1", (Line("mug", 1),))]
     assert r.pull_events() == []

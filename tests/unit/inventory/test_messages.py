@@ -6,22 +6,23 @@ import pytest
 
 from inventory_svc.domain import CAUSE_ORDER_CANCELLED, Committed, Event, Line, Rejected, Released, Reserved
 from inventory_svc.messages import outbound
-from paymesh.chassis.events import TRACEPARENT, message_types, new_traceparent
+from paymesh.chassis.events import MERCHANT, TRACEPARENT, message_types, new_traceparent
 from paymesh.inventory.v1 import events_pb2
 
 pytestmark = pytest.mark.timeout(5)
 
 TYPES = message_types(events_pb2)
 LINES = (Line("mug", 2),)
+M = "mer_aaaaaaaaaaaaaaaa"
 
 
 @pytest.mark.parametrize(
     ("event", "name"),
     [
-        (Reserved("ord_1", LINES), "reserved"),
-        (Rejected("ord_1", "OUT_OF_STOCK", "mug", 3, 1), "rejected"),
-        (Committed("ord_1", LINES), "committed"),
-        (Released("ord_1", (), held=False, cause=CAUSE_ORDER_CANCELLED), "released"),
+        (Reserved(M, "ord_1", LINES), "reserved"),
+        (Rejected(M, "ord_1", "OUT_OF_STOCK", "mug", 3, 1), "rejected"),
+        (Committed(M, "ord_1", LINES), "committed"),
+        (Released(M, "ord_1", (), held=False, cause=CAUSE_ORDER_CANCELLED), "released"),
     ],
 )
 def test_outbound_names_the_event_and_continues_the_trace(event: Event, name: str) -> None:
@@ -30,5 +31,6 @@ def test_outbound_names_the_event_and_continues_the_trace(event: Event, name: st
     assert out.subject == f"inventory.{name}.ord_1"
     message = TYPES[out.type].FromString(out.payload)
     assert (message.order_id, message.event_id != "", message.occurred_at.seconds > 0) == ("ord_1", True, True)
+    assert (message.merchant_id, out.headers[MERCHANT]) == (M, M), "the order's merchant, in payload and header"
     assert out.headers[TRACEPARENT].split("-")[1] == cause.split("-")[1]
     assert out.headers[TRACEPARENT] != cause, "a span of its own under the cause"

@@ -27,10 +27,12 @@ S = OrderStatus
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 LATER = T0 + timedelta(seconds=1)
 TIMEOUT = timedelta(seconds=30)
+MERCHANT = "mer_unit"
 
 
 def order_in(status: OrderStatus, **fields: object) -> Order:
     order = Order.place(
+        merchant_id=MERCHANT,
         customer_id="cus_1",
         lines=[Line("sku-1", 2, 500), Line("sku-2", 1, 250)],
         currency="USD",
@@ -47,6 +49,7 @@ def order_in(status: OrderStatus, **fields: object) -> Order:
 
 def test_place_computes_the_total_and_records_order_placed() -> None:
     order = Order.place(
+        merchant_id=MERCHANT,
         customer_id="cus_1",
         lines=[Line("a", 3, 199), Line("b", 1, 1)],
         currency="USD",
@@ -68,6 +71,7 @@ def test_totals_are_checked_for_int64_overflow() -> None:
         total_of([Line("a", 2**32, 2**32)])
     with pytest.raises(TotalOverflow):
         Order.place(
+            merchant_id=MERCHANT,
             customer_id="c",
             lines=[Line("a", 2, INT64_MAX)],
             currency="USD",

@@ -4,25 +4,29 @@ from __future__ import annotations
 
 import pytest
 
-from payment_svc.gateway_client import RetryPolicy, is_refusal, is_retryable, may_have_reached
+from payment_svc.gateway_client import RetryPolicy, is_auth_failure, is_refusal, is_retryable, may_have_reached
 from paymesh.chassis.backoff import Backoff
 
 
 @pytest.mark.parametrize(
-    ("code", "retryable", "reached", "refusal"),
+    ("code", "retryable", "reached", "refusal", "auth"),
     [
-        ("UNAVAILABLE", True, False, False),
-        ("RESOURCE_EXHAUSTED", True, False, False),
-        ("DEADLINE_EXCEEDED", True, True, False),
-        ("INVALID_ARGUMENT", False, False, True),
-        ("FAILED_PRECONDITION", False, False, True),
-        ("ALREADY_EXISTS", False, False, True),
-        ("INTERNAL", False, True, False),
-        ("UNKNOWN", False, True, False),
+        ("UNAVAILABLE", True, False, False, False),
+        ("RESOURCE_EXHAUSTED", True, False, False, False),
+        ("DEADLINE_EXCEEDED", True, True, False, False),
+        ("INVALID_ARGUMENT", False, False, True, False),
+        ("FAILED_PRECONDITION", False, False, True, False),
+        ("ALREADY_EXISTS", False, False, True, False),
+        ("INTERNAL", False, True, False, False),
+        ("UNKNOWN", False, True, False, False),
+        # The platform key refused: nothing happened, yet neither a decline nor worth an in-process retry.
+        ("UNAUTHENTICATED", False, False, False, True),
+        ("PERMISSION_DENIED", False, False, False, True),
     ],
 )
-def test_retry_classification(code: str, retryable: bool, reached: bool, refusal: bool) -> None:
-    assert (is_retryable(code), may_have_reached(code), is_refusal(code)) == (retryable, reached, refusal)
+def test_retry_classification(code: str, retryable: bool, reached: bool, refusal: bool, auth: bool) -> None:
+    assert (is_retryable(code), may_have_reached(code), is_refusal(code), is_auth_failure(code)) == (
+        retryable, reached, refusal, auth)
 
 
 def test_backoff_is_exponential_jittered_and_bounded() -> None:
