@@ -25,12 +25,12 @@ from sqlalchemy import (
     bindparam,
     insert,
     select,
-    tuple_,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from inventory_svc.domain import Line, Product, Reservation, ReservationStatus
+from paymesh.chassis.db import pairs_in, pairs_params
 from paymesh.chassis.schema_steps import MERCHANT_ID_LENGTH
 
 T = TypeVar("T")
@@ -105,7 +105,7 @@ class InventoryRepository:
         # Locked in key order, so two batches sharing rows cannot deadlock (PostgreSQL; SQLite has one writer).
         self._lock_products = (
             select(p)
-            .where(tuple_(p.c.merchant_id, p.c.sku).in_(bindparam("keys", expanding=True)))
+            .where(pairs_in(p.c.merchant_id, p.c.sku))
             .order_by(p.c.merchant_id, p.c.sku)
             .with_for_update()
         )
@@ -134,7 +134,7 @@ class InventoryRepository:
         )
         self._lock_reservations = (
             select(r)
-            .where(tuple_(r.c.merchant_id, r.c.order_id).in_(bindparam("keys", expanding=True)))
+            .where(pairs_in(r.c.merchant_id, r.c.order_id))
             .order_by(r.c.merchant_id, r.c.order_id)
             .with_for_update()
         )
@@ -161,7 +161,7 @@ class InventoryRepository:
         """The products of these (merchant_id, sku) pairs that exist, locked until the transaction ends."""
         if not keys:
             return {}
-        rows = await conn.execute(self._lock_products, {"keys": sorted(set(keys))})
+        rows = await conn.execute(self._lock_products, pairs_params(keys))
         return {(row.merchant_id, row.sku): _product(row) for row in rows}
 
     async def lock_product(self, conn: AsyncConnection, merchant_id: str, sku: str) -> Product | None:
@@ -224,7 +224,7 @@ class InventoryRepository:
         """The reservations of these (merchant_id, order_id) pairs that exist, locked until the transaction ends."""
         if not keys:
             return {}
-        rows = await conn.execute(self._lock_reservations, {"keys": sorted(set(keys))})
+        rows = await conn.execute(self._lock_reservations, pairs_params(keys))
         return {(row.merchant_id, row.order_id): _reservation(row) for row in rows}
 
     async def add_reservations(self, conn: AsyncConnection, reservations: Iterable[Reservation], now: datetime) -> None:

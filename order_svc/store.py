@@ -27,14 +27,13 @@ from sqlalchemy import (
     insert,
     or_,
     select,
-    tuple_,
     update,
 )
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from order_svc.domain import OPEN, Line, Order, OrderStatus
-from paymesh.chassis.db import as_utc
+from paymesh.chassis.db import as_utc, pairs_in, pairs_params
 from paymesh.chassis.schema_steps import MERCHANT_ID_LENGTH
 
 # (merchant_id, order_id): how a batch names the orders it reads.
@@ -159,13 +158,8 @@ class OrderRepository:
         if not pairs:
             return {}
         t = self.t
-        # The ids alone as well: SQLite scans the whole table for a row-value IN by itself, and searches the
-        # primary key for a plain one; the pairs then keep each merchant to its own orders.
-        query = select(t).where(
-            t.c.order_id.in_(sorted({order_id for _, order_id in pairs})),
-            tuple_(t.c.merchant_id, t.c.order_id).in_(pairs),
-        )
-        rows = await conn.execute(query.order_by(t.c.order_id).with_for_update())
+        query = select(t).where(pairs_in(t.c.merchant_id, t.c.order_id))
+        rows = await conn.execute(query.order_by(t.c.order_id).with_for_update(), pairs_params(pairs))
         return {(row.merchant_id, row.order_id): _order(row) for row in rows}
 
     async def lock_overdue(self, conn: AsyncConnection, now: datetime, limit: int) -> list[Order]:

@@ -26,13 +26,12 @@ from sqlalchemy import (
     insert,
     or_,
     select,
-    tuple_,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from payment_svc.domain import AuditEntry, Payment, Refund, RefundRequest, Status
-from paymesh.chassis.db import as_utc
+from paymesh.chassis.db import as_utc, pairs_in, pairs_params
 from paymesh.chassis.schema_steps import MERCHANT_ID_LENGTH
 
 # (merchant_id, order_id): how the saga's events name a payment.
@@ -175,8 +174,8 @@ class PaymentRepository:
         if not keys:
             return {}
         p = self.t.payments
-        query = select(p).where(tuple_(p.c.merchant_id, p.c.order_id).in_(keys))
-        rows = await conn.execute(query.with_for_update() if lock else query)
+        query = select(p).where(pairs_in(p.c.merchant_id, p.c.order_id))
+        rows = await conn.execute(query.with_for_update() if lock else query, pairs_params(keys))
         return {(r.merchant_id, r.order_id): _payment(r) for r in rows}
 
     async def get(

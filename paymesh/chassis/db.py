@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import MetaData, Table, event
+from sqlalchemy import ColumnElement, MetaData, Table, and_, bindparam, event, tuple_
 from sqlalchemy.dialects import postgresql, registry, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -33,6 +33,23 @@ def conflict_insert(table: Table, dialect_name: str) -> Any:
     dialect of the database (`sqlite` or `postgresql`: both spell ON CONFLICT alike)."""
     dialect = postgresql if dialect_name == "postgresql" else sqlite
     return dialect.insert(table)
+
+
+def pairs_in(first: ColumnElement[Any], second: ColumnElement[Any], name: str = "keys") -> ColumnElement[bool]:
+    """`(first, second) IN :name`, e.g. the (merchant_id, order_id) pairs of a batch, written so SQLite searches
+    an index: alone, a row-value IN makes SQLite scan the whole table, so each column's own IN comes first
+    (`:name_1`, `:name_2`) and the pairs keep the combinations exact. Bind it with `pairs_params`."""
+    return and_(
+        first.in_(bindparam(f"{name}_1", expanding=True)),
+        second.in_(bindparam(f"{name}_2", expanding=True)),
+        tuple_(first, second).in_(bindparam(name, expanding=True)),
+    )
+
+
+def pairs_params(pairs: Iterable[tuple[Any, Any]], name: str = "keys") -> dict[str, list[Any]]:
+    """The parameters of `pairs_in(..., name)` for these pairs."""
+    unique = sorted(set(pairs))
+    return {name: unique, f"{name}_1": sorted({a for a, _ in unique}), f"{name}_2": sorted({b for _, b in unique})}
 
 
 class DatabaseConfigError(ValueError):
