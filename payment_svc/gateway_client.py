@@ -15,7 +15,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from paymesh.chassis.auth.bearer import METADATA_KEY
+from paymesh.chassis.auth.bearer import key_metadata
 from paymesh.chassis.auth.keys import ApiKey
 from paymesh.chassis.backoff import Backoff
 from paymesh.gateway.v1 import gateway_pb2, gateway_service_pb2, gateway_service_pb2_grpc
@@ -115,7 +115,7 @@ class GatewayClient:
         self.addr = addr
         self.policy = policy
         # Sent with each call (cheaper than a channel interceptor, which puts every call on grpc's slower path).
-        self._metadata = ((METADATA_KEY, f"Bearer {api_key.reveal()}"),)
+        self._metadata = key_metadata(api_key)
         self.breaker = pybreaker.CircuitBreaker(
             fail_max=policy.breaker_fail_max,
             reset_timeout=policy.breaker_reset_s,

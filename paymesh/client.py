@@ -36,7 +36,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 
-from paymesh.chassis.auth.bearer import METADATA_KEY, bearer
+from paymesh.chassis.auth.bearer import key_metadata, keyed
 from paymesh.chassis.auth.keys import ApiKey
 from paymesh.chassis.backoff import Backoff
 from paymesh.gateway.v1 import gateway_pb2, gateway_service_pb2, gateway_service_pb2_grpc
@@ -169,16 +169,17 @@ class MeshClient:
         # The merchant's key on its three services; the bank knows paymesh by the platform key.
         keys = {"order": api_key, "inventory": api_key, "payment": api_key, "gateway": platform_key}
         self.channels = {
-            role: grpc.aio.insecure_channel(dial_addr(addr), options=CHANNEL_OPTIONS, interceptors=bearer(keys[role]))
+            role: grpc.aio.insecure_channel(dial_addr(addr), options=CHANNEL_OPTIONS)
             for role, addr in self.addrs.items()
         }
-        secret = operator_key.reveal() if isinstance(operator_key, ApiKey) else operator_key
-        self._operator_metadata = ((METADATA_KEY, f"Bearer {secret}"),) if secret else ()
-        # The raw stubs, typed by the generated *_pb2_grpc.pyi.
-        self.order = order_service_pb2_grpc.OrderServiceStub(self.channels["order"])
-        self.inventory = inventory_service_pb2_grpc.InventoryServiceStub(self.channels["inventory"])
-        self.payment = payment_service_pb2_grpc.PaymentServiceStub(self.channels["payment"])
-        self.gateway = gateway_service_pb2_grpc.GatewayServiceStub(self.channels["gateway"])
+        self._operator_metadata = key_metadata(operator_key)
+        # The raw stubs, typed by the generated *_pb2_grpc.pyi; each call sends its party's key as metadata.
+        self.order = keyed(order_service_pb2_grpc.OrderServiceStub(self.channels["order"]), keys["order"])
+        self.inventory = keyed(
+            inventory_service_pb2_grpc.InventoryServiceStub(self.channels["inventory"]), keys["inventory"]
+        )
+        self.payment = keyed(payment_service_pb2_grpc.PaymentServiceStub(self.channels["payment"]), keys["payment"])
+        self.gateway = keyed(gateway_service_pb2_grpc.GatewayServiceStub(self.channels["gateway"]), keys["gateway"])
 
     @classmethod
     def from_addrs(cls, addrs: Mapping[str, str], **options: Any) -> MeshClient:
@@ -223,13 +224,14 @@ class MeshClient:
     ) -> T:
         """`rpc(request)` under the deadline, sent again (the same request) while `retry` allows;
         `operator`: with the operator key instead of the channel's."""
-        metadata = self._operator_metadata if operator else None
+        # The stub sends its party's key; the operator's call names its own, which wins.
+        extra = {"metadata": self._operator_metadata} if operator else {}
         timeout = timeout or self.timeout_s
         attempt = 1
         started = 0.0
         while True:
             try:
-                return await rpc(request, timeout=timeout, metadata=metadata)
+                return await rpc(request, timeout=timeout, **extra)
             except grpc.aio.AioRpcError as err:
                 retry = self.retry
                 if attempt == 1:

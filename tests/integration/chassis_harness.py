@@ -170,9 +170,10 @@ class RefusingOrders(order_service_pb2_grpc.OrderServiceServicer):
                                     ("currency", "must be an ISO 4217 code")])
         # A state change with its event, through the chassis' outbox.
         async with self.runtime.db.unit_of_work() as uow:
-            await self.runtime.publish(uow, [placed(order_id="o-from-rpc")])
+            await self.runtime.publish(uow, [placed(order_id=request.request_id or "o-from-rpc")])
             await uow.commit()
-        return order_service_pb2.CreateOrderResponse()
+        # Who the handler was told called, read again after awaiting: concurrent calls must not see each other's.
+        return order_service_pb2.CreateOrderResponse(order={"customer_id": current_principal().merchant_id})
 
     @requires(Scope.ORDERS_READ)
     async def ListOrders(self, request: Any, context: Any) -> Any:  # noqa: N802

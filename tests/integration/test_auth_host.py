@@ -3,6 +3,7 @@ restarted host knows every key, an RPC without a scope cannot start; real NATS a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from datetime import timedelta
@@ -22,7 +23,7 @@ from paymesh.ops.natsserver import NatsServer
 from paymesh.order.v1 import order_service_pb2, order_service_pb2_grpc
 from tests.conftest import wait_for
 from tests.integration.chassis_harness import REFUSING_SPEC, RefusingOrders, make_host, settings_for
-from tests.keys import MERCHANT_A, TEST_PEPPER, issue
+from tests.keys import MERCHANT_A, MERCHANT_B, TEST_PEPPER, issue
 
 pytestmark = pytest.mark.timeout(60)
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the store is not what is tested
@@ -68,6 +69,31 @@ async def test_the_host_admits_a_key_and_hands_its_merchant_to_the_handler(
     finally:
         await host.stop()
     assert key not in caplog.text and key[12:] not in caplog.text, "a key's secret is in no log line"
+
+
+@sqlite_only
+async def test_concurrent_calls_of_two_merchants_each_see_their_own_caller(
+    nats_server: NatsServer, db_url: str, tmp_path: Any
+) -> None:
+    keys = {m: (await issue(nats_server.url, m))[1] for m in (MERCHANT_A, MERCHANT_B)}
+    host = make_host(settings_for(nats_server, db_url, tmp_path))
+    await host.start()
+    try:
+        addr = host.runtime.settings.grpc_addr
+        async with grpc.aio.insecure_channel(addr) as channel:
+            orders = order_service_pb2_grpc.OrderServiceStub(channel)
+
+            async def create(i: int) -> tuple[str, str]:
+                merchant = (MERCHANT_A, MERCHANT_B)[i % 2]
+                reply = await orders.CreateOrder(
+                    order_service_pb2.CreateOrderRequest(request_id=f"o-{i}", items=[{"sku": "x"}]),
+                    metadata=(("authorization", f"Bearer {keys[merchant]}"),))
+                return merchant, reply.order.customer_id
+
+            seen = await asyncio.gather(*(create(i) for i in range(40)))
+        assert all(merchant == told for merchant, told in seen), seen
+    finally:
+        await host.stop()
 
 
 @sqlite_only

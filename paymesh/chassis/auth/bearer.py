@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import grpc
 
@@ -48,3 +49,34 @@ def bearer(api_key: str | ApiKey | None) -> list[Any]:  # grpc-stubs leaves Clie
     secret = api_key.reveal() if isinstance(api_key, ApiKey) else api_key
     value = f"Bearer {secret}"
     return [_Unary(value), _Stream(value)]
+
+
+def key_metadata(api_key: str | ApiKey | None) -> tuple[tuple[str, str], ...]:
+    """The call metadata that carries `api_key` (none for no key)."""
+    if api_key is None or api_key == "":
+        return ()
+    secret = api_key.reveal() if isinstance(api_key, ApiKey) else api_key
+    return ((METADATA_KEY, f"Bearer {secret}"),)
+
+
+S = TypeVar("S")
+
+
+class _KeyedStub:
+    def __init__(self, stub: object, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._stub = stub
+        self._metadata = metadata
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._stub, name)
+        if not self._metadata:
+            return method
+        bound = functools.partial(method, metadata=self._metadata)  # a call's own metadata= still wins
+        setattr(self, name, bound)  # made once per method
+        return bound
+
+
+def keyed(stub: S, api_key: str | ApiKey | None) -> S:
+    """`stub` (a generated stub) whose every method sends `api_key` as call metadata: what `bearer` does for a
+    whole channel, without a channel interceptor, which puts each of its calls on grpc's slower path."""
+    return cast(S, _KeyedStub(stub, key_metadata(api_key)))
