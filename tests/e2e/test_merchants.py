@@ -74,6 +74,11 @@ async def test_another_merchants_objects_answer_not_found_and_stay_unchanged(mes
         assert sku not in {p.sku for p in await every(lambda t: b.client.list_products(page_token=t))}
         listed = await b.payment.ListPayments(payment_service_pb2.ListPaymentsRequest(order_id=order.order_id))
         assert list(listed.payments) == []
+    # Every call above was logged by each service it reached (refusals too): no line holds a secret.
+    logs = "\n".join(path.read_text(errors="replace") for path in mesh.logs.glob("*.log"))
+    secrets = [a_key.reveal(), b_key.reveal(), *(k.reveal() for k in (mesh.credentials.platform_key,
+                                                                          mesh.credentials.api_key) if k)]
+    assert logs and not [s[:12] for s in secrets if s in logs or s[12:] in logs]
 
 
 async def test_two_merchants_may_sell_one_sku_and_reuse_one_request_id(mesh: Mesh) -> None:
