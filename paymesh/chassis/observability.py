@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -10,17 +11,18 @@ from typing import Any
 
 import grpc
 
+from paymesh.chassis import redaction
 from paymesh.chassis.errors import ServiceError, Unimplemented, internal_status, to_status
 
 log = logging.getLogger("paymesh.rpc")
 
 
-def configure_logging(service: str, level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s",
-    )
+def configure_logging(service: str, level: str | None = None) -> None:
+    """One line per record on stderr, every line through the redaction (paymesh.chassis.redaction); the level
+    is `level`, else PAYMESH_LOG_LEVEL, else INFO."""
+    handler = logging.StreamHandler(sys.stderr)
+    redaction.install(handler, f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level or os.environ.get("PAYMESH_LOG_LEVEL") or "INFO", handlers=[handler])
 
 
 Context = grpc.aio.ServicerContext[Any, Any]

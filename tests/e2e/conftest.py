@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from paymesh.ops.launcher import START_TIMEOUT_S, Mesh
 from paymesh.ops.services import NAMES
 from tests.conftest import PG_ADMIN_URL, _async_url
 from tests.e2e.events import Bus
-from tests.e2e.harness import Clients, mesh_env
+from tests.e2e.harness import ERRORS_SEEN, SECRETS, Clients, mesh_env
 
 DEFAULT_BACKENDS = os.environ.get("PAYMESH_E2E_BACKENDS", "sqlite").split(",")
 
@@ -77,15 +78,52 @@ class PgDatabases:
             await conn.close()
 
 
+# Every mesh the session started, for the secret scan at its end.
+LAUNCHED: list[Mesh] = []
+
+
+def mesh_secrets(mesh: Mesh) -> set[str]:
+    """The secrets a mesh holds: its keys, its pepper, and whatever the credentials files under its data dir keep."""
+    keys = mesh.credentials
+    found = {k.reveal() for k in (keys.api_key, keys.operator_key, keys.platform_key) if k is not None}
+    pepper = mesh.data_dir / "key_pepper"
+    if pepper.exists():
+        found.add(pepper.read_text().strip())
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_logs() -> Iterator[None]:
+    """After the session (its meshes log at DEBUG): no service log line and no refusal a test received holds a
+    secret, whole or past its display prefix; no service log line holds a payment token."""
+    yield
+    secrets = set(SECRETS)
+    for mesh in LAUNCHED:
+        secrets |= mesh_secrets(mesh)
+    leaks = []
+    for mesh in LAUNCHED:
+        for log in sorted(mesh.logs.glob("*.log")):
+            text = log.read_text(errors="replace")
+            leaks += [f"{log}: {s[:12]}…" for s in secrets if s in text or s[12:] in text]
+            if log.name != "nats-server.log" and (token := re.search(r"tok_[0-9A-Za-z]", text)):
+                leaks.append(f"{log}: a payment token ({token[0]}…)")
+    for message in ERRORS_SEEN:
+        leaks += [f"a refusal: {s[:12]}…" for s in secrets if s in message or s[12:] in message]
+    assert LAUNCHED and not leaks, leaks
+
+
 async def launch(
     backend: str, data_dir: Path, *, replicas: int = 1, nats_nodes: int = 1, **extra_env: str
 ) -> tuple[Mesh, PgDatabases | None]:
     databases = PgDatabases() if backend == "postgres" else None
     urls = await databases.create() if databases is not None else None
+    # DEBUG: the secret scan above reads the most a service ever writes.
+    extra_env = {"PAYMESH_LOG_LEVEL": "DEBUG", **extra_env}
     env = mesh_env(data_dir, urls, replicas=replicas, **extra_env)
     # Each more process on the same cores takes its share of the start.
     timeout = START_TIMEOUT_S * max(1, replicas)
     mesh = Mesh(env, data_dir, out=lambda _: None, replicas=replicas, nats_nodes=nats_nodes, start_timeout=timeout)
+    LAUNCHED.append(mesh)
     try:
         await mesh.start()
     except BaseException:

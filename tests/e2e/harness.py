@@ -70,6 +70,12 @@ async def eventually(probe: Callable[[], Awaitable[T]], accept: Callable[[T], bo
         await asyncio.sleep(POLL_S)  # re-reading a condition under a deadline
 
 
+# Every secret a test made or was given, and every refusal a test received: at the end of the session none of
+# the secrets may be in any service's log or any of those messages (tests/e2e/conftest.py checks).
+SECRETS: set[str] = set()
+ERRORS_SEEN: list[str] = []
+
+
 @dataclass
 class RpcError:
     """A refused call, unpacked: status code, ErrorInfo reason and BadRequest fields (AIP-193)."""
@@ -83,6 +89,7 @@ class RpcError:
     @classmethod
     def of(cls, err: grpc.aio.AioRpcError) -> RpcError:
         out = cls(err.code(), err.details() or "")
+        ERRORS_SEEN.append(f"{out.message} {err.trailing_metadata()}")
         status = rpc_status.from_call(err)
         for detail in status.details if status is not None else []:
             info = error_details_pb2.ErrorInfo()
@@ -113,6 +120,7 @@ async def merchant_key(
         made = await new_merchant_key(nc, load_pepper(mesh.env, mesh.data_dir), name, scopes=scopes)
     finally:
         await nc.close()
+    SECRETS.add(made.api_key.reveal())
     await known_everywhere(mesh, made.api_key)
     return made.merchant_id, made.api_key
 

@@ -9,6 +9,7 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
+from paymesh.chassis import redaction
 from paymesh.chassis.auth.keys import Pepper
 from paymesh.chassis.config import ConfigError
 
@@ -40,6 +41,7 @@ def _checked(text: str, source: str) -> Pepper:
         # The length, never the value: a pepper does not go into an error message.
         raise ConfigError(f"the key pepper from {source} is {len(text)} characters; it needs at least "
                           f"{MIN_PEPPER_CHARS} (e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`)")
+    redaction.register(text)  # a pepper in a log line (an exception's text) would be masked
     return Pepper(text.encode())
 
 
