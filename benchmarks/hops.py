@@ -35,7 +35,7 @@ async def main(sagas: int) -> None:
             for _ in range(sagas):
                 await driver.saga(None)
             await driver.close()
-            nc = await nats.connect(mesh.env["PAYMESH_NATS_URL"])
+            nc = await nats.connect(mesh.env["PAYMESH_NATS_URL"], **mesh.nats_options())
             js = nc.jetstream()
             times: dict[str, dict[str, float]] = {}
             for stream in ("ORDER", "INVENTORY", "PAYMENT"):

@@ -24,7 +24,7 @@ from gateway_mock.domain import (
 from gateway_mock.gateway import BankSimulator
 from gateway_mock.messages import charge_to_proto, config_to_proto, refund_to_proto
 from gateway_mock.store import GatewayRepository
-from paymesh.chassis.auth import Scope, requires
+from paymesh.chassis.auth import Scope, current_principal, requires
 from paymesh.chassis.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -96,6 +96,7 @@ class GatewayApi(gateway_service_pb2_grpc.GatewayServiceServicer):
     # merchant: the merchant a charge is for comes in ChargeRequest.merchant_id, a tag, and no read is
     # filtered by who calls.
     def __init__(self, runtime: Runtime, repository: GatewayRepository) -> None:
+        self.runtime = runtime
         self.bank = BankSimulator(runtime.db, repository)
 
     @requires(Scope.PLATFORM)
@@ -127,11 +128,11 @@ class GatewayApi(gateway_service_pb2_grpc.GatewayServiceServicer):
 
     @requires(Scope.PLATFORM)
     async def ListCharges(self, request: pb.ListChargesRequest, context: Context) -> pb.ListChargesResponse:  # noqa: N802
-        query = validate.list_charges(request)
-        charges, next_seq = await self.bank.list_charges(query)
+        listing = validate.list_charges(request, self.runtime.page_tokens, current_principal().merchant_id)
+        charges, next_seq = await self.bank.list_charges(listing.query)
         return pb.ListChargesResponse(
             charges=[charge_to_proto(c) for c in charges],
-            next_page_token=validate.next_page_token(request, next_seq),
+            next_page_token=listing.next_token(next_seq),
         )
 
     @requires(Scope.OPERATOR)

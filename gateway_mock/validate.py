@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
 
 from gateway_mock.domain import TEST_CARDS, ChargeCommand, ChargeLookup, ChargeQuery, RefundCommand
 from gateway_mock.faults import FaultConfig, Reconfigure, updated
 from gateway_mock.messages import status_from_proto
 from gateway_mock.store import TEXT_LEN
 from paymesh.chassis import money, validation
+from paymesh.chassis.page_tokens import PageTokens, TokenBinding
 from paymesh.chassis.schema_steps import MERCHANT_ID_LENGTH
 from paymesh.chassis.validation import Violations
 from paymesh.gateway.v1 import gateway_pb2, gateway_service_pb2
 
 CONFIG_FIELDS = ("latency_ms", "decline_rate", "transient_error_rate", "lost_response_rate", "seed")
+LIST_CHARGES = (
+    gateway_service_pb2.DESCRIPTOR.services_by_name["GatewayService"].methods_by_name["ListCharges"].full_name
+)
 
 
 def _text(v: Violations, field: str, value: str) -> None:
@@ -85,7 +89,20 @@ def get_charge(request: gateway_service_pb2.GetChargeRequest) -> ChargeLookup:
     return ChargeLookup(charge_id=request.charge_id, idempotency_key=request.idempotency_key)
 
 
-def list_charges(request: gateway_service_pb2.ListChargesRequest) -> ChargeQuery:
+@dataclass(frozen=True)
+class ChargePage:
+    """ListCharges: the query, and the page tokens of its filters."""
+
+    query: ChargeQuery
+    tokens: TokenBinding = field(compare=False, repr=False)
+
+    def next_token(self, next_seq: int | None) -> str:
+        """The token of the page after `next_seq` (empty at the end)."""
+        return "" if next_seq is None else self.tokens.issue([str(next_seq)])
+
+
+def list_charges(request: gateway_service_pb2.ListChargesRequest, pages: PageTokens, caller_id: str) -> ChargePage:
+    """`caller_id`: the merchant of the caller's key (the platform), whose tokens these are."""
     v = Violations()
     size = validation.page_size(v, request.page_size)
     v.identifier("merchant_id", request.merchant_id, required=False, max_len=MERCHANT_ID_LENGTH)
@@ -94,38 +111,20 @@ def list_charges(request: gateway_service_pb2.ListChargesRequest) -> ChargeQuery
     if request.status != gateway_pb2.CHARGE_STATUS_UNSPECIFIED:
         status = status_from_proto(request.status)
         v.check(status is not None, "status", f"is not a ChargeStatus, got {request.status}")
-    filters = _filters(request)
-    cursor = validation.decode_page_token(v, request.page_token)
-    before_seq = None
-    if cursor is not None:
-        before_seq = cursor.get("before")
-        if cursor.get("filters") != filters or not isinstance(before_seq, int):
-            v.add("page_token",
-                  "was returned for other filters; send the same merchant_id, order_id and status, or omit it")
+    filters = [request.merchant_id, request.order_id, str(request.status)]
+    tokens = pages.bind(LIST_CHARGES, caller_id, filters)
+    cursor = tokens.read(v, request.page_token, 1)
     v.raise_if_any()
-    return ChargeQuery(page_size=size, before_seq=before_seq, merchant_id=request.merchant_id,
-                       order_id=request.order_id, status=status)
-
-
-def _filters(request: gateway_service_pb2.ListChargesRequest) -> dict[str, Any]:
-    filters: dict[str, Any] = {"order_id": request.order_id, "status": int(request.status)}
-    if request.merchant_id:  # only when given, so a token of the release before merchants still reads
-        filters["merchant_id"] = request.merchant_id
-    return filters
-
-
-def next_page_token(request: gateway_service_pb2.ListChargesRequest, next_seq: int | None) -> str:
-    """The token of the page after `next_seq` (empty at the end), bound to the request's filters."""
-    if next_seq is None:
-        return ""
-    return validation.encode_page_token({"before": next_seq, "filters": _filters(request)})
+    query = ChargeQuery(page_size=size, before_seq=None if cursor is None else int(cursor[0]),
+                        merchant_id=request.merchant_id, order_id=request.order_id, status=status)
+    return ChargePage(query, tokens)
 
 
 def configure(request: gateway_service_pb2.ConfigureRequest) -> Reconfigure:
     """The settings the request sets (unset fields keep their value), each in range."""
     v = Violations()
     changes = {name: getattr(request, name) for name in CONFIG_FIELDS if request.HasField(name)}
-    for field, why in updated(FaultConfig(), reset=True, **changes).problems():
-        v.add(field, why)
+    for name, why in updated(FaultConfig(), reset=True, **changes).problems():
+        v.add(name, why)
     v.raise_if_any()
     return Reconfigure(changes, reset=request.reset)

@@ -131,7 +131,7 @@ class InventoryApi(inventory_service_pb2_grpc.InventoryServiceServicer):
     @requires(Scope.CATALOG_READ)
     async def ListProducts(self, request: pb.ListProductsRequest, context: Context) -> pb.ListProductsResponse:  # noqa: N802
         merchant = current_principal().merchant_id
-        query = validate.list_products(request)
+        query = validate.list_products(request, self.runtime.page_tokens, merchant)
         async with self.runtime.db.read() as conn:
             products = await self.inventory.product_page(conn, merchant, query.after, page_limit(query.page_size))
         page, last = split_page(products, query.page_size)

@@ -4,7 +4,7 @@ from inventory_svc.api import InventoryApi
 from inventory_svc.handlers import SagaHandlers
 from inventory_svc.store import InventoryRepository, metadata
 from paymesh.chassis.service import GrpcService, Runtime, Wiring
-from paymesh.chassis.spec import ServiceSpec, no_settings
+from paymesh.chassis.spec import Durable, ServiceSpec, no_settings
 from paymesh.inventory.v1 import inventory_service_pb2_grpc
 
 SERVICE_NAME = "paymesh.inventory.v1.InventoryService"
@@ -28,4 +28,5 @@ SPEC = ServiceSpec(
     migrations="inventory_svc.migrations",
     wire=wire,
     settings=no_settings,
+    consumes=(Durable("ORDER", "inventory_svc-order"), Durable("PAYMENT", "inventory_svc-payment")),
 )

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from inventory_svc.domain import MAX_UNITS
-from paymesh.chassis.validation import Violations, decode_page_token, encode_page_token, page_size
+from paymesh.chassis.page_tokens import PageTokens, TokenBinding
+from paymesh.chassis.validation import Violations, page_size
 from paymesh.inventory.v1 import inventory_service_pb2 as pb
 
 MAX_NAME_LEN = 200
+LIST_PRODUCTS = pb.DESCRIPTOR.services_by_name["InventoryService"].methods_by_name["ListProducts"].full_name
 
 
 @dataclass(frozen=True)
@@ -34,10 +36,10 @@ class ProductQuery:
 
     page_size: int
     after: str | None
+    tokens: TokenBinding = field(compare=False, repr=False)
 
-    @staticmethod
-    def next_token(last_sku: str) -> str:
-        return encode_page_token({"after": last_sku})
+    def next_token(self, last_sku: str) -> str:
+        return self.tokens.issue([last_sku])
 
 
 def put_product(request: pb.PutProductRequest) -> ProductUpdate:
@@ -68,16 +70,13 @@ def get_product(request: pb.GetProductRequest) -> str:
     return request.sku
 
 
-def list_products(request: pb.ListProductsRequest) -> ProductQuery:
+def list_products(request: pb.ListProductsRequest, pages: PageTokens, merchant_id: str) -> ProductQuery:
     v = Violations()
     limit = page_size(v, request.page_size)
-    cursor = decode_page_token(v, request.page_token)
-    after = None
-    if cursor is not None:
-        after = cursor.get("after")
-        v.check(isinstance(after, str), "page_token", "is not a token returned by a previous ListProducts")
+    tokens = pages.bind(LIST_PRODUCTS, merchant_id)
+    cursor = tokens.read(v, request.page_token, 1)
     v.raise_if_any()
-    return ProductQuery(limit, after)
+    return ProductQuery(limit, None if cursor is None else cursor[0], tokens)
 
 
 def get_reservation(request: pb.GetReservationRequest) -> str:

@@ -110,7 +110,7 @@ class OrderApi(order_service_pb2_grpc.OrderServiceServicer):
     @requires(Scope.ORDERS_READ)
     async def ListOrders(self, request: pb.ListOrdersRequest, context: Context) -> pb.ListOrdersResponse:  # noqa: N802
         merchant = current_principal().merchant_id
-        query = validate.list_orders(request)
+        query = validate.list_orders(request, self.runtime.page_tokens, merchant)
         async with self.runtime.db.read() as conn:
             page = await self.orders.page(
                 conn,

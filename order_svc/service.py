@@ -8,7 +8,7 @@ from order_svc.store import OrderRepository, metadata, orders_table
 from order_svc.sweeper import DeadlineSweeper
 from order_svc.watch import OrderWatch
 from paymesh.chassis.service import GrpcService, Runtime, Wiring
-from paymesh.chassis.spec import ServiceSpec, no_settings
+from paymesh.chassis.spec import Durable, ServiceSpec, no_settings
 from paymesh.order.v1 import order_service_pb2_grpc
 
 
@@ -37,4 +37,5 @@ SPEC = ServiceSpec(
     migrations="order_svc.migrations",
     wire=wire,
     settings=no_settings,
+    consumes=(Durable("INVENTORY", "order_svc-inventory"), Durable("PAYMENT", "order_svc-payment")),
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from order_svc.domain import Line, Order, OrderStatus, TotalOverflow, total_of
@@ -13,6 +13,7 @@ from order_svc.store import Cursor
 from paymesh.chassis import validation
 from paymesh.chassis.db import as_utc
 from paymesh.chassis.money import INT64_MAX, is_currency
+from paymesh.chassis.page_tokens import PageTokens, TokenBinding
 from paymesh.chassis.validation import Violations
 from paymesh.order.v1 import order_pb2, order_service_pb2
 
@@ -25,6 +26,7 @@ TOKEN = re.compile(r"^tok_[A-Za-z0-9_]+$")
 # A card number is 12 to 19 digits, often grouped by spaces or dashes: never let one in.
 PAN_LIKE = re.compile(r"\d(?:[ -]?\d){11,18}")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+LIST_ORDERS = order_service_pb2.DESCRIPTOR.services_by_name["OrderService"].methods_by_name["ListOrders"].full_name
 
 
 def order_id(v: Violations, value: str, field: str = "order_id") -> None:
@@ -136,20 +138,14 @@ class OrderQuery:
     customer_id: str
     page_size: int
     after: Cursor | None
+    tokens: TokenBinding = field(compare=False, repr=False)
 
     def next_token(self, last: Order) -> str:
-        """The page token of the page after `last`, under the same filters."""
-        return validation.encode_page_token(
-            {
-                "t": last.create_time.isoformat(),
-                "id": last.order_id,
-                "s": self.status.value if self.status else "",
-                "c": self.customer_id,
-            }
-        )
+        """The page token of the page after `last`, under the same filters and merchant."""
+        return self.tokens.issue([last.create_time.isoformat(), last.order_id])
 
 
-def list_orders(request: order_service_pb2.ListOrdersRequest) -> OrderQuery:
+def list_orders(request: order_service_pb2.ListOrdersRequest, pages: PageTokens, merchant_id: str) -> OrderQuery:
     v = Violations()
     size = validation.page_size(v, request.page_size)
     status: OrderStatus | None = None
@@ -158,22 +154,9 @@ def list_orders(request: order_service_pb2.ListOrdersRequest) -> OrderQuery:
     else:
         status = status_from_proto(request.status)
     customer_id(v, request.customer_id, required=False)
-    after = _cursor(v, request.page_token, status, request.customer_id)
+    tokens = pages.bind(LIST_ORDERS, merchant_id, [str(request.status), request.customer_id])
+    cursor = tokens.read(v, request.page_token, 2)
     v.raise_if_any()
-    return OrderQuery(status, request.customer_id, size, after)
-
-
-def _cursor(v: Violations, token: str, status: OrderStatus | None, customer: str) -> Cursor | None:
-    raw = validation.decode_page_token(v, token)
-    if raw is None:
-        return None
-    try:
-        cursor = Cursor(as_utc(datetime.fromisoformat(raw["t"])), str(raw["id"]))
-        filters = (raw["s"], raw["c"])
-    except (KeyError, TypeError, ValueError):
-        v.add("page_token", "is not a token returned by a previous call; omit it to start from the first page")
-        return None
-    if filters != (status.value if status else "", customer):
-        v.add("page_token", "was returned for other filters; send the same status and customer_id, or omit it")
-        return None
-    return cursor
+    # A verified token holds what next_token wrote: an ISO time and an order id.
+    after = None if cursor is None else Cursor(as_utc(datetime.fromisoformat(cursor[0])), cursor[1])
+    return OrderQuery(status, request.customer_id, size, after, tokens)

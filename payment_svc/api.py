@@ -72,7 +72,7 @@ class PaymentApi(payment_service_pb2_grpc.PaymentServiceServicer):
     @requires(Scope.PAYMENTS_READ)
     async def ListPayments(self, request: pb.ListPaymentsRequest, context: Context) -> pb.ListPaymentsResponse:  # noqa: N802
         merchant = current_principal().merchant_id
-        query = validate.list_payments(request)
+        query = validate.list_payments(request, self.runtime.page_tokens, merchant)
         async with self.runtime.db.read() as conn:
             page = await self.payments.page(
                 conn,
@@ -93,7 +93,7 @@ class PaymentApi(payment_service_pb2_grpc.PaymentServiceServicer):
         self, request: pb.ListPaymentEventsRequest, context: Context
     ) -> pb.ListPaymentEventsResponse:
         merchant = current_principal().merchant_id
-        query = validate.list_payment_events(request)
+        query = validate.list_payment_events(request, self.runtime.page_tokens, merchant)
         async with self.runtime.db.read() as conn:
             if await self.payments.get(conn, merchant, query.payment_id) is None:
                 raise not_found(query.payment_id)

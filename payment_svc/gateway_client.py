@@ -18,6 +18,7 @@ from grpc_status import rpc_status
 from paymesh.chassis.auth.bearer import key_metadata
 from paymesh.chassis.auth.keys import ApiKey
 from paymesh.chassis.backoff import Backoff
+from paymesh.chassis.tls import ClientTls, channel
 from paymesh.gateway.v1 import gateway_pb2, gateway_service_pb2, gateway_service_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -111,8 +112,10 @@ class GatewayClient:
     """Charge and Refund through one channel and one circuit breaker, as the platform (its own key, not a
     merchant's): each charge names the merchant it is made for."""
 
-    def __init__(self, addr: str, policy: GatewayPolicy, api_key: ApiKey) -> None:
+    def __init__(self, addr: str, policy: GatewayPolicy, api_key: ApiKey, tls: ClientTls | None = None) -> None:
         self.addr = addr
+        # PAYMESH_TLS_CA and payment_svc's own certificate (its client certificate under mTLS); None: plaintext.
+        self.tls = tls
         self.policy = policy
         # Sent with each call (cheaper than a channel interceptor, which puts every call on grpc's slower path).
         self._metadata = key_metadata(api_key)
@@ -128,8 +131,9 @@ class GatewayClient:
 
     async def start(self) -> None:
         # A gateway back from an outage is seen within a second, not after gRPC's 120 s backoff.
-        self._channel = grpc.aio.insecure_channel(
+        self._channel = channel(
             self.addr,
+            self.tls,
             options=[
                 ("grpc.initial_reconnect_backoff_ms", 100),
                 ("grpc.min_reconnect_backoff_ms", 100),

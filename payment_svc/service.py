@@ -16,7 +16,8 @@ from paymesh.chassis.auth.keys import ApiKey
 from paymesh.chassis.backoff import Backoff
 from paymesh.chassis.config import ConfigError
 from paymesh.chassis.service import GrpcService, Runtime, Wiring
-from paymesh.chassis.spec import ServiceSpec
+from paymesh.chassis.spec import Durable, ServiceSpec
+from paymesh.chassis.tls import ClientTls
 from paymesh.payment.v1 import payment_service_pb2_grpc
 
 SERVICE_NAME = "paymesh.payment.v1.PaymentService"
@@ -58,7 +59,8 @@ class PaymentSettings:
 
 def wire(runtime: Runtime, settings: PaymentSettings) -> Wiring:
     payments = PaymentRepository(runtime.metadata)
-    gateway = GatewayClient(settings.gateway_addr, settings.gateway, settings.gateway_api_key)
+    gateway = GatewayClient(settings.gateway_addr, settings.gateway, settings.gateway_api_key,
+                            ClientTls.of_service(runtime.settings.tls))
     ledger = Ledger(runtime, payments)
     refunder = Refunder(
         runtime,
@@ -94,4 +96,5 @@ SPEC = ServiceSpec(
     migrations="payment_svc.migrations",
     wire=wire,
     settings=PaymentSettings.from_env,
+    consumes=(Durable("ORDER", "payment_svc-order"), Durable("INVENTORY", "payment_svc-inventory")),
 )

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from payment_svc.domain import AuditEntry, Payment, Status
 from payment_svc.messages import status_from_proto
 from payment_svc.store import Cursor
 from paymesh.chassis.db import as_utc
-from paymesh.chassis.validation import Violations, decode_page_token, encode_page_token, page_size
+from paymesh.chassis.page_tokens import PageTokens, TokenBinding
+from paymesh.chassis.validation import Violations, page_size
 from paymesh.payment.v1 import payment_pb2
 from paymesh.payment.v1 import payment_service_pb2 as pb
 
 MAX_REASON = 500
 DEFAULT_REFUND_REASON = "refund requested"
+_METHODS = pb.DESCRIPTOR.services_by_name["PaymentService"].methods_by_name
+LIST_PAYMENTS = _METHODS["ListPayments"].full_name
+LIST_PAYMENT_EVENTS = _METHODS["ListPaymentEvents"].full_name
 
 
 @dataclass(frozen=True)
@@ -25,15 +29,10 @@ class PaymentQuery:
     status: Status | None
     page_size: int
     after: Cursor | None
+    tokens: TokenBinding = field(compare=False, repr=False)
 
     def next_token(self, last: Payment) -> str:
-        return encode_page_token(
-            {
-                "f": [self.order_id, self.status.value if self.status else ""],
-                "t": as_utc(last.create_time).isoformat(),
-                "id": last.payment_id,
-            }
-        )
+        return self.tokens.issue([as_utc(last.create_time).isoformat(), last.payment_id])
 
 
 @dataclass(frozen=True)
@@ -43,9 +42,10 @@ class TrailQuery:
     payment_id: str
     page_size: int
     after: int
+    tokens: TokenBinding = field(compare=False, repr=False)
 
     def next_token(self, last: AuditEntry) -> str:
-        return encode_page_token({"p": self.payment_id, "s": last.sequence})
+        return self.tokens.issue([str(last.sequence)])
 
 
 @dataclass(frozen=True)
@@ -65,39 +65,28 @@ def get_payment(request: pb.GetPaymentRequest) -> str:
     return request.payment_id
 
 
-def list_payments(request: pb.ListPaymentsRequest) -> PaymentQuery:
+def list_payments(request: pb.ListPaymentsRequest, pages: PageTokens, merchant_id: str) -> PaymentQuery:
     v = Violations()
     size = page_size(v, request.page_size)
     v.identifier("order_id", request.order_id, required=False)
     known = v.check(request.status in payment_pb2.PaymentStatus.values(), "status", "is not a PaymentStatus value")
-    cursor = decode_page_token(v, request.page_token)
-    status = status_from_proto(request.status) if known else None
-    after = None
-    if cursor is not None:
-        try:
-            if cursor.get("f") != [request.order_id, status.value if status else ""]:
-                v.add("page_token", "was issued for other filters; repeat the order_id and status it came with")
-            else:
-                after = Cursor(datetime.fromisoformat(cursor["t"]), str(cursor["id"]))
-        except (KeyError, TypeError, ValueError):
-            v.add("page_token", "is not a token returned by ListPayments; omit it to start from the first page")
+    tokens = pages.bind(LIST_PAYMENTS, merchant_id, [request.order_id, str(request.status)])
+    cursor = tokens.read(v, request.page_token, 2)
     v.raise_if_any()
-    return PaymentQuery(request.order_id, status, size, after)
+    status = status_from_proto(request.status) if known else None
+    # A verified token holds what next_token wrote: an ISO time and a payment id.
+    after = None if cursor is None else Cursor(datetime.fromisoformat(cursor[0]), cursor[1])
+    return PaymentQuery(request.order_id, status, size, after, tokens)
 
 
-def list_payment_events(request: pb.ListPaymentEventsRequest) -> TrailQuery:
+def list_payment_events(request: pb.ListPaymentEventsRequest, pages: PageTokens, merchant_id: str) -> TrailQuery:
     v = Violations()
     v.identifier("payment_id", request.payment_id)
     size = page_size(v, request.page_size)
-    cursor = decode_page_token(v, request.page_token)
-    after = 0
-    if cursor is not None:
-        if cursor.get("p") != request.payment_id or not isinstance(cursor.get("s"), int):
-            v.add("page_token", "was issued for another payment; omit it to start from the first page")
-        else:
-            after = cursor["s"]
+    tokens = pages.bind(LIST_PAYMENT_EVENTS, merchant_id, [request.payment_id])
+    cursor = tokens.read(v, request.page_token, 1)
     v.raise_if_any()
-    return TrailQuery(request.payment_id, size, after)
+    return TrailQuery(request.payment_id, size, 0 if cursor is None else int(cursor[0]), tokens)
 
 
 def refund_payment(request: pb.RefundPaymentRequest) -> RequestedRefund:

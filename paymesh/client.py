@@ -20,7 +20,9 @@ stubs stay at hand as `order`, `inventory`, `payment` and `gateway`.
 Every call carries a key (`authorization: Bearer`): the merchant's `api_key` to the order, inventory
 and payment services; to the gateway (the bank) the platform's key, and an operator key for its
 `Configure`. `from_env` takes them from PAYMESH_API_KEY, PAYMESH_PLATFORM_KEY and PAYMESH_OPERATOR_KEY,
-else from the files `paymesh up` keeps in the data dir (paymesh.ops.credentials).
+else from the files `paymesh up` keeps in the data dir (paymesh.ops.credentials). With `tls` (`from_env`: when
+PAYMESH_TLS_CA is set, paymesh.chassis.tls.ClientTls) every channel is TLS, verified against that CA, showing
+PAYMESH_TLS_CLIENT_CERT under mTLS.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ import grpc
 from paymesh.chassis.auth.bearer import key_metadata, keyed
 from paymesh.chassis.auth.keys import ApiKey
 from paymesh.chassis.backoff import Backoff
+from paymesh.chassis.tls import ClientTls
+from paymesh.chassis.tls import channel as tls_channel
 from paymesh.gateway.v1 import gateway_pb2, gateway_service_pb2, gateway_service_pb2_grpc
 from paymesh.inventory.v1 import inventory_pb2, inventory_service_pb2, inventory_service_pb2_grpc
 from paymesh.ops.addresses import dial_addr
@@ -161,6 +165,7 @@ class MeshClient:
         api_key: str | ApiKey | None = None,
         platform_key: str | ApiKey | None = None,
         operator_key: str | ApiKey | None = None,
+        tls: ClientTls | None = None,
     ) -> None:
         self.addrs = {"order": order, "inventory": inventory, "payment": payment, "gateway": gateway}
         self.timeout_s = timeout_s
@@ -169,7 +174,7 @@ class MeshClient:
         # The merchant's key on its three services; the bank knows paymesh by the platform key.
         keys = {"order": api_key, "inventory": api_key, "payment": api_key, "gateway": platform_key}
         self.channels = {
-            role: grpc.aio.insecure_channel(dial_addr(addr), options=CHANNEL_OPTIONS)
+            role: tls_channel(dial_addr(addr), tls, options=CHANNEL_OPTIONS)
             for role, addr in self.addrs.items()
         }
         self._operator_metadata = key_metadata(operator_key)
@@ -197,7 +202,8 @@ class MeshClient:
     def from_env(cls, env: Mapping[str, str] | None = None, **options: Any) -> MeshClient:
         """A client of the mesh `env` names (`ORDER_SVC_GRPC_ADDR`, ..., default 127.0.0.1:50051 ... 50054),
         as the services read them; a wildcard address (`0.0.0.0:50051`, `[::]:50051`) is dialled on loopback.
-        Its keys: `options`' own, else the environment's, else the data dir's (paymesh.ops.credentials)."""
+        Its keys: `options`' own, else the environment's, else the data dir's (paymesh.ops.credentials); TLS
+        when PAYMESH_TLS_CA is set."""
         # The service list imports every service's wiring: read only when asked for.
         from paymesh.chassis.config import data_dir, grpc_addr
         from paymesh.ops.credentials import MeshCredentials

@@ -11,16 +11,29 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from paymesh.chassis import jetstream
+from paymesh.ops.nats_setup import ensure_shared
 from paymesh.ops.natsserver import NatsServer
 
 # CI and `make test` always have a PostgreSQL here (see .ci/run); tests fail, never skip, without it.
 PG_ADMIN_URL = os.environ.get("PAYMESH_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
+async def _set_up(server: NatsServer) -> None:
+    nc = await jetstream.connect([server.url], "tests-operator")
+    try:
+        await ensure_shared(nc.jetstream())
+    finally:
+        await nc.close()
+
+
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server (no authorization) as the operator leaves it before the services start: with the
+    DLQ stream and the keys' bucket, which services bind but do not create."""
     server = NatsServer(tmp_path / "nats").start()
     try:
+        asyncio.run(_set_up(server))
         yield server
     finally:
         server.stop()

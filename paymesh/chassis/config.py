@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from paymesh.chassis.nats_creds import CredentialsError, NatsCredentials
 from paymesh.chassis.spec import ServiceSpec
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -78,6 +79,46 @@ def env_int(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+CA_ENV = "PAYMESH_TLS_CA"
+CLIENT_AUTH_ENV = "PAYMESH_TLS_CLIENT_AUTH"
+CLIENT_AUTH_MODES = ("none", "require")
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """Where a service's TLS files are (paymesh.chassis.tls reads them): `<SVC>_TLS_CERT` and `<SVC>_TLS_KEY`
+    (it serves TLS only when both are set), PAYMESH_TLS_CA (what it trusts as a client, and whose client
+    certificates it accepts), PAYMESH_TLS_CLIENT_AUTH=require (mTLS: it demands a client certificate)."""
+
+    env_prefix: str = ""
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+    require_client_auth: bool = False
+
+    @property
+    def serves_tls(self) -> bool:
+        return self.cert is not None
+
+    @classmethod
+    def from_env(cls, env_prefix: str, env: Mapping[str, str]) -> TlsSettings:
+        cert_var, key_var = f"{env_prefix}_TLS_CERT", f"{env_prefix}_TLS_KEY"
+        cert, key, ca = env.get(cert_var) or None, env.get(key_var) or None, env.get(CA_ENV) or None
+        if (cert is None) != (key is None):
+            missing, given = (key_var, cert_var) if key is None else (cert_var, key_var)
+            raise ConfigError(f"{given} is set but {missing} is not: a TLS server needs its certificate and its key")
+        mode = (env.get(CLIENT_AUTH_ENV) or "none").strip().lower()
+        if mode not in CLIENT_AUTH_MODES:
+            raise ConfigError(f"{CLIENT_AUTH_ENV}={mode!r}: use one of {', '.join(CLIENT_AUTH_MODES)}")
+        required = mode == "require"
+        if required and cert is None:
+            raise ConfigError(f"{CLIENT_AUTH_ENV}=require needs {cert_var} and {key_var}: mTLS is TLS first")
+        if required and ca is None:
+            raise ConfigError(f"{CLIENT_AUTH_ENV}=require needs {CA_ENV}, the CA whose client certificates to accept")
+        return cls(env_prefix, Path(cert) if cert else None, Path(key) if key else None, Path(ca) if ca else None,
+                   required)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a service reads from its environment; built once in `__main__`, passed down."""
@@ -97,6 +138,10 @@ class Settings:
     # Calls a second per merchant on this replica (PAYMESH_RATE_LIMIT_RPS; 0 off) and the burst above it.
     rate_limit_rps: float = 10_000.0
     rate_limit_burst: float | None = None
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    # <SVC>_NATS_CREDS: the service's own NATS user (its nkey seed file); None on a NATS without authorization.
+    # Its repr shows the file, never the seed.
+    nats_creds: NatsCredentials | None = None
 
     @classmethod
     def from_env(cls, spec: ServiceSpec[Any], env: Mapping[str, str] | None = None) -> Settings:
@@ -117,4 +162,17 @@ class Settings:
             rate_limit_rps=env_float(env, "PAYMESH_RATE_LIMIT_RPS", 10_000.0, zero_means_off=True),
             rate_limit_burst=env_float(env, "PAYMESH_RATE_LIMIT_BURST", 1.0) if env.get("PAYMESH_RATE_LIMIT_BURST")
             else None,
+            tls=TlsSettings.from_env(spec.env_prefix, env),
+            nats_creds=nats_credentials(spec, env),
         )
+
+
+def nats_credentials(spec: ServiceSpec[Any], env: Mapping[str, str]) -> NatsCredentials | None:
+    """The seed file `<SVC>_NATS_CREDS` names, read now: a missing or unreadable one ends the start naming it."""
+    path = env.get(f"{spec.env_prefix}_NATS_CREDS")
+    if not path:
+        return None
+    try:
+        return NatsCredentials.read(spec.name, Path(path), f"{spec.env_prefix}_NATS_CREDS")
+    except CredentialsError as exc:
+        raise ConfigError(str(exc)) from None

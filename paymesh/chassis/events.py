@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import secrets
 import uuid
 from dataclasses import dataclass, field
@@ -29,6 +31,38 @@ def new_event_id() -> str:
 def subject(domain: str, event: str, order_id: str) -> str:
     """`<domain>.<event>.<order_id>`, e.g. `payment.refund_failed.<order_id>`."""
     return f"{domain}.{event}.{order_id}"
+
+
+_WORD_START = re.compile(r"(?<!^)(?=[A-Z])")
+
+
+def event_name(message_type: type[Message]) -> tuple[str, str]:
+    """The (domain, event) a type's subjects start with, from its names: `paymesh.payment.v1.PaymentRefundFailed`
+    -> ("payment", "refund_failed"). The one mapping between types and subjects, so none is kept by hand."""
+    descriptor = message_type.DESCRIPTOR
+    return _event_name(descriptor.file.package, descriptor.name)
+
+
+@functools.cache  # once per type: every event consumed and published asks
+def _event_name(package: str, name: str) -> tuple[str, str]:
+    parts = package.split(".")
+    domain = parts[1] if len(parts) > 2 else parts[0]
+    prefix = domain.title().replace("_", "")
+    if name.startswith(prefix) and len(name) > len(prefix):
+        name = name[len(prefix) :]
+    return domain, _WORD_START.sub("_", name).lower()
+
+
+def subject_disagrees(subject_name: str, message: Message) -> str | None:
+    """Why `message` does not belong on `subject_name` (None when it does): the subject must be its type's
+    `<domain>.<event>` and the payload's own order id."""
+    domain, event = event_name(type(message))
+    head, _, order_id = subject_name.partition(f"{domain}.{event}.")
+    if head or not order_id:
+        return f"a {message.DESCRIPTOR.full_name} is published on {domain}.{event}.<order_id>"
+    if "order_id" in message.DESCRIPTOR.fields_by_name and order_id != getattr(message, "order_id", ""):
+        return f"its payload's order_id is {getattr(message, 'order_id', '')!r}, the subject's {order_id!r}"
+    return None
 
 
 def to_timestamp(value: datetime) -> Timestamp:
@@ -74,6 +108,9 @@ class OutboundEvent:
         event_id = getattr(message, "event_id", "")
         if not event_id:
             raise ValueError(f"{message.DESCRIPTOR.full_name} has no event_id")
+        # What a consumer would dead-letter is refused here, before it is written to an outbox.
+        if (problem := subject_disagrees(subject, message)) is not None:
+            raise ValueError(f"{message.DESCRIPTOR.full_name} {event_id} cannot go on {subject}: {problem}")
         headers = {TRACEPARENT: traceparent or new_traceparent()}
         if "merchant_id" in message.DESCRIPTOR.fields_by_name:
             merchant_id = getattr(message, "merchant_id", "")
@@ -107,7 +144,8 @@ def message_types(*sources: type[Message] | ModuleType) -> dict[str, type[Messag
 
 
 class UndecodableEvent(Exception):
-    """A message that can never be applied: no type header, an unknown type, or bad bytes."""
+    """A message that can never be applied: no type header, an unknown type, bad bytes, or a subject that is
+    not its type's and its order's."""
 
 
 @dataclass
@@ -152,6 +190,10 @@ def decode(raw: Any, types: dict[str, type[Message]]) -> InboundEvent:
     event_id = getattr(message, "event_id", "") or headers.get(MSG_ID, "")
     if not event_id:
         raise UndecodableEvent(f"{type_name} on {raw.subject} has no event id")
+    # The subject is what NATS permissions let only the owning service publish, and what consumers filter
+    # on; a type header (or a payload's order id) that disagrees with it would be applied as what it claims.
+    if (problem := subject_disagrees(raw.subject, message)) is not None:
+        raise UndecodableEvent(f"{type_name} {event_id} on {raw.subject}: {problem}")
     # A header that names another merchant than the payload is a forged or broken event: applied, it
     # would act on one merchant's rows for another's.
     merchant_id = getattr(message, "merchant_id", "")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -18,6 +19,7 @@ from nats.js.errors import NotFoundError
 
 from paymesh.chassis.backoff import Backoff
 from paymesh.chassis.events import OutboundEvent
+from paymesh.chassis.nats_creds import NatsCredentials
 
 T = TypeVar("T")
 
@@ -29,8 +31,14 @@ DLQ_SUBJECTS = ["dlq.>"]
 DUPLICATE_WINDOW_S = 120.0
 MAX_ATOMIC_BATCH = 1000  # nats-server's limit on one atomic batch
 API_RETRY_S = 30.0  # how long ask_until_answered asks a JetStream API that times out
+# How long a service waits at start for a stream another owns (a peer's, the DLQ) to exist.
+BIND_WAIT_S = 60.0
 # Between attempts to reach a NATS server that is not up yet, or a JetStream API that timed out.
 RETRY = Backoff(base_s=0.1, cap_s=2.0)
+
+
+class StreamMissing(RuntimeError):
+    """A stream someone else creates did not appear in time; the message says who makes it."""
 
 
 class PublishError(RuntimeError):
@@ -48,30 +56,63 @@ class DuplicateInBatch(PublishError):
 ERR_BATCH_DUPLICATE_MSG_ID = 10201
 
 
-async def connect(urls: Sequence[str], name: str, *, timeout: float = 30.0) -> NATS:
-    """Connect, retrying the first connection until `timeout`; reconnect forever afterwards."""
-    deadline = time.monotonic() + timeout
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            return await nats.connect(
-                servers=list(urls),
-                name=name,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                connect_timeout=2,
-                allow_reconnect=True,
-                error_cb=_log_error,
-                disconnected_cb=_log_disconnect,
-                reconnected_cb=_log_reconnect,
-            )
-        except Exception as exc:  # nats raises several unrelated types for "no server yet"
-            delay = RETRY.delay(attempt)
-            if time.monotonic() + delay > deadline:
-                raise ConnectionError(f"cannot connect to NATS at {', '.join(urls)}: {exc}") from exc
-            log.warning("NATS at %s not reachable yet (%s); retrying", ",".join(urls), exc)
-            await asyncio.sleep(delay)  # backoff between connection attempts
+async def connect(
+    urls: Sequence[str], name: str, *, credentials: NatsCredentials | None = None, timeout: float = 30.0
+) -> NATS:
+    """Connect (as the user of `credentials`, if given), trying the first connection until `timeout`;
+    reconnect forever afterwards. A server that refuses the user ends it at once.
+
+    nats-py told to reconnect forever also retries its first connection forever, reporting each failure to
+    the error callback only: that callback is where a refusal is seen, and the deadline is kept here.
+    """
+    refused = asyncio.Event()
+
+    async def on_error(exc: Exception) -> None:
+        if is_authorization_refusal(exc):
+            refused.set()
+        await _log_error(exc)
+
+    nc = NATS()
+    connecting = asyncio.create_task(nc.connect(
+        servers=list(urls),
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,  # type: ignore[arg-type]  # typed int, slept as a float
+        connect_timeout=2,
+        allow_reconnect=True,
+        error_cb=on_error,
+        disconnected_cb=_log_disconnect,
+        reconnected_cb=_log_reconnect,
+        **(credentials.connect_options() if credentials is not None else {}),
+    ))
+    refusal = asyncio.create_task(refused.wait())
+    try:
+        done, _ = await asyncio.wait({connecting, refusal}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        refusal.cancel()
+    servers = ", ".join(urls)
+    failure: BaseException | None = None
+    if connecting in done:
+        failure = connecting.exception()
+        if failure is None:
+            return nc
+    else:
+        connecting.cancel()
+        await asyncio.gather(connecting, return_exceptions=True)
+    with contextlib.suppress(Exception):  # half-open: whatever it holds goes
+        await nc.close()
+    if refused.is_set() or (failure is not None and is_authorization_refusal(failure)):
+        who = f"as {credentials.user} ({credentials.path})" if credentials else "without credentials"
+        raise ConnectionError(f"NATS at {servers} refused the connection {who}: authorization violation; "
+                              "are these the credentials of this mesh's NATS?")
+    if failure is not None:  # nats raises several unrelated types for "no server"
+        raise ConnectionError(f"cannot connect to NATS at {servers}: {failure}") from failure
+    raise ConnectionError(f"cannot connect to NATS at {servers}: no answer within {timeout:.0f}s")
+
+
+def is_authorization_refusal(exc: BaseException) -> bool:
+    """The server refused the user (nats-py raises a plain Error for it at the first connection)."""
+    return isinstance(exc, nats.errors.AuthorizationError) or "authorization violation" in str(exc).lower()
 
 
 async def _log_error(exc: Exception) -> None:
@@ -84,6 +125,11 @@ async def _log_disconnect() -> None:
 
 async def _log_reconnect() -> None:
     log.info("NATS reconnected")
+
+
+def stream_subjects(stream: str) -> list[str]:
+    """What a service's stream holds: `ORDER` holds `order.>`."""
+    return [f"{stream.lower()}.>"]
 
 
 def stream_config(name: str, subjects: list[str], replicas: int) -> StreamConfig:
@@ -105,6 +151,26 @@ async def ensure_stream(
     """Create the stream, or bring an existing one to this configuration. Idempotent."""
     config = stream_config(name, subjects, replicas)
     await ask_until_answered(lambda: _ensure_stream(js, config), f"stream {name}", timeout=timeout)
+
+
+async def bind_stream(js: JetStreamContext, name: str, owner: str, *, timeout: float = BIND_WAIT_S) -> None:
+    """Return once stream `name` exists, without creating it: on the mesh's bus a service creates only its
+    own stream, and `owner` (who creates this one) says what to start when it never appears."""
+    deadline = time.monotonic() + timeout
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            await ask_until_answered(lambda: js.stream_info(name), f"stream {name}", timeout=timeout)
+            return
+        except NotFoundError:
+            delay = RETRY.delay(attempt)
+            if time.monotonic() + delay > deadline:
+                raise StreamMissing(f"stream {name} does not exist after {timeout:.0f}s: {owner} creates it; "
+                                    "start that first") from None
+            if attempt == 1:
+                log.info("stream %s does not exist yet (%s creates it); waiting", name, owner)
+            await asyncio.sleep(delay)  # polling the server for the stream, under the deadline
 
 
 async def ask_until_answered(

@@ -1,7 +1,8 @@
-"""Logging setup, and the server interceptor that logs each call and maps service errors."""
+"""Logging setup, and the server interceptor that logs each call, decodes its request and maps service errors."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
@@ -12,7 +13,9 @@ from typing import Any
 import grpc
 
 from paymesh.chassis import redaction
+from paymesh.chassis.decoding import request_decoder
 from paymesh.chassis.errors import ServiceError, Unimplemented, internal_status, to_status
+from paymesh.chassis.tls import current_peer
 
 log = logging.getLogger("paymesh.rpc")
 
@@ -46,7 +49,14 @@ def _code(context: Context) -> str:
 
 
 class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # generic only in grpc-stubs
-    """Logs method, status and duration of every call; turns ServiceError into rich status."""
+    """Logs method, status and duration of every call; decodes its request (see paymesh.chassis.decoding);
+    turns ServiceError into rich status.
+
+    Every kind of handler is rebuilt without a request deserializer, so a body that does not decode reaches
+    `_abort` as InvalidArgument like any refusal. The key check (the AuthInterceptor, after this one) still
+    comes first: it runs when the handler is looked up, before any byte of the body is read, and a refusal
+    it builds takes the body undecoded.
+    """
 
     async def intercept_service(
         self,
@@ -57,26 +67,46 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # 
         if handler is None:
             return handler
         method = details.method
+        decode = request_decoder(method, handler.request_deserializer)
+        serializer = handler.response_serializer
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                _wrap_unary(method, handler.unary_unary, decode), response_serializer=serializer
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(method, handler.unary_stream),  # type: ignore[arg-type]  # an async generator on aio
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                _wrap_stream(method, handler.unary_stream, decode),  # type: ignore[arg-type]  # async generator
+                response_serializer=serializer,
+            )
+        # Request streams: each message is decoded as the behaviour reads it from its iterator.
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_unary(method, handler.stream_unary, _each(decode)),
+                response_serializer=serializer,
+            )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                _wrap_stream(method, handler.stream_stream, _each(decode)),  # type: ignore[arg-type]  # async on aio
+                response_serializer=serializer,
             )
         return handler
 
 
-def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+def _each(decode: Callable[[Any], Any]) -> Callable[[AsyncIterator[Any]], AsyncIterator[Any]]:
+    async def messages(raw: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for body in raw:
+            yield decode(body)
+
+    return messages
+
+
+def _wrap_unary(
+    method: str, behavior: Callable[..., Awaitable[Any]], decode: Callable[[Any], Any]
+) -> Callable[..., Awaitable[Any]]:
     async def call(request: Any, context: Context) -> Any:
         start = time.perf_counter()
         try:
-            return await behavior(request, context)
+            return await behavior(decode(request), context)
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
@@ -88,12 +118,16 @@ def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]]) -> Callabl
 
 
 def _wrap_stream(
-    method: str, behavior: Callable[..., AsyncIterator[Any]]
+    method: str, behavior: Callable[..., AsyncIterator[Any]], decode: Callable[[Any], Any]
 ) -> Callable[..., AsyncIterator[Any]]:
     async def call(request: Any, context: Context) -> AsyncIterator[Any]:
         start = time.perf_counter()
         try:
-            async for item in behavior(request, context):
+            result = behavior(decode(request), context)
+            if inspect.isawaitable(result):  # a behaviour that sends with context.write (grpc_health's Watch)
+                await result
+                return
+            async for item in result:
                 yield item
         except grpc.aio.AbortError:
             raise
@@ -115,4 +149,9 @@ def _log_call(method: str, context: Context, start: float) -> None:
         in {"OK", "NOT_FOUND", "INVALID_ARGUMENT", "ALREADY_EXISTS", "FAILED_PRECONDITION", "CANCELLED"}
         else logging.WARNING
     )
-    log.log(level, "%s %s %.1fms", method, code, (time.perf_counter() - start) * 1000)
+    peer = current_peer()  # under mTLS: which service or tool called (its certificate's name)
+    elapsed_ms = (time.perf_counter() - start) * 1000
+    if peer is None:
+        log.log(level, "%s %s %.1fms", method, code, elapsed_ms)
+    else:
+        log.log(level, "%s %s %.1fms from %s", method, code, elapsed_ms, peer)

@@ -1,5 +1,5 @@
 """What a log line must never carry, masked where every line is formatted: API keys, bearer values, payment
-tokens, and the secrets a process registers when it loads them (the key pepper, NATS passwords)."""
+tokens, and the secrets a process registers when it loads them (the key pepper, NATS nkey seeds)."""
 
 from __future__ import annotations
 

@@ -34,7 +34,9 @@ from paymesh.chassis.events import OutboundEvent
 from paymesh.chassis.idempotency import RequestLog, requests_table
 from paymesh.chassis.inbox import inbox_table
 from paymesh.chassis.observability import CallInterceptor, configure_logging
+from paymesh.chassis.page_tokens import PageTokens
 from paymesh.chassis.spec import ServiceSpec
+from paymesh.chassis.tls import PeerInterceptor, ServerTls
 
 S = TypeVar("S")
 
@@ -88,6 +90,19 @@ class Runtime:
         self.relay: outbox.OutboxRelay | None = None
         # Set when shutdown begins, so long-lived calls (server streams) can end at once.
         self.stopping = asyncio.Event()
+        self._page_tokens: PageTokens | None = None
+
+    @property
+    def page_tokens(self) -> PageTokens:
+        """The signer of the List RPCs' page tokens, keyed from the pepper the host loads before SERVING."""
+        if self._page_tokens is None:
+            raise Unavailable("the service is starting and has not loaded its keys yet; retry shortly",
+                              reason="STARTING")
+        return self._page_tokens
+
+    @page_tokens.setter
+    def page_tokens(self, tokens: PageTokens) -> None:
+        self._page_tokens = tokens
 
     async def publish(self, uow: UnitOfWork, events: Sequence[OutboundEvent]) -> None:
         """Put events in the outbox inside `uow`; the relay is woken when it commits."""
@@ -96,16 +111,42 @@ class Runtime:
             uow.after_commit(self.relay.wake)
 
 
+# Who makes the DLQ stream, for the message when it never appears (paymesh.ops.nats_setup).
+DLQ_OWNER = "the operator (`paymesh up`, or `python -m paymesh.ops.nats_setup`)"
+
+
 async def start_nats(runtime: Runtime) -> None:
+    """Connect as the service's own NATS user and create or update its own stream: the one stream it may
+    create (DESIGN.md, least privilege on the bus)."""
     settings = runtime.settings
-    runtime.nc = await jetstream.connect(settings.nats_urls, name=settings.service)
+    runtime.nc = await jetstream.connect(settings.nats_urls, name=settings.service, credentials=settings.nats_creds)
     runtime.js = runtime.nc.jetstream()
     if settings.stream:
-        subjects = [f"{settings.stream.lower()}.>"]
+        subjects = jetstream.stream_subjects(settings.stream)
         await jetstream.ensure_stream(runtime.js, settings.stream, subjects, settings.stream_replicas)
-    await jetstream.ensure_stream(
-        runtime.js, jetstream.DLQ_STREAM, jetstream.DLQ_SUBJECTS, settings.stream_replicas
-    )
+
+
+async def bind_streams(runtime: Runtime, consumers: Sequence[ConsumerSpec]) -> None:
+    """Wait for the streams others make that the consumers need: the peers' they read and the DLQ they
+    dead-letter to. None is created here: the bus lets a service create only its own stream."""
+    assert runtime.js is not None
+    if not consumers:
+        return
+    try:
+        await jetstream.bind_stream(runtime.js, jetstream.DLQ_STREAM, DLQ_OWNER)
+        for stream in sorted({spec.stream for spec in consumers} - {runtime.settings.stream}):
+            await jetstream.bind_stream(runtime.js, stream, f"the service owning {stream}")
+    except jetstream.StreamMissing as exc:
+        raise StartupError(str(exc)) from exc
+
+
+def check_consumes(spec: ServiceSpec[Any], consumers: Sequence[ConsumerSpec]) -> None:
+    """The wiring's durables are those the spec declares, which the bus's authorization is written from."""
+    wired = sorted((c.stream, c.durable) for c in consumers)
+    declared = sorted((d.stream, d.name) for d in spec.consumes)
+    if wired != declared:
+        raise StartupError(f"{spec.name} consumes through {wired} but its ServiceSpec.consumes declares {declared}: "
+                           "declare each durable there (the NATS users' permissions are written from it)")
 
 
 class HostKeys:
@@ -133,9 +174,10 @@ def declared_scopes(services: Sequence[GrpcService]) -> dict[str, Scope]:
     return scopes
 
 
-def bind(server: grpc.aio.Server, addr: str, env_prefix: str) -> None:
+def bind(server: grpc.aio.Server, addr: str, env_prefix: str, tls: ServerTls | None = None) -> None:
+    """Listen on `addr`: TLS only when the service has a certificate, else plaintext."""
     try:
-        port = server.add_insecure_port(addr)
+        port = server.add_secure_port(addr, tls.credentials()) if tls else server.add_insecure_port(addr)
     except RuntimeError as exc:
         raise StartupError(
             f"cannot listen on {addr} ({exc}); is it in use? set {env_prefix}_GRPC_ADDR"
@@ -153,12 +195,18 @@ class ServiceHost:
         # False when an operator runs `python -m <service> migrate` as its own deploy step.
         self.migrate = migrate
         self.keys = HostKeys()
+        check_consumes(runtime.spec, wiring.consumers)
         settings = runtime.settings
         auth = AuthInterceptor(self.keys, declared_scopes(wiring.services),
                                limiter=RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst))
+        # ConfigError naming the variable when a certificate, key or CA file is missing or unreadable.
+        self.tls = ServerTls(settings.tls) if settings.tls.serves_tls else None
+        # Under mTLS the caller's certificate name is current_peer() (outermost: the call log sees it too).
+        peers = [PeerInterceptor()] if settings.tls.require_client_auth else []
         # so_reuseport off: a second process on a taken port must fail, not share it. The key check
         # comes after the call log, so a refusal is logged like any answer.
-        self.server = grpc.aio.server(interceptors=[CallInterceptor(), auth], options=[("grpc.so_reuseport", 0)])
+        self.server = grpc.aio.server(interceptors=[*peers, CallInterceptor(), auth],
+                                      options=[("grpc.so_reuseport", 0)])
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # grpc-stubs 1.53 lacks health.aio
         self.consumers: list[Consumer] = []
         self.tasks: list[asyncio.Task[None]] = []
@@ -173,9 +221,11 @@ class ServiceHost:
             [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        bind(self.server, settings.grpc_addr, settings.env_prefix)
+        bind(self.server, settings.grpc_addr, settings.env_prefix, self.tls)
         await self.server.start()
-        log.info("%s listening on %s (NOT_SERVING until ready)", settings.service, settings.grpc_addr)
+        log.info("%s listening on %s%s (NOT_SERVING until ready)", settings.service, settings.grpc_addr,
+                 " (TLS, client certificates required)" if settings.tls.require_client_auth
+                 else " (TLS)" if self.tls else "")
 
         if self.migrate:
             await migrate_schema(rt)
@@ -188,9 +238,7 @@ class ServiceHost:
         rt.relay.start()
         for hook in self.wiring.on_start:
             await hook()
-        for stream in sorted({spec.stream for spec in self.wiring.consumers} - {settings.stream}):
-            # A peer's stream, created here if this service starts first (same config as its owner's).
-            await jetstream.ensure_stream(rt.js, stream, [f"{stream.lower()}.>"], settings.stream_replicas)
+        await bind_streams(rt, self.wiring.consumers)
         for spec in self.wiring.consumers:
             consumer = Consumer(spec, rt.js, rt.db, rt.inbox, settings.service)
             await consumer.start()
@@ -200,16 +248,26 @@ class ServiceHost:
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("%s SERVING", settings.service)
 
+    def reload_tls(self) -> None:
+        if self.tls is not None:
+            log.info("%s: SIGHUP, reading the TLS files again", self.runtime.settings.service)
+            self.tls.request_reload()
+
     async def _load_keys(self, nc: NATS) -> None:
         settings = self.runtime.settings
         try:
             pepper = load_pepper({PEPPER_ENV: settings.key_pepper} if settings.key_pepper else {}, settings.data_dir)
         except ConfigError as exc:
             raise StartupError(str(exc)) from exc
-        registry = KeyRegistry(nc, pepper, replicas=settings.stream_replicas)
+        # Every replica shares the pepper, so a page token one replica issued reads on any other.
+        self.runtime.page_tokens = PageTokens.from_pepper(pepper)
+        registry = KeyRegistry(nc, pepper)
         for key in self.wiring.trusted_keys:
             registry.trust(key)
-        await registry.start()
+        try:
+            await registry.start()  # waits for the bucket, which the operator makes
+        except jetstream.StreamMissing as exc:
+            raise StartupError(str(exc)) from exc
         self.keys.registry = registry
 
     async def _set_health(self, status: Any) -> None:
@@ -261,6 +319,8 @@ async def serve(runtime: Runtime, wiring: Wiring, *, migrate: bool = True) -> No
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # SIGHUP: read the TLS files again before the next handshake (they are also re-read when they change).
+    loop.add_signal_handler(signal.SIGHUP, host.reload_tls)
     try:
         await host.start()
         await stop.wait()

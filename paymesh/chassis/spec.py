@@ -20,6 +20,14 @@ def no_settings(env: Mapping[str, str]) -> None:
 
 
 @dataclass(frozen=True)
+class Durable:
+    """A durable consumer through which a service reads a stream (its own or a peer's)."""
+
+    stream: str
+    name: str
+
+
+@dataclass(frozen=True)
 class ServiceSpec(Generic[S]):
     """A service of the mesh: what the chassis runs and migrates, and what the launcher starts.
 
@@ -34,6 +42,9 @@ class ServiceSpec(Generic[S]):
     migrations: str  # the dotted name of the package holding its Alembic scripts
     wire: Callable[[Runtime, S], Wiring]
     settings: Callable[[Mapping[str, str]], S]
+    # The durables its wiring consumes through, declared here so the bus's authorization can be written before
+    # any service runs (paymesh.ops.nats_auth); the chassis refuses to start a wiring that differs.
+    consumes: tuple[Durable, ...] = ()
 
     @property
     def default_grpc_addr(self) -> str:

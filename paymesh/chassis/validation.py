@@ -1,13 +1,13 @@
-"""Request validation: collect every field violation, then refuse once with all of them."""
+"""Request validation: collect every field violation, then refuse once with all of them.
+
+Page tokens are made and read by paymesh.chassis.page_tokens (signed, bound to the query)."""
 
 from __future__ import annotations
 
-import base64
-import json
 import re
 import uuid
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from paymesh.chassis.errors import invalid_argument
 
@@ -79,21 +79,3 @@ def split_page(rows: Sequence[T], page_size: int) -> tuple[list[T], T | None]:
     (the row the next page token is made from), else None."""
     page = list(rows[:page_size])
     return page, (page[-1] if len(rows) > page_size and page else None)
-
-
-def encode_page_token(cursor: dict[str, Any]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(cursor, separators=(",", ":")).encode()).decode()
-
-
-def decode_page_token(v: Violations, token: str) -> dict[str, Any] | None:
-    """The cursor a previous page handed out; None for the first page."""
-    if not token:
-        return None
-    try:
-        cursor = json.loads(base64.urlsafe_b64decode(token.encode()))
-    except (ValueError, UnicodeDecodeError):
-        cursor = None
-    if not isinstance(cursor, dict):
-        v.add("page_token", "is not a token returned by a previous call; omit it to start from the first page")
-        return None
-    return cursor

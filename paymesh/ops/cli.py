@@ -16,6 +16,8 @@ def run_up(args: argparse.Namespace) -> int:
         replicas=args.replicas,
         cluster=args.cluster,
         postgres_url=args.postgres,
+        tls=args.tls,
+        mtls=args.mtls,
     )
 
 
@@ -76,6 +78,20 @@ def add_up(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
             "else SQLite files)"
         ),
     )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help=(
+            "serve gRPC over TLS only: a local CA and a certificate per service under DATA_DIR/tls/ (made once, "
+            "reused), every client of the mesh verifying against it; prints the CA's path for `grpcurl -cacert`"
+        ),
+    )
+    parser.add_argument(
+        "--mtls",
+        action="store_true",
+        help="--tls, and the services demand client certificates from each other and from tools "
+             "(PAYMESH_TLS_CLIENT_AUTH=require)",
+    )
     parser.set_defaults(handler=run_up)
 
 
@@ -107,11 +123,19 @@ def add_demo(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 def run_dlq(args: argparse.Namespace) -> int:
     import os
+    from pathlib import Path
 
+    from paymesh.chassis.config import data_dir
     from paymesh.ops.dlq import main as dlq_main
+    from paymesh.ops.mesh_nats import MeshNotFound, find_nats
 
-    nats_url = args.nats_url or os.environ.get("PAYMESH_NATS_URL") or "nats://127.0.0.1:4222"
-    return dlq_main(nats_url, args.action, args.subject, args.seq)
+    try:
+        # The mesh's NATS and its operator user, found as `paymesh keys` finds them.
+        address = find_nats(args.nats_url, os.environ, Path(args.data_dir or data_dir()).resolve())
+    except MeshNotFound as exc:
+        print(f"paymesh: {exc}", file=sys.stderr)
+        return 2
+    return dlq_main(address, args.action, args.subject, args.seq)
 
 
 def add_dlq(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -128,7 +152,11 @@ def add_dlq(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("action", choices=["list", "replay"])
     parser.add_argument("seq", type=int, nargs="*", help="DLQ sequence numbers to replay (default: all listed)")
     parser.add_argument("--subject", default="dlq.>", help="only dlq.<service>.<consumer> subjects matching this")
-    parser.add_argument("--nats-url", help="default: $PAYMESH_NATS_URL, else nats://127.0.0.1:4222")
+    parser.add_argument("--nats-url", help="the mesh's NATS (default: $PAYMESH_NATS_URL, else the NATS `paymesh up` "
+                                           "runs with the data dir)")
+    parser.add_argument("--data-dir", metavar="DIR",
+                        help="the data dir of `paymesh up`: its NATS and the operator's NATS user (default: "
+                             "$PAYMESH_DATA_DIR, else ./.paymesh)")
     parser.set_defaults(handler=run_dlq)
 
 

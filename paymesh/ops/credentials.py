@@ -14,6 +14,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from nats.aio.client import Client as NATS
 
@@ -24,6 +25,7 @@ from paymesh.chassis.auth.registry import utc_now
 from paymesh.chassis.auth.store import KeyNotFound
 from paymesh.chassis.config import ConfigError
 from paymesh.chassis.errors import ServiceError
+from paymesh.chassis.tls import ClientTls
 
 API_KEY_ENV = "PAYMESH_API_KEY"
 OPERATOR_KEY_ENV = "PAYMESH_OPERATOR_KEY"
@@ -158,15 +160,18 @@ async def new_merchant_key(
 
 @dataclass(frozen=True)
 class MeshCredentials:
-    """What a client of a mesh calls with; None where neither the environment nor the data dir has one."""
+    """What a client of a mesh calls with; None where neither the environment nor the data dir has one. `tls`:
+    the CA (and client certificate) of a TLS mesh, from PAYMESH_TLS_CA (paymesh.chassis.tls.ClientTls)."""
 
     api_key: ApiKey | None = None
     operator_key: ApiKey | None = None
     platform_key: ApiKey | None = None
+    tls: ClientTls | None = None
 
-    def client_options(self) -> dict[str, ApiKey | None]:
-        """The keyword arguments of `paymesh.client.MeshClient` that carry these keys."""
-        return {"api_key": self.api_key, "platform_key": self.platform_key, "operator_key": self.operator_key}
+    def client_options(self) -> dict[str, Any]:
+        """The keyword arguments of `paymesh.client.MeshClient` that carry these keys and the TLS to dial with."""
+        return {"api_key": self.api_key, "platform_key": self.platform_key, "operator_key": self.operator_key,
+                "tls": self.tls}
 
     @classmethod
     def load(cls, env: Mapping[str, str], data_dir: Path) -> MeshCredentials:
@@ -185,4 +190,4 @@ class MeshCredentials:
             with contextlib.suppress(OSError):
                 platform = (data_dir / PLATFORM_KEY_FILE).read_text(encoding="utf-8").strip()
         return cls(api_key=kept(API_KEY_ENV, DEV_KEY_FILE), operator_key=kept(OPERATOR_KEY_ENV, OPERATOR_KEY_FILE),
-                   platform_key=ApiKey(platform) if platform else None)
+                   platform_key=ApiKey(platform) if platform else None, tls=ClientTls.from_env(env))

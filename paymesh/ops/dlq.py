@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from dataclasses import dataclass
 
-import nats
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 
 from paymesh.chassis.jetstream import DLQ_STREAM
+from paymesh.ops.mesh_nats import MeshNotFound, NatsAddress, connect
 
 # Headers the DLQ adds; a replay strips them so the event travels as it first did.
 DLQ_HEADERS = (
@@ -115,9 +117,14 @@ def format_table(letters: list[DeadLetter]) -> str:
     return "\n".join(lines)
 
 
-async def run(nats_url: str, action: str, subject: str, seqs: list[int]) -> int:
-    """The body of `paymesh dlq list|replay`; returns the exit status."""
-    nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=1)
+async def run(address: NatsAddress, action: str, subject: str, seqs: list[int]) -> int:
+    """The body of `paymesh dlq list|replay`, as the operator's NATS user (the one that may replay onto any
+    stream and delete from the DLQ); returns the exit status."""
+    try:
+        nc = await connect(address, "paymesh-dlq")
+    except MeshNotFound as exc:
+        print(f"paymesh: {exc}", file=sys.stderr)
+        return 2
     try:
         letters = await list_dead_letters(nc, subject)
         if action == "list":
@@ -132,9 +139,14 @@ async def run(nats_url: str, action: str, subject: str, seqs: list[int]) -> int:
             await replay(nc, letter)
             print(f"replayed {letter.seq} onto {letter.original_subject}")
         return 0
+    except (nats.errors.Error, TimeoutError) as exc:
+        # A refused request gets no answer: a user other than the operator's times out here.
+        print(f"paymesh: the mesh's NATS at {address.shown()} did not answer as expected ({type(exc).__name__}); "
+              "is JetStream on, and are these the operator's credentials (PAYMESH_NATS_CREDS)?", file=sys.stderr)
+        return 2
     finally:
         await nc.close()
 
 
-def main(nats_url: str, action: str, subject: str, seqs: list[int]) -> int:
-    return asyncio.run(run(nats_url, action, subject, seqs))
+def main(address: NatsAddress, action: str, subject: str, seqs: list[int]) -> int:
+    return asyncio.run(run(address, action, subject, seqs))

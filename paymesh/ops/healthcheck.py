@@ -8,27 +8,42 @@ reads 0 as healthy and 1 as unhealthy, and reserves every other code.
 
 A wildcard host (`0.0.0.0:50051`, `[::]:50051`, `:50051`, what a service binds inside a
 container) is dialled on loopback (`[::]` on `[::1]`), so the probe can take a service's `*_GRPC_ADDR` as it is.
+With PAYMESH_TLS_CA set it dials TLS, verified against that CA; under mTLS it shows PAYMESH_TLS_CLIENT_CERT, else
+the certificate of the container's service (the one `<SVC>_TLS_CERT` in its environment).
 """
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from paymesh.chassis.config import ConfigError
+from paymesh.chassis.tls import ClientTls, blocking_channel
 from paymesh.ops.addresses import dial_addr
 
 TIMEOUT_S = 2.0
 USAGE = "usage: python -m paymesh.ops.healthcheck ADDR [SERVICE]   (e.g. 127.0.0.1:50051 paymesh.order.v1.OrderService)"
 
-def check(addr: str, service: str = "", timeout: float = TIMEOUT_S) -> tuple[bool, str]:
-    """(serving, what was seen) for one Health/Check of `service` at `addr`."""
+def own_prefix(env: Mapping[str, str]) -> str | None:
+    """The service whose certificate the environment holds, when it holds exactly one (`ORDER_SVC`)."""
+    prefixes = [name.removesuffix("_TLS_CERT") for name in env if name.endswith("_TLS_CERT")]
+    return prefixes[0] if len(prefixes) == 1 else None
+
+
+def check(addr: str, service: str = "", timeout: float = TIMEOUT_S,
+          env: Mapping[str, str] | None = None) -> tuple[bool, str]:
+    """(serving, what was seen) for one Health/Check of `service` at `addr`; TLS as `env` says (ConfigError if
+    its files cannot be read)."""
+    env = os.environ if env is None else env
     target = dial_addr(addr)
+    tls = ClientTls.from_env(env, own_prefix(env))
     # The probe only dials its own container: never through an http_proxy from the environment.
     options = [("grpc.enable_http_proxy", 0)]
-    with grpc.insecure_channel(target, options=options) as channel:
+    with blocking_channel(target, tls, options=options) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
@@ -49,6 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     addr, service = args[0], (args[1] if len(args) == 2 else "")
     try:
         serving, seen = check(addr, service)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
     except ValueError as exc:
         print(f"{exc}\n{USAGE}", file=sys.stderr)
         return 1

@@ -23,7 +23,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from paymesh.chassis import jetstream
 from paymesh.chassis.auth.keys import ApiKey
 from paymesh.chassis.auth.pepper import load_pepper
-from paymesh.chassis.config import ConfigError, db_url, grpc_addr
+from paymesh.chassis.config import CA_ENV, CLIENT_AUTH_ENV, ConfigError, db_url, grpc_addr
+from paymesh.chassis.nats_creds import OPERATOR_CREDS_ENV, CredentialsError, NatsCredentials
+from paymesh.chassis.tls import CLIENT_CERT_ENV, CLIENT_KEY_ENV, ClientTls, channel
 from paymesh.ops.addresses import REPLICA_PORT_STEP, bind_host, dial_addr, grpc_target, replica_addr, split_addr
 from paymesh.ops.credentials import (
     API_KEY_ENV,
@@ -35,8 +37,11 @@ from paymesh.ops.credentials import (
     platform_env,
 )
 from paymesh.ops.databases import DEFAULT_PREFIX, DatabaseSetupError, ensure_databases, shown
+from paymesh.ops.nats_auth import MeshUsers, mesh_users, operator_credentials
+from paymesh.ops.nats_setup import ensure_shared
 from paymesh.ops.natsserver import NatsCluster, NatsServer, NatsServerError, free_port, port_is_free
-from paymesh.ops.services import NAMES, spec
+from paymesh.ops.services import NAMES, SPECS, spec
+from paymesh.ops.tls import MeshTls, ensure_mesh_tls
 
 # gateway_mock first: payment_svc calls it, and nothing calls the others at start.
 START_ORDER = NAMES
@@ -168,8 +173,9 @@ def choose_nats_port(env: Mapping[str, str], say: Callable[[str], None]) -> int:
     return port
 
 
-def start_nats(data_dir: Path, port: int) -> NatsServer:
-    nats = NatsServer(data_dir / NATS_DIR, port=port, log_file=data_dir / "logs" / "nats-server.log")
+def start_nats(data_dir: Path, port: int, authorization: dict[str, Any] | None = None) -> NatsServer:
+    nats = NatsServer(data_dir / NATS_DIR, port=port, log_file=data_dir / "logs" / "nats-server.log",
+                      authorization=authorization)
     try:
         return nats.start()
     except NatsServerError as err:
@@ -214,11 +220,12 @@ async def wait_exited(process: subprocess.Popen[bytes], timeout: float) -> bool:
     return True
 
 
-async def wait_serving(service: str, addr: str) -> None:
-    """Return once the overall health ("") of `service` is SERVING; the caller holds the deadline."""
+async def wait_serving(service: str, addr: str, tls: ClientTls | None = None) -> None:
+    """Return once the overall health ("") of `service` is SERVING; the caller holds the deadline. `tls`: dial
+    TLS, verified against its CA."""
     request = health_pb2.HealthCheckRequest(service="")
-    async with grpc.aio.insecure_channel(dial_addr(addr), options=HEALTH_CHANNEL_OPTIONS) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
+    async with channel(dial_addr(addr), tls, options=HEALTH_CHANNEL_OPTIONS) as health:
+        stub = health_pb2_grpc.HealthStub(health)
         while True:
             try:
                 reply = await stub.Check(request, timeout=2.0, wait_for_ready=True)
@@ -250,7 +257,9 @@ class Mesh:
     `order_svc#2`, … in `children`, `kill`, `restart` and the table. `nats_nodes` > 1 starts that
     many routed nats-servers (`NatsCluster`) and sets `PAYMESH_STREAM_REPLICAS` (R3 unless set);
     `postgres_url` creates a database per service on that server (`<database_prefix><service>`) and
-    points each service at its own, unless its `<SVC>_DB_URL` is set.
+    points each service at its own, unless its `<SVC>_DB_URL` is set. `tls` makes a local CA and a certificate
+    per service under `<data dir>/tls/` (paymesh.ops.tls) and runs every hop on TLS, with client certificates
+    required when PAYMESH_TLS_CLIENT_AUTH=require; without it, TLS variables in `env` are passed on as they are.
 
     Holds no event loop state (plain `Popen` handles), so a mesh started in one loop can be
     killed, restarted and stopped from another: a test session starts it once, each test drives it.
@@ -267,6 +276,7 @@ class Mesh:
         nats_nodes: int = 1,
         postgres_url: str | None = None,
         database_prefix: str = DEFAULT_PREFIX,
+        tls: bool = False,
         out: Callable[[str], None] = say,
         err: Callable[[str], None] = warn,
     ) -> None:
@@ -294,10 +304,22 @@ class Mesh:
         self.credentials = MeshCredentials()
         self.dev_key: KeyFile | None = None
         self.dev_key_made = False
+        # The NATS users of a NATS this mesh starts (paymesh.ops.nats_auth), and the one its own tools connect
+        # as: the operator's (of the NATS it started, else PAYMESH_NATS_CREDS or the data dir's, else none).
+        self.nats_users: MeshUsers | None = None
+        self.nats_creds: NatsCredentials | None = None
+        self.tls = tls
+        # The files `tls` made (None without it), and what the mesh's own clients dial with (from the env).
+        self.tls_files: MeshTls | None = None
+        self.client_tls: ClientTls | None = None
 
     @property
     def nats_url(self) -> str:
         return self.env["PAYMESH_NATS_URL"]
+
+    def nats_options(self) -> dict[str, Any]:
+        """The keyword arguments of `nats.connect` that sign a tool in as the mesh's operator user."""
+        return self.nats_creds.connect_options() if self.nats_creds is not None else {}
 
     @property
     def nats_servers(self) -> list[NatsServer]:
@@ -331,6 +353,12 @@ class Mesh:
         env = dict(self.env)
         env[f"{spec(service).env_prefix}_GRPC_ADDR"] = replica_addr(grpc_addr(spec(service), self.env), replica)
         env[f"{spec(service).env_prefix}_DB_URL"] = db_url(spec(service), self.env, shared=self.replicas[service] > 1)
+        if self.nats_users is not None:
+            env.update(self.nats_users.env_of(spec(service)))  # its own NATS user, and no one else's
+        if self.tls_files is not None:
+            pair = self.tls_files.services[service]
+            env[f"{spec(service).env_prefix}_TLS_CERT"] = str(pair.cert)
+            env[f"{spec(service).env_prefix}_TLS_KEY"] = str(pair.key)
         gateways = self.addrs("gateway_mock") if "gateway_mock" in self.replicas else []
         if service == "payment_svc" and len(gateways) > 1 and not self.env.get("PAYMENT_SVC_GATEWAY_ADDR"):
             first = (replica - 1) % len(gateways)
@@ -341,6 +369,7 @@ class Mesh:
         """Start everything and return once every replica is SERVING; raise LaunchError naming what failed."""
         check_service_ports(self.env, self.services, self.replicas)
         self.logs.mkdir(parents=True, exist_ok=True)
+        self.ensure_tls()
         if self.postgres_url:
             await self.create_databases(self.postgres_url)
         if not self.env.get("PAYMESH_NATS_URL"):
@@ -357,6 +386,21 @@ class Mesh:
         await self.wait_serving(list(self.children), stop)
         return self
 
+    def ensure_tls(self) -> None:
+        """With `tls`: the local CA and certificates, and the variables that make every hop TLS. Then, with or
+        without it, what the mesh's own clients (health checks, MeshClient) dial with."""
+        if self.tls:
+            hosts = {s: split_addr(grpc_addr(spec(s), self.env))[0] for s in self.services}
+            self.tls_files = ensure_mesh_tls(self.data_dir, hosts)
+            self.env[CA_ENV] = str(self.tls_files.ca)
+            # What a tool shows under mTLS; each service shows its own certificate (replica_env).
+            self.env[CLIENT_CERT_ENV] = str(self.tls_files.tools.cert)
+            self.env[CLIENT_KEY_ENV] = str(self.tls_files.tools.key)
+        try:
+            self.client_tls = ClientTls.from_env(self.env)
+        except ConfigError as err:
+            raise LaunchError(str(err)) from None
+
     async def create_databases(self, server_url: str) -> None:
         variables = {s: f"{spec(s).env_prefix}_DB_URL" for s in self.services}
         wanted = [s for s in self.services if not self.env.get(variables[s])]
@@ -371,33 +415,48 @@ class Mesh:
 
     async def ensure_credentials(self) -> None:
         """The platform key both sides of the bank get, the development merchant's key and an operator key,
-        in the data dir (mode 0600) and the mesh's key bucket; the services hash with the same pepper."""
+        in the data dir (mode 0600) and the mesh's key bucket; the services hash with the same pepper.
+        First, as the operator, what the services bind but may not create: the DLQ stream and the bucket."""
         try:
             self.env.update(platform_env(self.env, self.data_dir))
             pepper = load_pepper(self.env, self.data_dir)
-        except ConfigError as err:
+            if self.nats_users is None:  # a NATS this mesh did not start: its operator, if it has users
+                self.nats_creds = operator_credentials(self.env, self.data_dir)
+        except (ConfigError, CredentialsError) as err:
             raise LaunchError(str(err)) from None
         replicas = int(self.env.get("PAYMESH_STREAM_REPLICAS") or 1)
-        nc = await jetstream.connect(self.nats_url.split(","), "paymesh-up", timeout=self.start_timeout)
         try:
+            nc = await jetstream.connect(self.nats_url.split(","), "paymesh-up", credentials=self.nats_creds,
+                                         timeout=self.start_timeout)
+        except ConnectionError as err:
+            raise LaunchError(str(err)) from None
+        try:
+            await ensure_shared(nc.jetstream(), replicas)
             self.dev_key, self.dev_key_made = await ensure_dev_key(nc, pepper, self.data_dir, replicas)
             operator = await ensure_operator_key(nc, pepper, self.data_dir, replicas)
         finally:
             await nc.close()
         self.credentials = MeshCredentials(api_key=self.dev_key.api_key, operator_key=operator.api_key,
-                                           platform_key=ApiKey(self.env[GATEWAY_ACCEPTS]))
+                                           platform_key=ApiKey(self.env[GATEWAY_ACCEPTS]), tls=self.client_tls)
 
     async def start_nats(self) -> None:
+        # Least privilege on the bus: a user per service and one for the operator's tools, seeds kept in the data dir.
+        try:
+            self.nats_users = mesh_users(self.data_dir, SPECS)
+        except CredentialsError as err:
+            raise LaunchError(str(err)) from None
+        self.nats_creds = self.nats_users.operator
+        authorization = self.nats_users.authorization
         # Starting blocks until each server's health endpoint answers: off the loop, so a signal
         # meanwhile is handled.
         if self.nats_nodes == 1:
             port = choose_nats_port(self.env, self.say)
-            self.nats = await asyncio.to_thread(start_nats, self.data_dir, port)
+            self.nats = await asyncio.to_thread(start_nats, self.data_dir, port, authorization)
             self.env["PAYMESH_NATS_URL"] = self.nats.url
             self.say(f"nats-server is up at {self.nats.url}")
             return
         # Assigned before it starts: `stop` then stops the nodes that did start if another fails.
-        self.cluster = NatsCluster(self.data_dir / NATS_CLUSTER_DIR, size=self.nats_nodes)
+        self.cluster = NatsCluster(self.data_dir / NATS_CLUSTER_DIR, size=self.nats_nodes, authorization=authorization)
         try:
             await asyncio.to_thread(self.cluster.start)
         except NatsServerError as err:
@@ -409,7 +468,7 @@ class Mesh:
     async def wait_serving(self, services: Iterable[str], stop: asyncio.Event | None = None) -> None:
         """Wait until each named child is SERVING; raise if one dies, fails its check, or the deadline passes."""
         children = [self.children[name] for name in services]
-        pending = {asyncio.create_task(wait_serving(c.name, c.addr)): c for c in children}
+        pending = {asyncio.create_task(wait_serving(c.name, c.addr, self.client_tls)): c for c in children}
         stopped = asyncio.create_task(stop.wait()) if stop is not None else None
         deadline = asyncio.get_running_loop().time() + self.start_timeout
         try:
@@ -561,12 +620,33 @@ class Mesh:
             )
         else:
             lines.append(f"NATS  {self.env['PAYMESH_NATS_URL']}  (external)")
+        if self.nats_users is not None:
+            lines.append(f"NATS users: one per service and the operator's, each to its own subjects; seeds in "
+                         f"{self.nats_users.operator.path.parent} (tools: {OPERATOR_CREDS_ENV}="
+                         f"{self.nats_users.operator.path})")
         lines.append(f"logs  {self.logs}")
+        lines += self.tls_lines()
         if self.dev_key is not None:
             kept = self.data_dir / "dev_key.json"
             made = "made now" if self.dev_key_made else "kept"
             lines.append(f"API key of the development merchant {self.dev_key.merchant_id} ({made}, in {kept}):")
             lines.append(f"  export {API_KEY_ENV}={self.dev_key.api_key.reveal()}")
+        return lines
+
+
+    def tls_lines(self) -> list[str]:
+        """Where the CA is, for `grpcurl -cacert`, and the variables a client of this mesh sets."""
+        if self.tls_files is None:
+            return []
+        ca, tools = self.tls_files.ca, self.tls_files.tools
+        mutual = (self.env.get(CLIENT_AUTH_ENV) or "").lower() == "require"
+        client = f" -cert {tools.cert} -key {tools.key}" if mutual else ""
+        first = "order_svc" if "order_svc" in self.services else self.services[0]
+        lines = [f"TLS   on every hop{', client certificates required (mTLS)' if mutual else ''}; CA {ca}",
+                 f"  grpcurl -cacert {ca}{client} {self.addr(first)} list",
+                 f"  export {CA_ENV}={ca}"]
+        if mutual:
+            lines.append(f"  export {CLIENT_CERT_ENV}={tools.cert} {CLIENT_KEY_ENV}={tools.key}")
         return lines
 
 
@@ -619,13 +699,18 @@ def up(
     replicas: int = 1,
     cluster: int = 1,
     postgres_url: str | None = None,
+    tls: bool = False,
+    mtls: bool = False,
 ) -> int:
     """Run the mesh until a signal or a failure; the exit status for the `paymesh up` command.
 
     `postgres_url` (else $PAYMESH_POSTGRES_URL): a PostgreSQL server URL; each service gets its own
-    database there, `paymesh_<service>` ($PAYMESH_POSTGRES_DB_PREFIX changes the prefix).
+    database there, `paymesh_<service>` ($PAYMESH_POSTGRES_DB_PREFIX changes the prefix). `tls`: every hop on
+    TLS with a local CA; `mtls`: that, and client certificates required (PAYMESH_TLS_CLIENT_AUTH=require).
     """
     env = dict(os.environ if env is None else env)
+    if mtls:
+        env[CLIENT_AUTH_ENV] = "require"
     if nats_port is not None:
         env["PAYMESH_NATS_PORT"] = str(nats_port)
     resolved = Path(data_dir or env.get("PAYMESH_DATA_DIR") or ".paymesh").resolve()
@@ -639,6 +724,7 @@ def up(
             nats_nodes=cluster,
             postgres_url=postgres_url or env.get("PAYMESH_POSTGRES_URL") or None,
             database_prefix=env.get("PAYMESH_POSTGRES_DB_PREFIX") or DEFAULT_PREFIX,
+            tls=tls or mtls,
         )
     except LaunchError as err:
         warn(f"paymesh: {err}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import secrets
 import shutil
 import socket
 import subprocess
@@ -15,6 +16,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 class NatsServerError(RuntimeError):
@@ -96,6 +98,8 @@ class NatsServer:
     `sync_always` makes JetStream fsync every write: a payment event acknowledged to a
     publisher must survive a power cut (the default syncs every two minutes).
     Cluster members name each other through `routes` and share `cluster_name`.
+    `authorization` (paymesh.ops.nats_auth) admits only its users, each to its own subjects; without it the
+    server admits anyone to anything, as the tests' own servers do.
     """
 
     store_dir: Path
@@ -105,9 +109,13 @@ class NatsServer:
     sync_always: bool = True
     cluster_name: str | None = None
     cluster_port: int = 0
-    routes: list[str] = field(default_factory=list)
+    routes: list[str] = field(default_factory=list, repr=False)  # may carry the routes' password
     log_file: Path | None = None
     monitor_port: int = 0
+    authorization: dict[str, Any] | None = None
+    # The user and password cluster members route to each other with (each route URL carries them): with
+    # client authorization on, an unauthenticated route would be a way around it.
+    route_auth: tuple[str, str] | None = field(default=None, repr=False)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -130,11 +138,17 @@ class NatsServer:
             "jetstream": jetstream,
         }
         if self.cluster_name:
-            conf["cluster"] = {
+            cluster: dict[str, object] = {
                 "name": self.cluster_name,
                 "listen": f"{self.host}:{self.cluster_port}",
                 "routes": self.routes,
             }
+            if self.route_auth is not None:
+                user, password = self.route_auth
+                cluster["authorization"] = {"user": user, "password": password}
+            conf["cluster"] = cluster
+        if self.authorization is not None:
+            conf["authorization"] = self.authorization
         # nats-server's config format accepts JSON.
         return json.dumps(conf, indent=2)
 
@@ -147,7 +161,11 @@ class NatsServer:
         if self.cluster_name and not self.cluster_port:
             self.cluster_port = free_port(self.host)
         conf_path = self.store_dir / CONF_NAME
-        conf_path.write_text(self.config_text())
+        # Its owner's only: it may hold the routes' password (the users are public keys).
+        fd = os.open(conf_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as conf_file:
+            conf_file.write(self.config_text())
+        os.chmod(conf_path, 0o600)
         log_path = self.log_file or self.store_dir / "nats-server.log"
         log = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed with it
         try:
@@ -227,6 +245,7 @@ class NatsCluster:
     store_dir: Path
     size: int = 3
     name: str = "paymesh"
+    authorization: dict[str, Any] | None = None
     nodes: list[NatsServer] = field(default_factory=list)
 
     @property
@@ -240,7 +259,10 @@ class NatsCluster:
 
     def start(self, timeout: float = 30.0) -> NatsCluster:
         cluster_ports = [free_port() for _ in range(self.size)]
-        routes = [f"nats-route://127.0.0.1:{p}" for p in cluster_ports]
+        # With client authorization the routes authenticate too, with a password of this cluster's life.
+        route_auth = ("route", secrets.token_urlsafe(24)) if self.authorization is not None else None
+        at = f"{route_auth[0]}:{route_auth[1]}@" if route_auth else ""
+        routes = [f"nats-route://{at}127.0.0.1:{p}" for p in cluster_ports]
         self.nodes = [
             NatsServer(
                 self.store_dir / f"n{i + 1}",
@@ -248,6 +270,8 @@ class NatsCluster:
                 cluster_name=self.name,
                 cluster_port=cluster_ports[i],
                 routes=[r for j, r in enumerate(routes) if j != i],
+                authorization=self.authorization,
+                route_auth=route_auth,
             )
             for i in range(self.size)
         ]

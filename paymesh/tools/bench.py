@@ -219,10 +219,12 @@ def outbox_lag(env: dict[str, str]) -> dict[str, int]:
     return lag
 
 
-async def consumer_lag(nats_url: str) -> dict[str, int]:
+async def consumer_lag(env: dict[str, str]) -> dict[str, int]:
     import nats
 
-    nc = await nats.connect(nats_url, connect_timeout=5)
+    from paymesh.ops.nats_auth import operator_options
+
+    nc = await nats.connect(env["PAYMESH_NATS_URL"].split(","), connect_timeout=5, **operator_options(env))
     try:
         js = nc.jetstream()
         lag: dict[str, int] = {}
@@ -239,7 +241,7 @@ async def settled_lag(env: dict[str, str], limit_s: float = 10.0) -> dict[str, A
     and what was left if they did not. A backlog that does not drain is the mesh falling behind."""
     start = time.perf_counter()
     while True:
-        outbox, consumers = outbox_lag(env), await consumer_lag(env["PAYMESH_NATS_URL"])
+        outbox, consumers = outbox_lag(env), await consumer_lag(env)
         drained = not any(outbox.values()) and not any(consumers.values())
         elapsed = time.perf_counter() - start
         if drained or elapsed > limit_s:

@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 
 from paymesh.chassis.config import grpc_addr
+from paymesh.chassis.tls import ClientTls
 from paymesh.client import MeshClient
 from paymesh.gateway.v1 import gateway_pb2
 from paymesh.ops.addresses import dial_addr
@@ -163,7 +164,8 @@ async def running_mesh(env: Mapping[str, str]) -> dict[str, str] | None:
     addrs = addrs_of(env)
     try:
         async with asyncio.timeout(PROBE_TIMEOUT_S):
-            await asyncio.gather(*(wait_serving(s, a) for s, a in addrs.items()))
+            tls = ClientTls.from_env(env)  # PAYMESH_TLS_CA: a TLS mesh
+            await asyncio.gather(*(wait_serving(s, a, tls) for s, a in addrs.items()))
     except (TimeoutError, LaunchError):
         print(f"no mesh answering at {', '.join(addrs.values())}: starting one", flush=True)
         return None

@@ -24,7 +24,9 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
+from paymesh.chassis.nats_creds import OPERATOR_CREDS_ENV, public_key
 from paymesh.ops import services as mesh
+from paymesh.ops.nats_auth import OPERATOR, authorization, creds_variable, users
 from paymesh.ops.natsserver import nats_server_binary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,6 +40,7 @@ HEALTH_MODULE = "paymesh.ops.healthcheck"
 REPLICAS = 2
 WILDCARD_HOSTS = {"0.0.0.0", "[::]", "::"}
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]", "::1"}
+NATS_CREDS_DIR = ROOT / "deploy" / "nats" / "creds"
 
 
 # --- reading the files ---------------------------------------------------------------------
@@ -247,6 +250,10 @@ def env_vars_config_reads() -> set[str]:
 # --- the stack, classified ---------------------------------------------------------------
 
 
+# The one-shot job that makes the shared streams as the operator before the services start.
+NATS_SETUP_MODULE = "paymesh.ops.nats_setup"
+
+
 @dataclass(frozen=True)
 class Stack:
     services: dict[str, dict[str, Any]]
@@ -254,6 +261,7 @@ class Stack:
     paymesh: dict[str, str]  # compose service -> paymesh service it runs (order_svc, ...)
     nats: list[str]
     postgres: list[str]
+    setup: list[str]  # the services running NATS_SETUP_MODULE
 
 
 @pytest.fixture(scope="module")
@@ -263,17 +271,22 @@ def stack() -> Stack:
     image = read_dockerfile()
     built_images = {svc.get("image") for svc in services.values() if "build" in svc}
     paymesh: dict[str, str] = {}
+    setup: list[str] = []
     for name, svc in services.items():
         if "build" in svc or (svc.get("image") and svc.get("image") in built_images):
             module = module_of(argv_of(svc, image))
+            if module == NATS_SETUP_MODULE:
+                setup.append(name)
+                continue
             assert module in mesh.NAMES, (
                 f"docker-compose.yml: {name} runs the paymesh image with `{' '.join(argv_of(svc, image))}`; "
-                f"its command should name one of {sorted(mesh.NAMES)} (run as `python -m <service>`)"
+                f"its command should name one of {sorted(mesh.NAMES)} (run as `python -m <service>`) "
+                f"or {NATS_SETUP_MODULE}"
             )
             paymesh[name] = module
     nats = sorted(n for n, s in services.items() if str(s.get("image", "")).startswith("nats:"))
     postgres = sorted(n for n, s in services.items() if str(s.get("image", "")).startswith("postgres:"))
-    return Stack(services, image, paymesh, nats, postgres)
+    return Stack(services, image, paymesh, nats, postgres, sorted(setup))
 
 
 def _nats_config(stack: Stack, node: str) -> tuple[Path, dict[str, Any]]:
@@ -314,6 +327,7 @@ def test_three_nats_nodes_with_jetstream_fsync_always_and_routes_to_each_other(s
     configs = {node: _nats_config(stack, node) for node in stack.nats}
     cluster_port = {node: _port_of_listen(conf["cluster"]["listen"]) for node, (_, conf) in configs.items()}
     cluster_names = {conf.get("cluster", {}).get("name") for _, conf in configs.values()}
+    route_auths: set[tuple[str, str]] = set()
     assert len(cluster_names) == 1 and None not in cluster_names, (
         f"deploy/nats: the nodes' cluster.name should be one name, got {cluster_names}"
     )
@@ -335,15 +349,24 @@ def test_three_nats_nodes_with_jetstream_fsync_always_and_routes_to_each_other(s
             f"{where}: jetstream.store_dir {store!r} should be on a volume of {node} (mounted: {mounts})"
         )
         expected = {f"nats://{other}:{cluster_port[other]}" for other in stack.nats if other != node}
-        routes = set(conf["cluster"].get("routes", []))
+        urls = [urlsplit(route) for route in conf["cluster"].get("routes", [])]
+        routes = {f"{u.scheme}://{u.hostname}:{u.port}" for u in urls}
         assert routes == expected, (
             f"{where}: cluster.routes should name the other two nodes: {sorted(expected)}, got {sorted(routes)}"
         )
+        # With the clients' authorization on, a route without its own would be a way around it.
+        route_auth = conf["cluster"].get("authorization") or {}
+        assert route_auth.get("user") and route_auth.get("password"), (
+            f"{where}: set cluster.authorization (user, password): any container could otherwise join as a route")
+        assert {(u.username, u.password) for u in urls} == {(route_auth["user"], route_auth["password"])}, (
+            f"{where}: each route URL should carry cluster.authorization's user and password")
+        route_auths.add((route_auth["user"], route_auth["password"]))
         # The real parser: unknown fields, bad durations and minimums fail here, not at `compose up`.
         checked = subprocess.run(
             [nats_server_binary(), "-t", "-c", str(path)], capture_output=True, text=True, timeout=30, check=False
         )
         assert checked.returncode == 0, f"nats-server rejects {where}: {checked.stderr or checked.stdout}"
+    assert len(route_auths) == 1, "deploy/nats: the nodes' cluster.authorization should be one user and password"
 
 
 def test_nats_nodes_are_healthy_only_with_jetstream_on(stack: Stack) -> None:
@@ -402,6 +425,7 @@ def test_every_service_is_health_checked_by_the_probe(stack: Stack) -> None:
 
 def test_services_wait_for_healthy_nats_and_postgres(stack: Stack) -> None:
     assert len(stack.postgres) == 1, f"docker-compose.yml should run one postgres service, found {stack.postgres}"
+    assert len(stack.setup) == 1, f"docker-compose.yml should run one {NATS_SETUP_MODULE} job, found {stack.setup}"
     infra = [*stack.nats, *stack.postgres]
     for dep in infra:
         healthcheck_argv(dep, stack.services[dep])  # `service_healthy` needs a health check to wait on
@@ -415,9 +439,14 @@ def test_services_wait_for_healthy_nats_and_postgres(stack: Stack) -> None:
             )
         for dep, spec in depends.items():
             assert dep in stack.services, f"docker-compose.yml: {name} depends on {dep}, which is not a service"
-            assert (spec or {}).get("condition") == "service_healthy", (
-                f"docker-compose.yml: {name} -> {dep}: use condition: service_healthy"
-            )
+            # The setup job is waited for until it has made the shared streams and exited.
+            wanted = "service_completed_successfully" if dep in stack.setup else "service_healthy"
+            assert (spec or {}).get("condition") == wanted, (
+                f"docker-compose.yml: {name} -> {dep}: use condition: {wanted}")
+        assert set(stack.setup) <= set(depends), (
+            f"docker-compose.yml: {name} should wait for {stack.setup} (condition: service_completed_successfully): "
+            "it binds the DLQ stream and the keys' bucket, which its NATS user may not create"
+        )
 
 
 def test_each_service_has_its_own_database_created_by_the_init_script(stack: Stack) -> None:
@@ -584,3 +613,65 @@ def test_dockerfile_builds_one_non_root_image_running_modules_that_exist(stack: 
         assert not hits, f".dockerignore excludes {path} (pattern {hits[0]}), which the image needs"
     for junk in (".venv", ".git", ".paymesh"):
         assert any(fnmatch.fnmatch(junk, pat.strip("/")) for pat in ignored), f".dockerignore: add {junk}"
+
+
+# --- least privilege on the bus ----------------------------------------------------------
+
+
+def _seed_mounted_at(name: str, path: str, stack: Stack) -> Path:
+    """The host file of `name` mounted where its credentials variable points."""
+    sources = [src for src, target in volumes_of(stack.services[name]) if target == path]
+    assert sources, f"docker-compose.yml: {name} names {path} as its NATS credentials but mounts nothing there"
+    source = (ROOT / sources[0]).resolve()
+    assert source.is_relative_to(NATS_CREDS_DIR) and source.is_file(), (
+        f"docker-compose.yml: {name}'s NATS seed {sources[0]} should be a file under deploy/nats/creds/"
+    )
+    return source
+
+
+def compose_users(stack: Stack) -> dict[str, Path]:
+    """NATS user -> the seed file its containers mount, checked to be one file per user."""
+    seeds: dict[str, set[Path]] = {}
+    for name, module in stack.paymesh.items():
+        variable = creds_variable(mesh.spec(module))
+        path = env_of(stack.services[name]).get(variable)
+        assert path, f"docker-compose.yml: {name} should set {variable} (its own NATS user's seed file)"
+        seeds.setdefault(module, set()).add(_seed_mounted_at(name, path, stack))
+        mounted = {(ROOT / src).resolve() for src, _ in volumes_of(stack.services[name])}
+        others = sorted(p.name for p in mounted if p.is_relative_to(NATS_CREDS_DIR))
+        assert len(others) == 1, f"docker-compose.yml: {name} mounts the NATS seeds {others}; only its own"
+    for name in stack.setup:
+        path = env_of(stack.services[name]).get(OPERATOR_CREDS_ENV)
+        assert path, f"docker-compose.yml: {name} should set {OPERATOR_CREDS_ENV} (the operator's seed file)"
+        seeds.setdefault(OPERATOR, set()).add(_seed_mounted_at(name, path, stack))
+    for user, paths in seeds.items():
+        assert len(paths) == 1, f"docker-compose.yml: the containers of {user} mount different seeds {sorted(paths)}"
+    assert set(seeds) == set(users(mesh.SPECS)), f"docker-compose.yml: NATS users {sorted(seeds)}"
+    return {user: next(iter(paths)) for user, paths in seeds.items()}
+
+
+def test_nats_nodes_admit_the_users_and_permissions_paymesh_up_writes(stack: Stack) -> None:
+    keys = {user: public_key(path.read_text().strip()) for user, path in compose_users(stack).items()}
+    expected = authorization(keys, mesh.SPECS)
+    for node in stack.nats:
+        path, conf = _nats_config(stack, node)
+        assert conf.get("authorization") == expected, (
+            f"{path.relative_to(ROOT)}: its authorization is not what paymesh/ops/nats_auth.py gives the users whose "
+            "seeds docker-compose.yml mounts: run `.venv/bin/python scripts/deploy_nats.py`"
+        )
+
+
+def test_the_setup_job_makes_the_shared_streams_on_the_cluster_and_exits(stack: Stack) -> None:
+    (name,) = stack.setup
+    svc = stack.services[name]
+    assert svc.get("restart") in (None, "no", "on-failure"), f"docker-compose.yml: {name} must exit, not restart"
+    depends = svc.get("depends_on") or {}
+    for node in stack.nats:
+        assert (depends.get(node) or {}).get("condition") == "service_healthy", f"{name} should wait for {node}"
+    env = env_of(svc)
+    expected = {f"nats://{node}:{_nats_config(stack, node)[1].get('port', 4222)}" for node in stack.nats}
+    assert set(env.get("PAYMESH_NATS_URL", "").split(",")) == expected, f"{name}: PAYMESH_NATS_URL"
+    assert env.get("PAYMESH_STREAM_REPLICAS") == "3", f"{name}: the shared streams are R3 like the rest"
+    assert set(env) <= {"PAYMESH_NATS_URL", "PAYMESH_STREAM_REPLICAS", OPERATOR_CREDS_ENV}, (
+        f"docker-compose.yml: {name} sets {sorted(env)}; {NATS_SETUP_MODULE} reads no other"
+    )

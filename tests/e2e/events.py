@@ -91,8 +91,9 @@ class Bus:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def connect(cls, url: str) -> AsyncIterator[Bus]:
-        nc = await nats.connect(url, name="e2e-tests", connect_timeout=5)
+    async def connect(cls, url: str, **options: Any) -> AsyncIterator[Bus]:
+        """`options`: how to sign in (the mesh's operator user: `Mesh.nats_options()`)."""
+        nc = await nats.connect(url.split(","), name="e2e-tests", connect_timeout=5, **options)
         bus = cls(nc)
         try:
             yield bus

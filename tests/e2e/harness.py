@@ -18,6 +18,7 @@ from grpc_status import rpc_status
 from paymesh.chassis import jetstream
 from paymesh.chassis.auth import MERCHANT_SCOPES, ApiKey, Scope, load_pepper
 from paymesh.chassis.auth.bearer import bearer
+from paymesh.chassis.tls import channel
 from paymesh.client import MeshClient
 from paymesh.gateway.v1 import gateway_pb2
 from paymesh.inventory.v1 import inventory_pb2
@@ -115,7 +116,7 @@ async def merchant_key(
 ) -> tuple[str, ApiKey]:
     """A new merchant of the mesh and a key of it, made as `paymesh merchants create` makes them; returned
     once every replica of every service admits it (the registries follow the bucket within milliseconds)."""
-    nc = await jetstream.connect(mesh.nats_url.split(","), "tests-merchants")
+    nc = await jetstream.connect(mesh.nats_url.split(","), "tests-merchants", credentials=mesh.nats_creds)
     try:
         made = await new_merchant_key(nc, load_pepper(mesh.env, mesh.data_dir), name, scopes=scopes)
     finally:
@@ -131,8 +132,8 @@ async def known_everywhere(mesh: Mesh, secret: ApiKey, timeout: float = 5.0) -> 
     for full_name, service in SERVICE_OF.items():
         method = descriptor_pool.Default().FindServiceByName(full_name).methods[0].name
         for addr in mesh.addrs(service):
-            async with grpc.aio.insecure_channel(addr, interceptors=bearer(secret)) as channel:
-                call = channel.unary_unary(f"/{full_name}/{method}", request_serializer=lambda _: b"",
+            async with channel(addr, mesh.client_tls, interceptors=bearer(secret)) as probe:
+                call = probe.unary_unary(f"/{full_name}/{method}", request_serializer=lambda _: b"",
                                            response_deserializer=lambda raw: raw)
 
                 async def knows(call: Any = call) -> bool:

@@ -11,6 +11,7 @@ from google.protobuf import descriptor_pool, message_factory
 
 from paymesh.chassis.auth import MERCHANT_SCOPES, Scope, scopes_of
 from paymesh.chassis.auth.bearer import bearer
+from paymesh.chassis.tls import channel as tls_channel
 from paymesh.ops.launcher import Mesh
 from tests.e2e.harness import RpcError, merchant_key
 from tests.served import SERVED, SERVICE_OF
@@ -32,7 +33,7 @@ async def call(mesh: Mesh, service: str, path: str, key: Any) -> RpcError | None
     full_name, method_name = path.strip("/").split("/")
     method = descriptor_pool.Default().FindServiceByName(full_name).methods_by_name[method_name]
     request = message_factory.GetMessageClass(method.input_type)()
-    async with grpc.aio.insecure_channel(mesh.addr(service), interceptors=bearer(key)) as channel:
+    async with tls_channel(mesh.addr(service), mesh.client_tls, interceptors=bearer(key)) as channel:
         try:
             if method.server_streaming:
                 stream = channel.unary_stream(path, request_serializer=lambda m: m.SerializeToString(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import queue
 import re
@@ -23,7 +24,9 @@ import nats
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from paymesh.chassis.nats_creds import public_key
 from paymesh.ops.databases import drop_databases
+from paymesh.ops.nats_auth import CREDS_DIR, authorization, operator_options, users
 from paymesh.ops.services import NAMES, SPECS
 from paymesh.order.v1 import order_service_pb2, order_service_pb2_grpc
 from tests.conftest import PG_ADMIN_URL
@@ -165,12 +168,40 @@ def assert_nothing_left(launch: Launch, pids: dict[str, int]) -> None:
     assert not processes_using(launch.data_dir), launch.output
 
 
+def assert_bus_authorization(data_dir: Path, conf: Path) -> None:
+    """The server config admits exactly the mesh's users, by the public keys of the seed files `up` wrote
+    (one per user, mode 0600, in a directory only its owner reads), each with the permissions nats_auth gives."""
+    creds = data_dir / CREDS_DIR
+    assert stat.S_IMODE(creds.stat().st_mode) == 0o700
+    seeds = {user: creds / f"{user}.nk" for user in users(SPECS)}
+    for path in seeds.values():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    keys = {user: public_key(path.read_text().strip()) for user, path in seeds.items()}
+    written = json.loads(conf.read_text())
+    assert written["authorization"] == authorization(keys, SPECS)
+    assert stat.S_IMODE(conf.stat().st_mode) == 0o600
+    if "cluster" in written:  # the routes authenticate too, or joining as a route would go around the users
+        route = written["cluster"]["authorization"]
+        assert all(f"{route['user']}:{route['password']}@" in url for url in written["cluster"]["routes"])
+
+
+async def refused_without_credentials(url: str) -> bool:
+    try:
+        nc = await nats.connect(url, connect_timeout=5, allow_reconnect=False, max_reconnect_attempts=0)
+    except nats.errors.Error:
+        return True
+    await nc.close()
+    return False
+
+
 @pytest.mark.timeout(120)
 def test_up_serves_every_service_and_sigterm_stops_all(up: tuple[Launch, dict[str, str]]) -> None:
     launch, env = up
     pids = launch.table_pids()
     assert set(pids) == {*NAMES, "nats-server"}, launch.output
     assert f"nats://127.0.0.1:{env['PAYMESH_NATS_PORT']}" in launch.output
+    assert_bus_authorization(launch.data_dir, launch.data_dir / "nats" / "nats-server.conf")
+    assert asyncio.run(refused_without_credentials(f"nats://127.0.0.1:{env['PAYMESH_NATS_PORT']}"))
     for service, prefix in ((s.name, s.env_prefix) for s in SPECS):
         addr = env[f"{prefix}_GRPC_ADDR"]
         assert addr in launch.output
@@ -268,8 +299,9 @@ def test_a_service_failing_at_start_is_named_and_the_rest_stopped(launches: list
     assert_nothing_left(launch, {})
 
 
-async def stream_replicas(url: str) -> dict[str, int]:
-    nc = await nats.connect(servers=url.split(","), connect_timeout=5)
+async def stream_replicas(url: str, data_dir: Path) -> dict[str, int]:
+    nc = await nats.connect(servers=url.split(","), connect_timeout=5,
+                            **operator_options({"PAYMESH_DATA_DIR": str(data_dir)}))
     try:
         js = nc.jetstream(timeout=10)
         return {name: (await js.stream_info(name)).config.num_replicas for name in ("ORDER", "INVENTORY", "PAYMENT")}
@@ -292,7 +324,10 @@ def test_up_with_replicas_a_cluster_and_postgres_serves_and_stops(launches: list
         assert set(pids) == {*NAMES, *(f"{s}#2" for s in NAMES), *nodes}, launch.output
         nats_line = next(line for line in launch.lines if line.startswith("NATS  "))
         assert "JetStream cluster of 3, streams R3" in nats_line, launch.output
-        assert asyncio.run(stream_replicas(nats_line.split()[1])) == {"ORDER": 3, "INVENTORY": 3, "PAYMENT": 3}
+        assert asyncio.run(stream_replicas(nats_line.split()[1], launch.data_dir)) == {
+            "ORDER": 3, "INVENTORY": 3, "PAYMENT": 3}
+        for node in sorted((launch.data_dir / "nats-cluster").glob("n*")):
+            assert_bus_authorization(launch.data_dir, node / "nats-server.conf")
         for service, variable in ((s.name, s.env_prefix) for s in SPECS):
             host, first = env[f"{variable}_GRPC_ADDR"].rsplit(":", 1)
             for addr in (f"{host}:{first}", f"{host}:{int(first) + 100}"):

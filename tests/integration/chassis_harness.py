@@ -23,6 +23,7 @@ from paymesh.chassis.inbox import inbox_table
 from paymesh.chassis.outbox import outbox_table
 from paymesh.chassis.service import GrpcService, Runtime, ServiceHost, Wiring
 from paymesh.chassis.spec import ServiceSpec, no_settings
+from paymesh.chassis.tls import current_peer
 from paymesh.ops.natsserver import NatsServer, free_port
 from paymesh.order.v1 import events_pb2, order_service_pb2, order_service_pb2_grpc
 from tests.keys import AUTH_ENV
@@ -148,6 +149,7 @@ class RefusingOrders(order_service_pb2_grpc.OrderServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.callers: list[Principal] = []  # who called CreateOrder, as the handler was told
+        self.peers: list[str | None] = []  # and which certificate it showed (mTLS), as current_peer() said
 
     @requires(Scope.ORDERS_WRITE)
     async def CancelOrder(self, request: Any, context: Any) -> Any:  # noqa: N802
@@ -165,6 +167,7 @@ class RefusingOrders(order_service_pb2_grpc.OrderServiceServicer):
     @requires(Scope.ORDERS_WRITE)
     async def CreateOrder(self, request: Any, context: Any) -> Any:  # noqa: N802
         self.callers.append(current_principal())
+        self.peers.append(current_peer())
         if not request.items:
             raise invalid_argument([("items", "at least one line item is required"),
                                     ("currency", "must be an ISO 4217 code")])

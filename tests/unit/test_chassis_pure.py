@@ -128,7 +128,7 @@ def test_an_event_names_its_merchant_and_the_header_must_agree() -> None:
         decode(raw(event.payload, forged), TYPES)
     # Published by a release before merchants: no header, no field; its rows went to the legacy merchant.
     old = events_pb2.OrderPlaced(event_id="e0", order_id="o0").SerializeToString()
-    inbound = decode(raw(old, {"Paymesh-Type": "paymesh.order.v1.OrderPlaced"}), TYPES)
+    inbound = decode(raw(old, {"Paymesh-Type": "paymesh.order.v1.OrderPlaced"}, "order.placed.o0"), TYPES)
     assert inbound.merchant_id == LEGACY_MERCHANT_ID
 
 

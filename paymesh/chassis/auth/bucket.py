@@ -7,6 +7,8 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KeyValue
 
+from paymesh.chassis.jetstream import bind_stream
+
 BUCKET = "PAYMESH_KEYS"
 # A key's last states (created, rolled, revoked) stay readable for an operator who asks why.
 HISTORY = 5
@@ -22,6 +24,13 @@ def entry_name(key_id: str) -> str:
 
 def used_entry(key_id: str) -> str:
     return USED_PREFIX + key_id
+
+
+async def bind_bucket(js: JetStreamContext, bucket: str = BUCKET) -> KeyValue:
+    """The bucket, once it exists: the services read it, the operator makes it (their NATS users may not)."""
+    await bind_stream(js, f"KV_{bucket}", "the operator (`paymesh up`, `paymesh merchants create`, or "
+                      "`python -m paymesh.ops.nats_setup`)")
+    return await js.key_value(bucket)
 
 
 async def ensure_bucket(js: JetStreamContext, replicas: int = 1, bucket: str = BUCKET) -> KeyValue:

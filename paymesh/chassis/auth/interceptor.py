@@ -147,8 +147,10 @@ Behavior = Callable[..., Any]
 
 
 def _rebuilt(handler: Handler, wrap: Callable[[Behavior, bool], Behavior]) -> Handler:
-    """The same kind of handler with the same (de)serializers, its behaviour wrapped; `wrap` is told
-    whether the kind streams its responses."""
+    """The same kind of handler with the same response serializer and no request deserializer, its behaviour
+    wrapped; `wrap` is told whether the kind streams its responses. A refusal never reads the request, so the
+    body of a caller refused here is never parsed, and a body that does not decode is answered as the refusal
+    (the CallInterceptor decodes only for a handler that has a deserializer)."""
     kinds: list[tuple[Behavior | None, bool, Callable[..., Handler]]] = [
         (handler.unary_unary, False, grpc.unary_unary_rpc_method_handler),
         (handler.unary_stream, True, grpc.unary_stream_rpc_method_handler),
@@ -157,8 +159,7 @@ def _rebuilt(handler: Handler, wrap: Callable[[Behavior, bool], Behavior]) -> Ha
     ]
     for behavior, streams, make in kinds:
         if behavior is not None:
-            return make(wrap(behavior, streams), request_deserializer=handler.request_deserializer,
-                        response_serializer=handler.response_serializer)
+            return make(wrap(behavior, streams), response_serializer=handler.response_serializer)
     return handler
 
 

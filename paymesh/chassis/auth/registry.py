@@ -14,7 +14,7 @@ from nats.aio.client import Client as NATS
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from paymesh.chassis import periodic
-from paymesh.chassis.auth.bucket import BUCKET, ENTRY_PREFIX, ensure_bucket, used_entry
+from paymesh.chassis.auth.bucket import BUCKET, ENTRY_PREFIX, bind_bucket, used_entry
 from paymesh.chassis.auth.errors import ApiKeyInvalid, ApiKeyMissing
 from paymesh.chassis.auth.keys import ApiKeyRecord, Pepper, Principal, TrustedKey, check, digest, looks_like_key
 
@@ -62,7 +62,8 @@ class _Index:
 class KeyRegistry:
     """`lookup` is one HMAC and a dict lookup, no network: the watcher keeps the dict current.
 
-    `start` returns once every key the bucket holds is loaded. After a NATS reconnect the watcher
+    `start` waits for the bucket (the operator makes it: a service's NATS user may only read it) and returns
+    once every key it holds is loaded. After a NATS reconnect the watcher
     is made again and the whole dict reloaded from it, so a change missed while away is not kept.
     """
 
@@ -71,13 +72,11 @@ class KeyRegistry:
         nc: NATS,
         pepper: Pepper,
         *,
-        replicas: int = 1,
         bucket: str = BUCKET,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._nc = nc
         self._pepper = pepper
-        self._replicas = replicas
         self._bucket = bucket
         self._clock = clock
         self._index = _Index()
@@ -94,7 +93,7 @@ class KeyRegistry:
         self.loads = 0  # how many times the dict was loaded whole: 1 after start, +1 per reconnect
 
     async def start(self, timeout: float = 10.0) -> None:
-        self._kv = await ensure_bucket(self._nc.jetstream(), self._replicas, self._bucket)
+        self._kv = await bind_bucket(self._nc.jetstream(), self._bucket)
         self._reconnects = self._nc.stats["reconnects"]
         await self._load(timeout)
         self._guard = asyncio.create_task(

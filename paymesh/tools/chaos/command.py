@@ -29,7 +29,7 @@ from paymesh.tools.invariants import CheckResult, Observed, format_report, run_c
 async def make_merchants(mesh: Any, count: int) -> list[KeyFile]:
     """The run's merchants, each with a key of every merchant scope: made as `paymesh merchants create` makes them."""
     pepper = load_pepper(mesh.env, mesh.data_dir)
-    nc = await jetstream.connect(mesh.nats_url.split(","), "paymesh-chaos")
+    nc = await jetstream.connect(mesh.nats_url.split(","), "paymesh-chaos", credentials=mesh.nats_creds)
     try:
         return [await new_merchant_key(nc, pepper, f"chaos merchant {i + 1}") for i in range(count)]
     finally:
@@ -72,7 +72,7 @@ async def chaos(opts: Options, say: Callable[[str], None]) -> tuple[list[CheckRe
             await asyncio.gather(*followers)  # bounded by give_up_at
             terminal = await driver.wait_until(driver.all_terminal, max(0.0, driver.give_up_at - time.monotonic()))
             settled_after = None if terminal is None else time.monotonic() - faults_stopped
-            nc = await nats.connect(mesh.nats_url, connect_timeout=5)
+            nc = await nats.connect(mesh.nats_url.split(","), connect_timeout=5, **mesh.nats_options())
             try:
                 js = nc.jetstream()
                 if await driver.wait_until(lambda: driver.quiet(js), opts.settle_grace_s) is None:
@@ -80,7 +80,7 @@ async def chaos(opts: Options, say: Callable[[str], None]) -> tuple[list[CheckRe
             finally:
                 await nc.close()
             say("chaos: collecting")
-            dead = await dead_letters(mesh.nats_url)
+            dead = await dead_letters(mesh.nats_url, mesh.nats_options())
             results: list[CheckResult] = []
             observed: list[Observed] = []
             ours = {m.merchant_id for m in merchants}

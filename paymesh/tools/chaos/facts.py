@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import nats
@@ -144,10 +144,11 @@ async def foreign_charges(client: MeshClient, merchants: set[str]) -> list[Charg
     return [charge_fact(c) for c in charges if c.merchant_id not in merchants]
 
 
-async def dead_letters(nats_url: str) -> list[DeadLetterFact]:
+async def dead_letters(nats_url: str, options: dict[str, Any]) -> list[DeadLetterFact]:
+    """`options`: how to sign in (the mesh's operator user, `Mesh.nats_options()`)."""
     from paymesh.ops.dlq import list_dead_letters
 
-    nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=1)
+    nc = await nats.connect(nats_url.split(","), connect_timeout=5, max_reconnect_attempts=1, **options)
     try:
         return [
             DeadLetterFact(d.seq, d.consumer, d.original_subject, d.reason, d.error)

@@ -149,7 +149,7 @@ BAD_INPUT = [
     ("GetProduct", pb.GetProductRequest(sku="a b"), ["sku"]),
     ("ListProducts", pb.ListProductsRequest(page_size=-1), ["page_size"]),
     ("ListProducts", pb.ListProductsRequest(page_token="not a token"), ["page_token"]),
-    ("ListProducts", pb.ListProductsRequest(page_token=_token(b'{"before": 1}')), ["page_token"]),
+    ("ListProducts", pb.ListProductsRequest(page_token=_token(b'{"after": "a"}')), ["page_token"]),  # the old format
     ("GetReservation", pb.GetReservationRequest(), ["order_id"]),
     ("GetReservation", pb.GetReservationRequest(order_id="o" * 65), ["order_id"]),
 ]

@@ -105,10 +105,11 @@ async def test_list_products_shows_only_the_callers_own(rig: Rig) -> None:
         assert [(p.merchant_id, p.sku) for p in await listed(rig, A, page_size)] == [(A, "a"), (A, "b"), (A, "c")]
         assert [(p.merchant_id, p.sku, p.available) for p in await listed(rig, B, page_size)] == [
             (B, "b", 2), (B, "z", 2)]
-    # A page token says where a page starts, not whose: used by B, it pages B's own products.
+    # A page token is its merchant's: the one A was given is refused when B sends it.
     first = await rig.stub.ListProducts(pb.ListProductsRequest(page_size=1))
-    after_a = await rig.stubs[B].ListProducts(pb.ListProductsRequest(page_size=5, page_token=first.next_page_token))
-    assert [(p.merchant_id, p.sku) for p in after_a.products] == [(B, "b"), (B, "z")]
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await rig.stubs[B].ListProducts(pb.ListProductsRequest(page_size=5, page_token=first.next_page_token))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "page_token" in (refused.value.details() or "")
 
 
 async def test_one_request_id_used_by_two_merchants_gives_two_independent_results(rig: Rig) -> None:

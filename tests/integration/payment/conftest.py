@@ -237,8 +237,11 @@ async def running(nats: NatsServer, settings: RigSettings, gateway: GatewayServe
     """A started payment_svc and the clients a test drives it with; stopped at the end. The merchants' keys
     are made before the start, so the service loads them with the rest of the bucket."""
     keys = {merchant: await key_for(nats.url, merchant) for merchant in (MERCHANT_A, MERCHANT_B)}
-    host = await start_host(settings)
     nc = await jetstream.connect([nats.url], "payment-test")
+    # The streams order_svc and inventory_svc would own; payment_svc's consumers bind to them.
+    await jetstream.ensure_stream(nc.jetstream(), "ORDER", ["order.>"])
+    await jetstream.ensure_stream(nc.jetstream(), "INVENTORY", ["inventory.>"])
+    host = await start_host(settings)
     channels = {m: grpc.aio.insecure_channel(settings.grpc_addr, interceptors=bearer(k)) for m, k in keys.items()}
     stub = payment_service_pb2_grpc.PaymentServiceStub(channels[MERCHANT_A])
     rig = Rig(settings, host, gateway, nc, channels, stub)

@@ -6,6 +6,7 @@ import pytest
 
 from inventory_svc import validate
 from paymesh.chassis.errors import InvalidArgument
+from paymesh.chassis.page_tokens import PageTokens
 from paymesh.inventory.v1 import inventory_service_pb2 as pb
 
 pytestmark = pytest.mark.timeout(5)
@@ -24,11 +25,16 @@ def test_valid_requests_become_commands() -> None:
 
 
 def test_a_page_token_names_where_the_next_page_starts() -> None:
-    assert validate.list_products(pb.ListProductsRequest()) == validate.ProductQuery(50, None)
-    token = validate.ProductQuery.next_token("mug")
-    assert validate.list_products(pb.ListProductsRequest(page_size=2, page_token=token)) == (
-        validate.ProductQuery(2, "mug")
-    )
+    pages = PageTokens(b"k" * 32)
+    first = validate.list_products(pb.ListProductsRequest(), pages, "mer_a")
+    assert (first.page_size, first.after) == (50, None)
+    token = first.next_token("mug")
+    following = validate.list_products(pb.ListProductsRequest(page_size=2, page_token=token), pages, "mer_a")
+    assert (following.page_size, following.after) == (2, "mug")
+    # Another merchant's token is no token of this one's.
+    with pytest.raises(InvalidArgument) as refused:
+        validate.list_products(pb.ListProductsRequest(page_token=token), pages, "mer_b")
+    assert [field for field, _ in refused.value.violations] == ["page_token"]
 
 
 def test_every_violation_is_refused_at_once() -> None:
