@@ -24,8 +24,10 @@ RUN pip install . && rm -rf /src
 
 USER paymesh
 WORKDIR /home/paymesh
-# Nothing is written here when the stores are on PostgreSQL, as in docker-compose.yml.
+# Nothing is written here when the stores are on PostgreSQL, as in docker-compose.yml, but the TLS files
+# (its `tls` volume, mounted here, takes this directory's owner: the service user).
 ENV PAYMESH_DATA_DIR=/home/paymesh/data
+RUN mkdir -p /home/paymesh/data/tls
 
 # Health: `python -m paymesh.ops.healthcheck ADDR` (exit 0 when SERVING); each service's port is
 # its own, so docker-compose.yml sets the check per service.

@@ -241,6 +241,7 @@ def run_bench(args: argparse.Namespace) -> int:
         warmup_s=args.warmup,
         gateway_latency_ms=args.gateway_latency_ms,
         json_out=args.json,
+        tls=args.tls,
     )
     return bench_main(opts, args.data_dir)
 
@@ -264,6 +265,7 @@ def add_bench(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--gateway-latency-ms", type=int, default=0, help="the bank's latency (default 0)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--data-dir", metavar="DIR", help="keep the mesh's data here instead of a temp dir")
+    parser.add_argument("--tls", action="store_true", help="the mesh serves gRPC over TLS only, as `paymesh up --tls`")
     parser.set_defaults(handler=run_bench)
 
 

@@ -195,3 +195,22 @@ def ensure_mesh_tls(data_dir: Path, listen_hosts: Mapping[str, str]) -> MeshTls:
     if not leaf_is_current(tools, ca, tool_names):
         issue(tools, TOOLS_NAME, tool_names, False, ca, ca_key)
     return MeshTls(ca=ca_pair.cert, services=services, tools=tools)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m paymesh.ops.tls --data-dir DIR`: the mesh's CA and certificates under DIR/tls, for a deployment
+    whose services do not run under `paymesh up` (docker-compose's tls-setup job); each service's certificate
+    names loopback and its own host names (`order-svc`, ...)."""
+    import argparse
+
+    from paymesh.ops.services import NAMES
+
+    parser = argparse.ArgumentParser(prog="python -m paymesh.ops.tls", description=main.__doc__)
+    parser.add_argument("--data-dir", required=True, help="the certificates go to DATA_DIR/tls")
+    made = ensure_mesh_tls(Path(parser.parse_args(argv).data_dir), dict.fromkeys(NAMES, ""))
+    print(f"CA {made.ca}; certificates of {', '.join(sorted(made.services))} and {TOOLS_NAME}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -45,6 +45,7 @@ class Options:
     warmup_s: float = 5.0
     gateway_latency_ms: int = 0
     json_out: bool = False
+    tls: bool = False  # the mesh serves gRPC over TLS only (a local CA, as `paymesh up --tls`)
 
 
 @dataclass
@@ -331,7 +332,7 @@ async def bench(opts: Options, data_dir: Path | None) -> dict[str, Any]:
             from paymesh.ops.natsserver import free_port
 
             env["PAYMESH_NATS_PORT"] = str(free_port())
-        mesh = Mesh(env, (data_dir or Path(tmp)).resolve(), out=out, err=out)
+        mesh = Mesh(env, (data_dir or Path(tmp)).resolve(), out=out, err=out, tls=opts.tls)
         await mesh.start()
         try:
             pids = {name: child.process.pid for name, child in mesh.children.items()}

@@ -236,6 +236,11 @@ def env_vars_config_reads() -> set[str]:
                     and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str)):
                 constants[stmt.targets[0].id] = stmt.value.value
     for node in (n for tree in trees for n in ast.walk(tree)):
+        # A variable name made first and read later (`cert_var = f"{env_prefix}_TLS_CERT"`).
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Tuple):
+            for element in node.value.elts:
+                if isinstance(element, ast.JoinedStr):
+                    add(element)
         if not isinstance(node, ast.Call):
             continue
         func = node.func
@@ -252,6 +257,8 @@ def env_vars_config_reads() -> set[str]:
 
 # The one-shot job that makes the shared streams as the operator before the services start.
 NATS_SETUP_MODULE = "paymesh.ops.nats_setup"
+# The one-shot job that makes the mesh's CA and certificates (as `paymesh up --tls`) before the services start.
+TLS_SETUP_MODULE = "paymesh.ops.tls"
 
 
 @dataclass(frozen=True)
@@ -262,6 +269,7 @@ class Stack:
     nats: list[str]
     postgres: list[str]
     setup: list[str]  # the services running NATS_SETUP_MODULE
+    tls_setup: list[str]  # the services running TLS_SETUP_MODULE
 
 
 @pytest.fixture(scope="module")
@@ -272,21 +280,25 @@ def stack() -> Stack:
     built_images = {svc.get("image") for svc in services.values() if "build" in svc}
     paymesh: dict[str, str] = {}
     setup: list[str] = []
+    tls_setup: list[str] = []
     for name, svc in services.items():
         if "build" in svc or (svc.get("image") and svc.get("image") in built_images):
             module = module_of(argv_of(svc, image))
             if module == NATS_SETUP_MODULE:
                 setup.append(name)
                 continue
+            if module == TLS_SETUP_MODULE:
+                tls_setup.append(name)
+                continue
             assert module in mesh.NAMES, (
                 f"docker-compose.yml: {name} runs the paymesh image with `{' '.join(argv_of(svc, image))}`; "
                 f"its command should name one of {sorted(mesh.NAMES)} (run as `python -m <service>`) "
-                f"or {NATS_SETUP_MODULE}"
+                f"or {NATS_SETUP_MODULE} or {TLS_SETUP_MODULE}"
             )
             paymesh[name] = module
     nats = sorted(n for n, s in services.items() if str(s.get("image", "")).startswith("nats:"))
     postgres = sorted(n for n, s in services.items() if str(s.get("image", "")).startswith("postgres:"))
-    return Stack(services, image, paymesh, nats, postgres, sorted(setup))
+    return Stack(services, image, paymesh, nats, postgres, sorted(setup), sorted(tls_setup))
 
 
 def _nats_config(stack: Stack, node: str) -> tuple[Path, dict[str, Any]]:
@@ -440,7 +452,7 @@ def test_services_wait_for_healthy_nats_and_postgres(stack: Stack) -> None:
         for dep, spec in depends.items():
             assert dep in stack.services, f"docker-compose.yml: {name} depends on {dep}, which is not a service"
             # The setup job is waited for until it has made the shared streams and exited.
-            wanted = "service_completed_successfully" if dep in stack.setup else "service_healthy"
+            wanted = "service_completed_successfully" if dep in stack.setup + stack.tls_setup else "service_healthy"
             assert (spec or {}).get("condition") == wanted, (
                 f"docker-compose.yml: {name} -> {dep}: use condition: {wanted}")
         assert set(stack.setup) <= set(depends), (
@@ -675,3 +687,27 @@ def test_the_setup_job_makes_the_shared_streams_on_the_cluster_and_exits(stack: 
     assert set(env) <= {"PAYMESH_NATS_URL", "PAYMESH_STREAM_REPLICAS", OPERATOR_CREDS_ENV}, (
         f"docker-compose.yml: {name} sets {sorted(env)}; {NATS_SETUP_MODULE} reads no other"
     )
+
+
+def test_every_service_serves_tls_with_the_certificates_the_setup_job_makes(stack: Stack) -> None:
+    """As `paymesh up --tls`: each service's own certificate and key and the mesh's CA, from the volume the
+    tls-setup job writes once (`python -m paymesh.ops.tls --data-dir D` writes D/tls), waited for."""
+    (job,) = stack.tls_setup
+    argv = argv_of(stack.services[job], stack.image)
+    data_dir = argv[argv.index("--data-dir") + 1]
+    written = {dst: src for src, dst in volumes_of(stack.services[job])}
+    assert f"{data_dir}/tls" in written, f"docker-compose.yml: {job} should mount a volume at {data_dir}/tls"
+    volume = written[f"{data_dir}/tls"]
+    assert volume in (load_compose().get("volumes") or {}), f"docker-compose.yml: {volume} should be a named volume"
+    assert stack.services[job].get("restart") in (None, "no", "on-failure"), f"{job} must exit, not restart"
+    for name, module in stack.paymesh.items():
+        svc = stack.services[name]
+        env = env_of(svc)
+        prefix = mesh.spec(module).env_prefix
+        mounts = {src: dst for src, dst in volumes_of(svc)}
+        assert mounts.get(volume) == f"{data_dir}/tls", f"docker-compose.yml: {name} should mount {volume} read-only"
+        assert env.get(f"{prefix}_TLS_CERT") == f"{data_dir}/tls/{module}.pem", f"{name}: {prefix}_TLS_CERT"
+        assert env.get(f"{prefix}_TLS_KEY") == f"{data_dir}/tls/{module}.key", f"{name}: {prefix}_TLS_KEY"
+        assert env.get("PAYMESH_TLS_CA") == f"{data_dir}/tls/ca.pem", f"{name}: PAYMESH_TLS_CA"
+        condition = ((svc.get("depends_on") or {}).get(job) or {}).get("condition")
+        assert condition == "service_completed_successfully", f"docker-compose.yml: {name} should wait for {job}"
