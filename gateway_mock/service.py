@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from gateway_mock.api import GatewayApi
 from gateway_mock.store import GatewayRepository, metadata
 from paymesh.chassis.auth import ApiKey, Scope
-from paymesh.chassis.auth.keys import PLATFORM_PREFIX, TrustedKey, looks_like_key
+from paymesh.chassis.auth.keys import PLATFORM_PREFIX, TrustedKey, is_platform_key
 from paymesh.chassis.config import ConfigError
 from paymesh.chassis.service import GrpcService, Runtime, Wiring
 from paymesh.chassis.spec import ServiceSpec
@@ -32,7 +32,7 @@ class GatewaySettings:
         if not raw:
             raise ConfigError(f"{PLATFORM_KEY_ENV} is not set: the bank admits paymesh by its platform key "
                               f"({PLATFORM_PREFIX}...); `paymesh up` makes one and gives it to both sides")
-        if not (looks_like_key(raw) and raw.startswith(PLATFORM_PREFIX)):
+        if not is_platform_key(raw):
             raise ConfigError(f"{PLATFORM_KEY_ENV} is not a platform key (they start {PLATFORM_PREFIX}); "
                               "`paymesh up` makes one and gives it to both sides")
         return cls(platform_key=ApiKey(raw))

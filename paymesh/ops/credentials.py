@@ -19,7 +19,7 @@ from typing import Any
 from nats.aio.client import Client as NATS
 
 from paymesh.chassis.auth import MERCHANT_SCOPES, ApiKey, KeyStore, Pepper, Scope
-from paymesh.chassis.auth.keys import PLATFORM_MERCHANT, PLATFORM_PREFIX, check, looks_like_key, new_platform_key
+from paymesh.chassis.auth.keys import PLATFORM_MERCHANT, PLATFORM_PREFIX, check, is_platform_key, new_platform_key
 from paymesh.chassis.auth.merchants import MerchantNotFound, MerchantStore
 from paymesh.chassis.auth.registry import utc_now
 from paymesh.chassis.auth.store import KeyNotFound
@@ -82,7 +82,7 @@ def write_private(path: Path, text: str) -> None:
 def platform_key(env: Mapping[str, str], data_dir: Path) -> ApiKey:
     """The bank's key for paymesh: PAYMESH_PLATFORM_KEY, else the data dir's file, made on first use."""
     if named := env.get(PLATFORM_KEY_ENV):
-        if not (looks_like_key(named) and named.startswith(PLATFORM_PREFIX)):
+        if not is_platform_key(named):
             raise ConfigError(f"{PLATFORM_KEY_ENV} is not a platform key (they start {PLATFORM_PREFIX}); "
                               "unset it and `paymesh up` makes one")
         return ApiKey(named)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import descriptor_pool
+from google.protobuf import descriptor_pool, message_factory
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -126,24 +126,40 @@ async def merchant_key(
     return made.merchant_id, made.api_key
 
 
+async def call_empty(addr: str, tls: Any, path: str, key: Any, timeout: float = 5.0) -> RpcError | None:
+    """The method at `path` called with an empty request of its input type, with `key` (the key check comes
+    before the request is read); its refusal, or None when it answered."""
+    full_name, method_name = path.strip("/").split("/")
+    method = descriptor_pool.Default().FindServiceByName(full_name).methods_by_name[method_name]
+    request = message_factory.GetMessageClass(method.input_type)()
+    async with channel(addr, tls, interceptors=bearer(key)) as probe:
+        try:
+            if method.server_streaming:
+                stream = probe.unary_stream(path, request_serializer=lambda m: m.SerializeToString(),
+                                            response_deserializer=lambda raw: raw)
+                async for _ in stream(request, timeout=timeout):
+                    break
+            else:
+                unary = probe.unary_unary(path, request_serializer=lambda m: m.SerializeToString(),
+                                          response_deserializer=lambda raw: raw)
+                await unary(request, timeout=timeout)
+        except grpc.aio.AioRpcError as err:
+            return RpcError.of(err)
+    return None
+
+
 async def known_everywhere(mesh: Mesh, secret: ApiKey, timeout: float = 5.0) -> None:
     """Until no replica of any service answers API_KEY_INVALID for the key: the key check comes before a
     method reads its request, so an empty request to each service's first method is the probe."""
     for full_name, service in SERVICE_OF.items():
-        method = descriptor_pool.Default().FindServiceByName(full_name).methods[0].name
+        path = f"/{full_name}/{descriptor_pool.Default().FindServiceByName(full_name).methods[0].name}"
         for addr in mesh.addrs(service):
-            async with channel(addr, mesh.client_tls, interceptors=bearer(secret)) as probe:
-                call = probe.unary_unary(f"/{full_name}/{method}", request_serializer=lambda _: b"",
-                                           response_deserializer=lambda raw: raw)
 
-                async def knows(call: Any = call) -> bool:
-                    try:
-                        await call(None, timeout=2)
-                    except grpc.aio.AioRpcError as err:
-                        return RpcError.of(err).reason != "API_KEY_INVALID"
-                    return True
+            async def knows(addr: str = addr, path: str = path) -> bool:
+                err = await call_empty(addr, mesh.client_tls, path, secret, timeout=2)
+                return err is None or err.reason != "API_KEY_INVALID"
 
-                await eventually(knows, bool, timeout, f"the new key known by {service} at {addr}")
+            await eventually(knows, bool, timeout, f"the new key known by {service} at {addr}")
 
 
 class Clients:

@@ -7,13 +7,10 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import descriptor_pool, message_factory
 
 from paymesh.chassis.auth import MERCHANT_SCOPES, Scope, scopes_of
-from paymesh.chassis.auth.bearer import bearer
-from paymesh.chassis.tls import channel as tls_channel
 from paymesh.ops.launcher import Mesh
-from tests.e2e.harness import RpcError, merchant_key
+from tests.e2e.harness import RpcError, call_empty, merchant_key
 from tests.served import SERVED, SERVICE_OF
 
 pytestmark = pytest.mark.timeout(120)
@@ -29,24 +26,7 @@ def matrix() -> list[tuple[str, str, Scope]]:
 
 
 async def call(mesh: Mesh, service: str, path: str, key: Any) -> RpcError | None:
-    """The method called with an empty request of its input type (the key check comes first)."""
-    full_name, method_name = path.strip("/").split("/")
-    method = descriptor_pool.Default().FindServiceByName(full_name).methods_by_name[method_name]
-    request = message_factory.GetMessageClass(method.input_type)()
-    async with tls_channel(mesh.addr(service), mesh.client_tls, interceptors=bearer(key)) as channel:
-        try:
-            if method.server_streaming:
-                stream = channel.unary_stream(path, request_serializer=lambda m: m.SerializeToString(),
-                                              response_deserializer=lambda raw: raw)
-                async for _ in stream(request, timeout=5):
-                    break
-            else:
-                unary = channel.unary_unary(path, request_serializer=lambda m: m.SerializeToString(),
-                                            response_deserializer=lambda raw: raw)
-                await unary(request, timeout=5)
-        except grpc.aio.AioRpcError as err:
-            return RpcError.of(err)
-    return None
+    return await call_empty(mesh.addr(service), mesh.client_tls, path, key)
 
 
 async def test_every_rpc_refuses_a_call_without_a_key(mesh: Mesh) -> None:

@@ -36,15 +36,19 @@ def reason(err: grpc.aio.AioRpcError) -> str:
     return info.reason
 
 
-async def get_order(addr: str, key: str | None) -> grpc.StatusCode:
-    """GetOrder of an unknown id: NOT_FOUND once admitted, else the refusal's code."""
+async def get_order_refused(addr: str, key: str | None) -> grpc.aio.AioRpcError:
+    """The refusal of GetOrder of an unknown id: NOT_FOUND once admitted, else the key check's."""
     async with grpc.aio.insecure_channel(addr, interceptors=bearer(key)) as channel:
         try:
             await order_service_pb2_grpc.OrderServiceStub(channel).GetOrder(
                 order_service_pb2.GetOrderRequest(order_id="o-none"), timeout=5)
         except grpc.aio.AioRpcError as err:
-            return err.code()
+            return err
     raise AssertionError("GetOrder of an unknown order answered")
+
+
+async def get_order(addr: str, key: str | None) -> grpc.StatusCode:
+    return (await get_order_refused(addr, key)).code()
 
 
 @sqlite_only
@@ -145,13 +149,8 @@ async def test_a_restarted_host_knows_every_key_and_an_expired_one_is_refused(
 
 
 async def _refused(addr: str, key: str, expected: str) -> bool:
-    async with grpc.aio.insecure_channel(addr, interceptors=bearer(key)) as channel:
-        try:
-            await order_service_pb2_grpc.OrderServiceStub(channel).GetOrder(
-                order_service_pb2.GetOrderRequest(order_id="o-none"), timeout=5)
-        except grpc.aio.AioRpcError as err:
-            return err.code() == grpc.StatusCode.UNAUTHENTICATED and reason(err) == expected
-    return False
+    err = await get_order_refused(addr, key)
+    return err.code() == grpc.StatusCode.UNAUTHENTICATED and reason(err) == expected
 
 
 @sqlite_only

@@ -44,10 +44,10 @@ class _Stream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg] 
 def bearer(api_key: str | ApiKey | None) -> list[Any]:  # grpc-stubs leaves ClientInterceptor a placeholder
     """Interceptors for `grpc.aio.*_channel(..., interceptors=bearer(key))`; none for no key (the call then
     meets API_KEY_MISSING, which says what to do)."""
-    if api_key is None or api_key == "":
+    metadata = key_metadata(api_key)
+    if not metadata:
         return []
-    secret = api_key.reveal() if isinstance(api_key, ApiKey) else api_key
-    value = f"Bearer {secret}"
+    ((_, value),) = metadata
     return [_Unary(value), _Stream(value)]
 
 

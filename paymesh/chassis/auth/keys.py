@@ -101,6 +101,11 @@ def looks_like_key(secret: str) -> bool:
     return len(secret) == SECRET_LENGTH and secret.startswith(KEY_PREFIXES)
 
 
+def is_platform_key(secret: str) -> bool:
+    """Whether a setting holds a platform key (`pl_mesh_` and its random part), as `new_platform_key` makes."""
+    return looks_like_key(secret) and secret.startswith(PLATFORM_PREFIX)
+
+
 def _time(value: datetime | None) -> str | None:
     return None if value is None else value.astimezone(UTC).isoformat()
 
