@@ -85,7 +85,15 @@ class Cancelled:
     timed_out: bool
 
 
-Event = Placed | Confirmed | Cancelled
+@dataclass(frozen=True)
+class StatusChanged:
+    """The order entered a status its merchant is told about (one of SETTLED): webhook_svc's source."""
+
+    order_id: str
+    status: OrderStatus
+
+
+Event = Placed | Confirmed | Cancelled | StatusChanged
 
 
 def new_order_id() -> str:
@@ -270,6 +278,8 @@ class Order:
     def _move(self, status: OrderStatus, now: datetime) -> None:
         self.status = status
         self._touch(now)
+        if status in SETTLED:
+            self.events.append(StatusChanged(self.order_id, status))
 
     def _touch(self, now: datetime) -> None:
         self.update_time = max(now, self.update_time)

@@ -6,7 +6,7 @@ from typing import cast
 
 from google.protobuf.message import Message
 
-from order_svc.domain import Cancelled, Confirmed, Event, Line, Order, OrderStatus, Placed
+from order_svc.domain import Cancelled, Confirmed, Event, Line, Order, OrderStatus, Placed, StatusChanged
 from paymesh.chassis.events import OutboundEvent, new_event_id, subject, to_timestamp
 from paymesh.order.v1 import events_pb2, order_pb2
 
@@ -87,6 +87,15 @@ def outbound(order: Order, event: Event, traceparent: str | None) -> OutboundEve
                 merchant_id=order.merchant_id,
                 reason=event.reason,
                 timed_out=event.timed_out,
+            )
+        case StatusChanged():
+            name = "status_changed"
+            message = events_pb2.OrderStatusChanged(
+                event_id=new_event_id(),
+                order_id=order.order_id,
+                occurred_at=now,
+                merchant_id=order.merchant_id,
+                order=order_to_proto(order),
             )
         case _:
             raise TypeError(f"no wire form for {event!r}")

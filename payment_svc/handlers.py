@@ -104,7 +104,7 @@ class SagaHandlers:
                 case _:
                     raise TypeError(f"payment_svc-order does not consume {type(event.message).__name__}")
             payments[key] = payment
-            out.extend(outbound(e, event.traceparent) for e in payment.pull_events())
+            out.extend(outbound(payment, e, event.traceparent) for e in payment.pull_events())
         await self.ledger.record(uow, payments.values(), out, now)
 
     def _place(self, merchant_id: str, placed: order_events.OrderPlaced, now: datetime) -> Payment:
@@ -194,7 +194,7 @@ class SagaHandlers:
             except InvalidTransition as exc:
                 log.info("inventory.reserved for %s: %s; ignored", event.order_id, exc)
                 continue
-            out.extend(outbound(e, event.traceparent) for e in payment.pull_events())
+            out.extend(outbound(payment, e, event.traceparent) for e in payment.pull_events())
         await self.ledger.record(uow, payments.values(), out, now)
 
     def _settle(self, payment: Payment, outcome: Outcome, now: datetime, deliveries: int) -> None:

@@ -25,9 +25,10 @@ class _Common(TypedDict):
     merchant_id: str
 
 
-def outbound(event: domain.DomainEvent, cause_traceparent: str | None) -> OutboundEvent:
-    """The event as it goes on the PAYMENT stream, in the trace of the event or call that caused it; its
-    merchant in the payload and (OutboundEvent.of) the Paymesh-Merchant header."""
+def outbound(payment: Payment, event: domain.DomainEvent, cause_traceparent: str | None) -> OutboundEvent:
+    """The event of `payment` as it goes on the PAYMENT stream, in the trace of the event or call that caused
+    it; its merchant in the payload and (OutboundEvent.of) the Paymesh-Merchant header. The refund answers
+    carry the payment as it stands after them (what webhook_svc tells the merchant)."""
     common = _Common(
         event_id=new_event_id(), order_id=event.order_id, occurred_at=now_timestamp(), merchant_id=event.merchant_id
     )
@@ -57,6 +58,7 @@ def outbound(event: domain.DomainEvent, cause_traceparent: str | None) -> Outbou
                 currency=event.currency,
                 refunded_minor=event.refunded_minor,
                 cause=cause_of(event.answers_cancel),
+                payment=payment_to_proto(payment),
             )
         case domain.Voided():
             name = "voided"
@@ -69,6 +71,7 @@ def outbound(event: domain.DomainEvent, cause_traceparent: str | None) -> Outbou
                 failure_code=event.failure_code,
                 reason=event.reason,
                 cause=cause_of(event.answers_cancel),
+                payment=payment_to_proto(payment),
             )
         case _:
             assert_never(event)

@@ -136,7 +136,7 @@ class Refunder:
                     payment.refund_refused(r, outcome.code, outcome.detail)
             except InvalidTransition:
                 return None
-            events = [outbound(e, None) for e in payment.pull_events()]
+            events = [outbound(payment, e, None) for e in payment.pull_events()]
             await self.ledger.record(uow, [payment], events, now)
             approved = outcome.kind is Kind.APPROVED
             await self.repository.finish_refund(

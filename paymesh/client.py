@@ -48,6 +48,7 @@ from paymesh.inventory.v1 import inventory_pb2, inventory_service_pb2, inventory
 from paymesh.ops.addresses import dial_addr
 from paymesh.order.v1 import order_pb2, order_service_pb2, order_service_pb2_grpc
 from paymesh.payment.v1 import payment_pb2, payment_service_pb2, payment_service_pb2_grpc
+from paymesh.webhook.v1 import webhook_service_pb2_grpc
 
 T = TypeVar("T")
 Req = TypeVar("Req", contravariant=True)
@@ -62,7 +63,7 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_reconnect_backoff_ms", 500),
 )
 # The services the client speaks to (paymesh.ops.services names them all), as its `order`, `inventory`, ... .
-SERVICES = ("order_svc", "inventory_svc", "payment_svc", "gateway_mock")
+SERVICES = ("order_svc", "inventory_svc", "payment_svc", "gateway_mock", "webhook_svc")
 Line = order_pb2.LineItem | tuple[str, int, int]  # (sku, quantity, unit price in minor units)
 
 
@@ -148,7 +149,7 @@ class OrderWatch:
 
 
 class MeshClient:
-    """The four services of one mesh over gRPC, one channel each (`async with`, or `close()`).
+    """The services of one mesh over gRPC, one channel each (`async with`, or `close()`).
 
     Each address is where the service listens (`<SVC>_GRPC_ADDR`); a wildcard host is dialled on loopback."""
 
@@ -159,6 +160,7 @@ class MeshClient:
         inventory: str,
         payment: str,
         gateway: str,
+        webhook: str | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         watch_timeout_s: float = DEFAULT_WATCH_TIMEOUT_S,
         retry: Retry | None = None,
@@ -168,11 +170,13 @@ class MeshClient:
         tls: ClientTls | None = None,
     ) -> None:
         self.addrs = {"order": order, "inventory": inventory, "payment": payment, "gateway": gateway}
+        if webhook is not None:  # a mesh before webhook_svc, or a client of the saga alone, may leave it out
+            self.addrs["webhook"] = webhook
         self.timeout_s = timeout_s
         self.watch_timeout_s = watch_timeout_s
         self.retry = retry or Retry()
         # The merchant's key on its three services; the bank knows paymesh by the platform key.
-        keys = {"order": api_key, "inventory": api_key, "payment": api_key, "gateway": platform_key}
+        keys = {"order": api_key, "inventory": api_key, "payment": api_key, "webhook": api_key, "gateway": platform_key}
         self.channels = {
             role: tls_channel(dial_addr(addr), tls, options=CHANNEL_OPTIONS)
             for role, addr in self.addrs.items()
@@ -185,6 +189,8 @@ class MeshClient:
         )
         self.payment = keyed(payment_service_pb2_grpc.PaymentServiceStub(self.channels["payment"]), keys["payment"])
         self.gateway = keyed(gateway_service_pb2_grpc.GatewayServiceStub(self.channels["gateway"]), keys["gateway"])
+        self._webhook = (keyed(webhook_service_pb2_grpc.WebhookServiceStub(self.channels["webhook"]), keys["webhook"])
+                         if "webhook" in self.channels else None)
 
     @classmethod
     def from_addrs(cls, addrs: Mapping[str, str], **options: Any) -> MeshClient:
@@ -195,6 +201,7 @@ class MeshClient:
             inventory=addrs["inventory_svc"],
             payment=addrs["payment_svc"],
             gateway=addrs["gateway_mock"],
+            webhook=addrs.get("webhook_svc"),
             **options,
         )
 
@@ -212,6 +219,13 @@ class MeshClient:
         env = os.environ if env is None else env
         keys = MeshCredentials.load(env, data_dir(env)).client_options()
         return cls.from_addrs({name: grpc_addr(spec(name), env) for name in SERVICES}, **(keys | options))
+
+    @property
+    def webhook(self) -> webhook_service_pb2_grpc.WebhookServiceStub:
+        """The WebhookService stub; a client made without webhook_svc's address has none."""
+        if self._webhook is None:
+            raise RuntimeError("this client was made without webhook_svc's address (MeshClient(webhook=...))")
+        return self._webhook
 
     async def close(self) -> None:
         for channel in self.channels.values():

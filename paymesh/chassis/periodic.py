@@ -19,18 +19,22 @@ async def every(
     name: str = "",
 ) -> None:
     """Await `step()`, then wait `interval_s` (or until `wake` is set, or `stop`), and again, until `stop`
-    is set or the task is cancelled. A step that raises is logged and the loop goes on: a sweep that
+    is set or the task is cancelled. A step that returns a number of seconds waits that long instead when it
+    is shorter (work falls due sooner). A step that raises is logged and the loop goes on: a sweep that
     failed once (a database hiccup) is tried again next period, never silently ended."""
     stop = stop or asyncio.Event()
     label = name or getattr(step, "__qualname__", "periodic step")
     while not stop.is_set():
+        wait_s = interval_s
         try:
-            await step()
+            sooner = await step()
+            if isinstance(sooner, int | float) and not isinstance(sooner, bool):
+                wait_s = min(interval_s, max(0.0, float(sooner)))
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("%s failed; next try in %.1fs", label, interval_s)
-        await pause(interval_s, stop, wake)
+        await pause(wait_s, stop, wake)
         if wake is not None:
             wake.clear()  # a wake-up is one early step, not a spin until stopped
 

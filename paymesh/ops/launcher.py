@@ -42,6 +42,7 @@ from paymesh.ops.nats_setup import ensure_shared
 from paymesh.ops.natsserver import NatsCluster, NatsServer, NatsServerError, free_port, port_is_free
 from paymesh.ops.services import NAMES, SPECS, spec
 from paymesh.ops.tls import MeshTls, ensure_mesh_tls
+from webhook_svc.service import ALLOW_PRIVATE_ENV
 
 # gateway_mock first: payment_svc calls it, and nothing calls the others at start.
 START_ORDER = NAMES
@@ -281,6 +282,8 @@ class Mesh:
         err: Callable[[str], None] = warn,
     ) -> None:
         self.env = child_env(env, data_dir)
+        # A mesh on this machine sends webhooks to receivers on it (`paymesh webhooks listen`): loopback allowed.
+        self.env.setdefault(ALLOW_PRIVATE_ENV, "true")
         self.data_dir = data_dir
         self.logs = data_dir / "logs"
         self.start_timeout = start_timeout

@@ -183,6 +183,7 @@ class Clients:
         self.inventory = self.client.inventory
         self.payment = self.client.payment
         self.gateway = self.client.gateway
+        self.webhook = self.client.webhook
 
     def _replica_of(self, service: str) -> int:
         return (self.replica - 1) % self.mesh.replicas.get(service, 1) + 1

@@ -208,9 +208,10 @@ async def test_from_env_reads_each_services_address_with_the_documented_defaults
             "inventory": "127.0.0.1:50052",
             "payment": "127.0.0.1:50053",
             "gateway": "0.0.0.0:41054",
+            "webhook": "127.0.0.1:50055",
         }
     async with MeshClient.from_env({}) as client:
-        assert list(client.addrs.values()) == [f"127.0.0.1:{p}" for p in (50051, 50052, 50053, 50054)]
+        assert list(client.addrs.values()) == [f"127.0.0.1:{p}" for p in (50051, 50052, 50053, 50054, 50055)]
 
 
 MERCHANT_KEY, PLATFORM_KEY, OPERATOR_KEY = "sk_mesh_" + "m" * 43, "pl_mesh_" + "p" * 43, "ok_mesh_" + "o" * 43

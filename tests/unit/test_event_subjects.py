@@ -22,6 +22,8 @@ SUBJECTS = {
     "paymesh.order.v1.OrderPlaced": "order.placed",
     "paymesh.order.v1.OrderConfirmed": "order.confirmed",
     "paymesh.order.v1.OrderCancelled": "order.cancelled",
+    # For webhook_svc only (the merchant's order.<status> webhooks); no saga service consumes it.
+    "paymesh.order.v1.OrderStatusChanged": "order.status_changed",
     "paymesh.inventory.v1.InventoryReserved": "inventory.reserved",
     "paymesh.inventory.v1.InventoryRejected": "inventory.rejected",
     "paymesh.inventory.v1.InventoryCommitted": "inventory.committed",

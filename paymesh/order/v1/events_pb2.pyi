@@ -63,3 +63,17 @@ class OrderCancelled(_message.Message):
     timed_out: bool
     merchant_id: str
     def __init__(self, event_id: _Optional[str] = ..., order_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., timed_out: _Optional[bool] = ..., merchant_id: _Optional[str] = ...) -> None: ...
+
+class OrderStatusChanged(_message.Message):
+    __slots__ = ("event_id", "order_id", "occurred_at", "merchant_id", "order")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    MERCHANT_ID_FIELD_NUMBER: _ClassVar[int]
+    ORDER_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    order_id: str
+    occurred_at: _timestamp_pb2.Timestamp
+    merchant_id: str
+    order: _order_pb2.Order
+    def __init__(self, event_id: _Optional[str] = ..., order_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., merchant_id: _Optional[str] = ..., order: _Optional[_Union[_order_pb2.Order, _Mapping]] = ...) -> None: ...

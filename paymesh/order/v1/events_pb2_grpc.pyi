@@ -3,7 +3,8 @@
 isort:skip_file
 Saga events published by order_svc on the JetStream stream ORDER (subjects order.>).
 
-Subject: order.<event>.<order_id>, where <event> is placed, confirmed or cancelled
+Subject: order.<event>.<order_id>, where <event> is placed, confirmed, cancelled or
+  status_changed
   (e.g. order.placed.<order_id>), so a subscriber can follow one event type
   (order.placed.*) or one order (*.*.<order_id>).
 Payload: the event's message below, binary protobuf.

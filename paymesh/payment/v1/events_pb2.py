@@ -23,23 +23,24 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from paymesh.payment.v1 import payment_pb2 as paymesh_dot_payment_dot_v1_dot_payment__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fpaymesh/payment/v1/events.proto\x12\x12paymesh.payment.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcb\x01\n\x10PaymentSucceeded\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\npayment_id\x18\x04 \x01(\t\x12\x11\n\tcharge_id\x18\x05 \x01(\t\x12\x14\n\x0c\x61mount_minor\x18\x06 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x07 \x01(\t\x12\x13\n\x0bmerchant_id\x18\x08 \x01(\t\"\xb3\x01\n\rPaymentFailed\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\npayment_id\x18\x04 \x01(\t\x12\x14\n\x0c\x66\x61ilure_code\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x13\n\x0bmerchant_id\x18\x07 \x01(\t\"\xf1\x01\n\x0fPaymentRefunded\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\npayment_id\x18\x04 \x01(\t\x12\x14\n\x0c\x61mount_minor\x18\x05 \x01(\x03\x12\x11\n\trefund_id\x18\x06 \x01(\t\x12\x10\n\x08\x63urrency\x18\x07 \x01(\t\x12\x16\n\x0erefunded_minor\x18\x08 \x01(\x03\x12\r\n\x05\x63\x61use\x18\t \x01(\t\x12\x13\n\x0bmerchant_id\x18\n \x01(\t\"\x9c\x01\n\rPaymentVoided\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\npayment_id\x18\x04 \x01(\t\x12\r\n\x05\x63\x61use\x18\x05 \x01(\t\x12\x13\n\x0bmerchant_id\x18\x06 \x01(\t\"\xc8\x01\n\x13PaymentRefundFailed\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\npayment_id\x18\x04 \x01(\t\x12\x14\n\x0c\x66\x61ilure_code\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\r\n\x05\x63\x61use\x18\x07 \x01(\t\x12\x13\n\x0bmerchant_id\x18\x08 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fpaymesh/payment/v1/events.proto\x12\x12paymesh.payment.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a paymesh/payment/v1/payment.proto\"\xcb\x01\n\x10PaymentSucceeded\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\npayment_id\x18\x04 \x01(\t\x12\x11\n\tcharge_id\x18\x05 \x01(\t\x12\x14\n\x0c\x61mount_minor\x18\x06 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x07 \x01(\t\x12\x13\n\x0bmerchant_id\x18\x08 \x01(\t\"\xb3\x01\n\rPaymentFailed\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\npayment_id\x18\x04 \x01(\t\x12\x14\n\x0c\x66\x61ilure_code\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x13\n\x0bmerchant_id\x18\x07 \x01(\t\"\x9f\x02\n\x0fPaymentRefunded\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\npayment_id\x18\x04 \x01(\t\x12\x14\n\x0c\x61mount_minor\x18\x05 \x01(\x03\x12\x11\n\trefund_id\x18\x06 \x01(\t\x12\x10\n\x08\x63urrency\x18\x07 \x01(\t\x12\x16\n\x0erefunded_minor\x18\x08 \x01(\x03\x12\r\n\x05\x63\x61use\x18\t \x01(\t\x12\x13\n\x0bmerchant_id\x18\n \x01(\t\x12,\n\x07payment\x18\x0b \x01(\x0b\x32\x1b.paymesh.payment.v1.Payment\"\x9c\x01\n\rPaymentVoided\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\npayment_id\x18\x04 \x01(\t\x12\r\n\x05\x63\x61use\x18\x05 \x01(\t\x12\x13\n\x0bmerchant_id\x18\x06 \x01(\t\"\xf6\x01\n\x13PaymentRefundFailed\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\npayment_id\x18\x04 \x01(\t\x12\x14\n\x0c\x66\x61ilure_code\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\r\n\x05\x63\x61use\x18\x07 \x01(\t\x12\x13\n\x0bmerchant_id\x18\x08 \x01(\t\x12,\n\x07payment\x18\t \x01(\x0b\x32\x1b.paymesh.payment.v1.Paymentb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'paymesh.payment.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PAYMENTSUCCEEDED']._serialized_start=89
-  _globals['_PAYMENTSUCCEEDED']._serialized_end=292
-  _globals['_PAYMENTFAILED']._serialized_start=295
-  _globals['_PAYMENTFAILED']._serialized_end=474
-  _globals['_PAYMENTREFUNDED']._serialized_start=477
-  _globals['_PAYMENTREFUNDED']._serialized_end=718
-  _globals['_PAYMENTVOIDED']._serialized_start=721
-  _globals['_PAYMENTVOIDED']._serialized_end=877
-  _globals['_PAYMENTREFUNDFAILED']._serialized_start=880
-  _globals['_PAYMENTREFUNDFAILED']._serialized_end=1080
+  _globals['_PAYMENTSUCCEEDED']._serialized_start=123
+  _globals['_PAYMENTSUCCEEDED']._serialized_end=326
+  _globals['_PAYMENTFAILED']._serialized_start=329
+  _globals['_PAYMENTFAILED']._serialized_end=508
+  _globals['_PAYMENTREFUNDED']._serialized_start=511
+  _globals['_PAYMENTREFUNDED']._serialized_end=798
+  _globals['_PAYMENTVOIDED']._serialized_start=801
+  _globals['_PAYMENTVOIDED']._serialized_end=957
+  _globals['_PAYMENTREFUNDFAILED']._serialized_start=960
+  _globals['_PAYMENTREFUNDFAILED']._serialized_end=1206
 # @@protoc_insertion_point(module_scope)

@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from paymesh.payment.v1 import payment_pb2 as _payment_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Mapping as _Mapping
@@ -47,7 +48,7 @@ class PaymentFailed(_message.Message):
     def __init__(self, event_id: _Optional[str] = ..., order_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., payment_id: _Optional[str] = ..., failure_code: _Optional[str] = ..., reason: _Optional[str] = ..., merchant_id: _Optional[str] = ...) -> None: ...
 
 class PaymentRefunded(_message.Message):
-    __slots__ = ("event_id", "order_id", "occurred_at", "payment_id", "amount_minor", "refund_id", "currency", "refunded_minor", "cause", "merchant_id")
+    __slots__ = ("event_id", "order_id", "occurred_at", "payment_id", "amount_minor", "refund_id", "currency", "refunded_minor", "cause", "merchant_id", "payment")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +59,7 @@ class PaymentRefunded(_message.Message):
     REFUNDED_MINOR_FIELD_NUMBER: _ClassVar[int]
     CAUSE_FIELD_NUMBER: _ClassVar[int]
     MERCHANT_ID_FIELD_NUMBER: _ClassVar[int]
+    PAYMENT_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     order_id: str
     occurred_at: _timestamp_pb2.Timestamp
@@ -68,7 +70,8 @@ class PaymentRefunded(_message.Message):
     refunded_minor: int
     cause: str
     merchant_id: str
-    def __init__(self, event_id: _Optional[str] = ..., order_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., payment_id: _Optional[str] = ..., amount_minor: _Optional[int] = ..., refund_id: _Optional[str] = ..., currency: _Optional[str] = ..., refunded_minor: _Optional[int] = ..., cause: _Optional[str] = ..., merchant_id: _Optional[str] = ...) -> None: ...
+    payment: _payment_pb2.Payment
+    def __init__(self, event_id: _Optional[str] = ..., order_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., payment_id: _Optional[str] = ..., amount_minor: _Optional[int] = ..., refund_id: _Optional[str] = ..., currency: _Optional[str] = ..., refunded_minor: _Optional[int] = ..., cause: _Optional[str] = ..., merchant_id: _Optional[str] = ..., payment: _Optional[_Union[_payment_pb2.Payment, _Mapping]] = ...) -> None: ...
 
 class PaymentVoided(_message.Message):
     __slots__ = ("event_id", "order_id", "occurred_at", "payment_id", "cause", "merchant_id")
@@ -87,7 +90,7 @@ class PaymentVoided(_message.Message):
     def __init__(self, event_id: _Optional[str] = ..., order_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., payment_id: _Optional[str] = ..., cause: _Optional[str] = ..., merchant_id: _Optional[str] = ...) -> None: ...
 
 class PaymentRefundFailed(_message.Message):
-    __slots__ = ("event_id", "order_id", "occurred_at", "payment_id", "failure_code", "reason", "cause", "merchant_id")
+    __slots__ = ("event_id", "order_id", "occurred_at", "payment_id", "failure_code", "reason", "cause", "merchant_id", "payment")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +99,7 @@ class PaymentRefundFailed(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     CAUSE_FIELD_NUMBER: _ClassVar[int]
     MERCHANT_ID_FIELD_NUMBER: _ClassVar[int]
+    PAYMENT_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     order_id: str
     occurred_at: _timestamp_pb2.Timestamp
@@ -104,4 +108,5 @@ class PaymentRefundFailed(_message.Message):
     reason: str
     cause: str
     merchant_id: str
-    def __init__(self, event_id: _Optional[str] = ..., order_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., payment_id: _Optional[str] = ..., failure_code: _Optional[str] = ..., reason: _Optional[str] = ..., cause: _Optional[str] = ..., merchant_id: _Optional[str] = ...) -> None: ...
+    payment: _payment_pb2.Payment
+    def __init__(self, event_id: _Optional[str] = ..., order_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., payment_id: _Optional[str] = ..., failure_code: _Optional[str] = ..., reason: _Optional[str] = ..., cause: _Optional[str] = ..., merchant_id: _Optional[str] = ..., payment: _Optional[_Union[_payment_pb2.Payment, _Mapping]] = ...) -> None: ...

@@ -134,8 +134,9 @@ class Rig:
                 return False
         return True
 
-    async def published(self, order_id: str) -> list[Published]:
-        """Every event of this order on the ORDER stream, in stream order."""
+    async def published(self, order_id: str, *, merchant_told: bool = False) -> list[Published]:
+        """Every saga event of this order on the ORDER stream, in stream order; `merchant_told`: with the
+        `status_changed` events (webhook_svc's) among them."""
         js = self.nc.jetstream()
         out: list[Published] = []
         seq = 1
@@ -146,14 +147,16 @@ class Rig:
                 return out
             headers = dict(raw.headers or {})
             message = ORDER_TYPES[headers["Paymesh-Type"]].FromString(raw.data)
-            out.append(Published(raw.subject or "", headers, message))
+            if merchant_told or not (raw.subject or "").startswith("order.status_changed."):
+                out.append(Published(raw.subject or "", headers, message))
             seq = raw.seq + 1
 
-    async def published_names(self, order_id: str, count: int) -> list[str]:
-        """The event names (`placed`, ...) once `count` are on the stream: the relay publishes after commit."""
+    async def published_names(self, order_id: str, count: int, *, merchant_told: bool = False) -> list[str]:
+        """The saga's event names (`placed`, ...) once `count` are on the stream: the relay publishes after
+        commit. `status_changed` (the merchant's news, for webhook_svc) is left out unless `merchant_told`."""
 
         async def relayed() -> list[str] | None:
-            names = [p.subject.split(".")[1] for p in await self.published(order_id)]
+            names = [p.subject.split(".")[1] for p in await self.published(order_id, merchant_told=merchant_told)]
             return names if len(names) >= count else None
 
         return await wait_for(relayed, message=f"{count} events of {order_id} relayed")

@@ -18,6 +18,7 @@ from order_svc.domain import (
     Order,
     OrderStatus,
     Placed,
+    StatusChanged,
     TotalOverflow,
     total_of,
 )
@@ -116,14 +117,16 @@ def test_reject_and_payment_failure_record_why() -> None:
     failed = order_in(S.AWAITING_PAYMENT)
     failed.fail_payment("pay_9", "insufficient_funds", LATER)
     assert (failed.failure_reason, failed.payment_id) == ("insufficient_funds", "pay_9")
-    assert failed.pull_events() == []
+    # The saga's own services hear nothing more; the merchant is told (webhook_svc reads StatusChanged).
+    assert rejected.pull_events() == [StatusChanged(rejected.order_id, S.REJECTED)]
+    assert failed.pull_events() == [StatusChanged(failed.order_id, S.PAYMENT_FAILED)]
 
 
 def test_payment_confirms_even_before_the_reservation_and_emits_order_confirmed() -> None:
     order = order_in(S.PENDING)
     order.pay("pay_1", LATER)
     assert (order.status, order.payment_id) == (S.CONFIRMED, "pay_1")
-    assert order.pull_events() == [Confirmed(order.order_id, "pay_1")]
+    assert order.pull_events() == [StatusChanged(order.order_id, S.CONFIRMED), Confirmed(order.order_id, "pay_1")]
     with pytest.raises(InvalidTransition):
         order.reserve(LATER)  # the late reservation is refused (the handler ignores it)
 
@@ -184,7 +187,7 @@ def test_cancelled_only_once_inventory_and_payment_both_answered(inventory_first
     assert first() is False, "a second copy of the same answer is a no-op"
     assert second() is True
     assert order.status == S.CANCELLED
-    assert order.pull_events() == []
+    assert order.pull_events() == [StatusChanged(order.order_id, S.CANCELLED)]
 
 
 def test_a_release_for_a_failed_payment_is_not_the_cancels_answer() -> None:

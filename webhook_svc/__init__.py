@@ -1,0 +1,1 @@
+"""paymesh's webhook_svc."""

@@ -1,0 +1,1 @@
+"""webhook_svc's Alembic history; `paymesh.chassis.migrations` runs it."""

@@ -1,0 +1,1 @@
+"""webhook_svc's revisions, oldest first by their down_revision chain."""
