@@ -1,4 +1,4 @@
-# One image for the four services; the container's command names which one runs:
+# One image for the five services; the container's command names which one runs:
 #   docker run paymesh order_svc        (python -m order_svc)
 #   docker run paymesh paymesh.ops.healthcheck 127.0.0.1:50051
 # docker-compose.yml builds it once and runs two replicas of each service from it.
@@ -20,6 +20,7 @@ COPY order_svc ./order_svc
 COPY inventory_svc ./inventory_svc
 COPY payment_svc ./payment_svc
 COPY gateway_mock ./gateway_mock
+COPY webhook_svc ./webhook_svc
 RUN pip install . && rm -rf /src
 
 USER paymesh
@@ -31,6 +32,6 @@ RUN mkdir -p /home/paymesh/data/tls
 
 # Health: `python -m paymesh.ops.healthcheck ADDR` (exit 0 when SERVING); each service's port is
 # its own, so docker-compose.yml sets the check per service.
-EXPOSE 50051 50052 50053 50054
+EXPOSE 50051 50052 50053 50054 50055
 ENTRYPOINT ["python", "-m"]
 CMD ["order_svc"]

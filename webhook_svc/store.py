@@ -371,32 +371,27 @@ class WebhookRepository:
         """Up to `limit` deliveries due at `now` and not leased, at most `per_endpoint` of any one endpoint and
         none of the endpoints in `busy`, leased to `owner` until `lease_until`.
 
-        Candidates are read first, then leased by an UPDATE that checks the lease again: of two replicas
-        claiming one row, the second finds it leased (PostgreSQL re-reads the row it waited for; SQLite has
-        one writer) and skips it."""
+        The due rows are read locked, skipping rows another replica's claim holds (PostgreSQL; SQLite has one
+        writer), so two replicas claiming at once take different deliveries; the lease is written before commit.
+        A few times `limit` rows are read, so one endpoint's backlog cannot hide every other endpoint's."""
         d, e, ev = self.t.deliveries, self.t.endpoints, self.t.events
         due = and_(d.c.status == DeliveryStatus.PENDING.value, d.c.next_attempt_time <= now,
                    or_(d.c.lease_until.is_(None), d.c.lease_until < now))
-        skip = sorted(set(busy))
-        ranked = select(
-            d.c.delivery_id,
-            d.c.next_attempt_time,
-            func.row_number().over(partition_by=d.c.endpoint_id, order_by=d.c.next_attempt_time).label("rank"),
-        ).where(due)
-        if skip:
-            ranked = ranked.where(d.c.endpoint_id.not_in(skip))
-        r = ranked.subquery()
-        ids = list((await conn.execute(
-            select(r.c.delivery_id).where(r.c.rank <= per_endpoint).order_by(r.c.next_attempt_time).limit(limit)
-        )).scalars())
-        if not ids:
-            return []
-        leased = list((await conn.execute(
-            update(d).where(d.c.delivery_id.in_(ids), due).values(lease_owner=owner, lease_until=lease_until)
-            .returning(d.c.delivery_id)
-        )).scalars())
+        query = select(d.c.delivery_id, d.c.endpoint_id).where(due)
+        if skip := sorted(set(busy)):
+            query = query.where(d.c.endpoint_id.not_in(skip))
+        rows = await conn.execute(query.order_by(d.c.next_attempt_time).limit(limit * 4)
+                                  .with_for_update(skip_locked=True))
+        taken: dict[str, int] = defaultdict(int)
+        leased: list[str] = []
+        for delivery_id, endpoint_id in rows:
+            if taken[endpoint_id] < per_endpoint and len(leased) < limit:
+                taken[endpoint_id] += 1
+                leased.append(delivery_id)
         if not leased:
             return []
+        await conn.execute(update(d).where(d.c.delivery_id.in_(leased))
+                           .values(lease_owner=owner, lease_until=lease_until))
         deliveries = [_delivery(row) for row in await conn.execute(select(d).where(d.c.delivery_id.in_(leased)))]
         endpoint_ids = sorted({dv.endpoint_id for dv in deliveries})
         endpoints = {row.endpoint_id: _endpoint(row)

@@ -34,9 +34,9 @@ def at_least_one(raw: str) -> int:
 def add_up(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subcommands.add_parser(
         "up",
-        help="run nats-server and the four services locally until Ctrl-C",
+        help="run nats-server and the five services locally until Ctrl-C",
         description=(
-            "Start an embedded nats-server (unless PAYMESH_NATS_URL is set) and the four services, "
+            "Start an embedded nats-server (unless PAYMESH_NATS_URL is set) and the five services, "
             "wait until each reports SERVING, print their addresses, and stop them all on Ctrl-C. "
             "Settings come from the environment (ORDER_SVC_GRPC_ADDR, ..._DB_URL, PAYMESH_NATS_URL, ...). "
             "--replicas, --cluster and --postgres run on one machine what runs across several: "
@@ -106,11 +106,13 @@ def add_demo(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "demo",
         help="place a mix of orders on a mesh, follow them live, and print what each became",
         description=(
-            "Start the mesh as `paymesh up` does (or use the running one named by PAYMESH_NATS_URL and the four "
-            "..._GRPC_ADDR variables, if it answers), add a product, place orders that succeed, are declined, "
+            "Start the mesh as `paymesh up` does (or use the running one named by PAYMESH_NATS_URL and the "
+            "..._GRPC_ADDR variables of its services, if it answers), register a webhook endpoint for a receiver in "
+            "the demo's process, add a product, place orders that succeed, are declined, "
             "run out of stock, meet a flaky gateway or a lost response, and one cancelled after it was confirmed; "
             "print each order's status changes as they happen (WatchOrder), then a summary with the gateway's "
-            "charges and refunds. Exits 0 when every order ended as expected."
+            "charges and refunds and the webhooks each order was sent (verified), and delete the endpoint. Exits 0 "
+            "when every order ended as expected and got its webhooks."
         ),
     )
     parser.add_argument(
@@ -230,6 +232,51 @@ def add_keys(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     parser.set_defaults(handler=run_keys)
 
 
+def run_webhooks(args: argparse.Namespace) -> int:
+    import os
+
+    from paymesh.ops.webhooks_listen import main as listen_main  # imported here so `paymesh --help` does not load gRPC
+
+    return listen_main(os.environ, args.data_dir, args.events, args.port, args.json)
+
+
+def port_number(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, not {value}")
+    return value
+
+
+def add_webhooks(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subcommands.add_parser(
+        "webhooks",
+        help="receive the development merchant's webhooks on this machine, as `stripe listen`",
+        description=(
+            "`paymesh webhooks listen` registers a webhook endpoint for the development merchant (the key "
+            "$PAYMESH_API_KEY names, else the one `paymesh up` keeps in its data dir) at a receiver it serves on "
+            "127.0.0.1, verifies each delivery's signature with the endpoint's secret, prints one line per "
+            "delivery as it arrives (time, type, order, sequence, latency since the event, verified or BAD "
+            "SIGNATURE, which is answered 400), and deletes the endpoint on Ctrl-C or SIGTERM. webhook_svc is "
+            "found at $WEBHOOK_SVC_GRPC_ADDR (default 127.0.0.1:50055); it must allow private URLs, as `paymesh "
+            "up` has it (PAYMESH_WEBHOOK_ALLOW_PRIVATE=true)."
+        ),
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listen = actions.add_parser("listen", help="serve an endpoint locally and print each verified delivery")
+    listen.add_argument("--events", default="*", metavar="T,...",
+                        help="event types to receive, separated by commas (default *: every type)")
+    listen.add_argument("--port", type=port_number, default=0, metavar="N",
+                        help="the local port to serve on (default: any free one, printed)")
+    listen.add_argument("--json", action="store_true", help="print one JSON object per line")
+    listen.add_argument("--data-dir", metavar="DIR",
+                        help="the data dir of `paymesh up`: the development merchant's key (default: "
+                             "$PAYMESH_DATA_DIR, else ./.paymesh)")
+    parser.set_defaults(handler=run_webhooks)
+
+
 def run_bench(args: argparse.Namespace) -> int:
     from paymesh.tools.bench import Options
     from paymesh.tools.bench import main as bench_main
@@ -242,6 +289,7 @@ def run_bench(args: argparse.Namespace) -> int:
         gateway_latency_ms=args.gateway_latency_ms,
         json_out=args.json,
         tls=args.tls,
+        webhook=args.webhook,
     )
     return bench_main(opts, args.data_dir)
 
@@ -266,6 +314,9 @@ def add_bench(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--data-dir", metavar="DIR", help="keep the mesh's data here instead of a temp dir")
     parser.add_argument("--tls", action="store_true", help="the mesh serves gRPC over TLS only, as `paymesh up --tls`")
+    parser.add_argument("--webhook", action="store_true",
+                        help="also register an order.confirmed webhook endpoint to a receiver in the bench process and "
+                             "report delivery latency (from CreateOrder sent, and from the event's `created`)")
     parser.set_defaults(handler=run_bench)
 
 
@@ -302,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dlq(subcommands)
     add_merchants(subcommands)
     add_keys(subcommands)
+    add_webhooks(subcommands)
     add_bench(subcommands)
     add_chaos(subcommands)
     return parser

@@ -1,4 +1,5 @@
-"""`paymesh bench`: drive a mesh through gRPC at a fixed rate or concurrency and report sagas/s and latencies."""
+"""`paymesh bench`: drive a mesh through gRPC at a fixed rate or concurrency and report sagas/s and latencies
+(with `--webhook`, how long the merchant waits for its order.confirmed webhook too)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from paymesh.chassis.config import db_url
 from paymesh.chassis.jetstream import consumer_backlog
 from paymesh.client import MeshClient
 from paymesh.ops.services import SPECS
+from paymesh.ops.webhooks_listen import Received, WebhookReceiver, create_endpoint, delete_endpoint
 from paymesh.order.v1 import order_pb2
 
 SKU = "bench-sku"
@@ -35,6 +37,9 @@ SETTLED = {
 # Open loop: sagas in flight beyond this are counted as refused arrivals, not queued without bound.
 MAX_IN_FLIGHT = 5000
 SAGA_TIMEOUT_S = 60.0
+# --webhook: the one event type the bench subscribes to, and how long after the load its last deliveries may take.
+WEBHOOK_EVENT = "order.confirmed"
+WEBHOOK_DRAIN_S = 30.0
 
 
 @dataclass
@@ -46,6 +51,7 @@ class Options:
     gateway_latency_ms: int = 0
     json_out: bool = False
     tls: bool = False  # the mesh serves gRPC over TLS only (a local CA, as `paymesh up --tls`)
+    webhook: bool = False  # an order.confirmed endpoint to a receiver in this process; its latency reported
 
 
 @dataclass
@@ -55,6 +61,8 @@ class Results:
     outcomes: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     completed: int = 0
+    # The measured sagas that ended CONFIRMED: order id -> when its CreateOrder was sent (time.perf_counter()).
+    confirmed: dict[str, float] = field(default_factory=dict)
 
 
 # The load generator runs on the same machine as the mesh: its own CPU is reported beside the mesh's.
@@ -150,6 +158,8 @@ class Driver:
         results.e2e_ms.append((done - start) * 1000)
         results.outcomes[order_pb2.OrderStatus.Name(status).removeprefix("ORDER_STATUS_")] += 1
         results.completed += 1
+        if status == order_pb2.ORDER_STATUS_CONFIRMED:
+            results.confirmed[created.order_id] = start
 
     async def close(self) -> None:
         await self.client.close()
@@ -254,10 +264,49 @@ async def settled_lag(env: dict[str, str], limit_s: float = 10.0) -> dict[str, A
         await asyncio.sleep(0.05)  # re-read the lag, under the bound above
 
 
+async def webhook_report(receiver: WebhookReceiver, results: Results) -> dict[str, Any]:
+    """Once the measured sagas' webhooks arrived (or WEBHOOK_DRAIN_S passed): the delivery latency from
+    CreateOrder sent to the webhook received (the clock of `e2e_ms`), and from the event's `created`."""
+    expected = results.confirmed
+    first: dict[str, Received] = {}  # the first verified delivery of each order (a retry repeats one)
+    missing = set(expected)
+    scanned = 0
+
+    def all_arrived(received: list[Received]) -> bool:
+        nonlocal scanned  # each delivery is looked at once, however many arrive while waiting
+        for r in received[scanned:]:
+            if r.verified and r.type == WEBHOOK_EVENT:
+                first.setdefault(r.order_id, r)
+                missing.discard(r.order_id)
+        scanned = len(received)
+        return not missing
+
+    await receiver.wait_for(all_arrived, WEBHOOK_DRAIN_S)
+    all_arrived(receiver.received)
+    since_create = [(first[o].received_perf - sent) * 1000 for o, sent in expected.items() if o in first]
+    since_event = [ms for o in expected if o in first and (ms := first[o].latency_ms) is not None]
+    p, e = percentiles(since_create), percentiles(since_event)
+    return {
+        "event": WEBHOOK_EVENT,
+        "measured_from": "CreateOrder sent (the start of e2e_ms) to the webhook received",
+        "expected": len(expected),
+        "delivered": len(since_create),
+        "bad_signatures": sum(1 for r in receiver.received if not r.verified),
+        **{f"{k}_ms": p[k] for k in ("p50", "p95", "p99", "max")},
+        "after_created_ms": {k: e[k] for k in ("p50", "p95", "p99", "max")},
+    }
+
+
 async def run(opts: Options, env: dict[str, str], pids: dict[str, int]) -> dict[str, Any]:
     driver = Driver(env)
+    receiver: WebhookReceiver | None = None
+    endpoint_id = ""
     try:
         await driver.prepare(opts.gateway_latency_ms)
+        if opts.webhook:
+            receiver = WebhookReceiver()
+            await receiver.start()
+            endpoint_id = (await create_endpoint(driver.client, receiver, [WEBHOOK_EVENT], "paymesh bench")).endpoint_id
         results = Results()
         stats: ProcessStats | None = None
         start = time.perf_counter()
@@ -276,6 +325,8 @@ async def run(opts: Options, env: dict[str, str], pids: dict[str, int]) -> dict[
             start_stats(),
         )
         measured_s = max(time.perf_counter() - measure_from, 1e-9) if opts.rate > 0 else opts.duration_s
+        lag = await settled_lag(env)
+        webhook = {"webhook": await webhook_report(receiver, results)} if receiver is not None else {}
         return {
             "mode": f"open loop {opts.rate:g}/s" if opts.rate > 0 else f"closed loop x{opts.concurrency}",
             "duration_s": opts.duration_s,
@@ -288,9 +339,14 @@ async def run(opts: Options, env: dict[str, str], pids: dict[str, int]) -> dict[
             "outcomes": dict(results.outcomes),
             "errors": dict(results.errors),
             "processes": stats.report() if stats is not None else {},
-            **await settled_lag(env),
+            **lag,
+            **webhook,
         }
     finally:
+        if endpoint_id:
+            await delete_endpoint(driver.client, endpoint_id)
+        if receiver is not None:
+            await receiver.stop()
         await driver.close()
 
 
@@ -303,6 +359,13 @@ def format_report(report: dict[str, Any]) -> str:
     for key, label in (("create_ms", "CreateOrder ms"), ("e2e_ms", "saga e2e ms")):
         p = report[key]
         lines.append(f"  {label:17} p50 {p['p50']:8.2f}  p95 {p['p95']:8.2f}  p99 {p['p99']:8.2f}  max {p['max']:8.2f}")
+    if (hook := report.get("webhook")) is not None:
+        since = hook["after_created_ms"]
+        lines.append(f"  {'webhook ms':17} p50 {hook['p50_ms']:8.2f}  p95 {hook['p95_ms']:8.2f}  "
+                     f"p99 {hook['p99_ms']:8.2f}  max {hook['max_ms']:8.2f}  CreateOrder sent -> "
+                     f"{hook['event']} received; {hook['delivered']} of {hook['expected']} delivered")
+        lines.append(f"  {'  after created':17} p50 {since['p50']:8.2f}  p95 {since['p95']:8.2f}  "
+                     f"p99 {since['p99']:8.2f}  max {since['max']:8.2f}  the event's `created` -> received")
     lines.append(f"  outcomes          {report['outcomes']}")
     lines.append(f"  errors            {report['errors'] or 'none'}")
     lines.append("  process           cpu_s   peak_rss_mb   rss_mb start -> end")

@@ -1,4 +1,5 @@
-"""`paymesh demo`: a tour of the saga on a live mesh: a mix of orders, followed live, then what the bank saw."""
+"""`paymesh demo`: a tour of the saga on a live mesh: a mix of orders, followed live, then what the bank saw and
+the webhooks the merchant was sent."""
 
 from __future__ import annotations
 
@@ -21,7 +22,17 @@ from paymesh.ops.addresses import dial_addr
 from paymesh.ops.credentials import MeshCredentials
 from paymesh.ops.launcher import LaunchError, Mesh, wait_serving
 from paymesh.ops.services import NAMES, SPECS
+from paymesh.ops.webhooks_listen import (
+    ALL_EVENTS,
+    Received,
+    WebhookReceiver,
+    create_endpoint,
+    delete_endpoint,
+    refused,
+    url_refusal_hint,
+)
 from paymesh.order.v1 import order_pb2
+from paymesh.webhook.v1 import webhook_pb2
 
 OS = order_pb2.OrderStatus
 # WatchOrder ends at these; CONFIRMED may still be cancelled.
@@ -29,6 +40,8 @@ FINAL = {OS.ORDER_STATUS_CONFIRMED, OS.ORDER_STATUS_REJECTED, OS.ORDER_STATUS_PA
          OS.ORDER_STATUS_CANCELLED, OS.ORDER_STATUS_REQUIRES_REVIEW}  # fmt: skip
 ORDER_TIMEOUT_S = 40.0
 PROBE_TIMEOUT_S = 3.0
+# The webhooks of the tour's orders, once every order is final: each is sent within a second on a live mesh.
+WEBHOOK_TIMEOUT_S = 20.0
 
 
 @dataclass
@@ -39,6 +52,7 @@ class Scenario:
     token: str
     quantity: int
     expect: int
+    webhooks: tuple[str, ...]  # the event types the merchant is sent about the order
     cancel_after_confirm: bool = False
     order_id: str = ""
     amount_minor: int = 0
@@ -48,12 +62,13 @@ class Scenario:
 
 def scenarios() -> list[Scenario]:
     return [
-        Scenario("success", "tok_visa", 1, OS.ORDER_STATUS_CONFIRMED),
-        Scenario("card declined", "tok_chargeDeclined", 1, OS.ORDER_STATUS_PAYMENT_FAILED),
-        Scenario("out of stock", "tok_visa", 50, OS.ORDER_STATUS_REJECTED),
-        Scenario("flaky gateway", "tok_flaky", 1, OS.ORDER_STATUS_CONFIRMED),
-        Scenario("lost response", "tok_lostResponse", 1, OS.ORDER_STATUS_CONFIRMED),
-        Scenario("cancel after confirm", "tok_visa", 2, OS.ORDER_STATUS_CANCELLED, cancel_after_confirm=True),
+        Scenario("success", "tok_visa", 1, OS.ORDER_STATUS_CONFIRMED, ("order.confirmed",)),
+        Scenario("card declined", "tok_chargeDeclined", 1, OS.ORDER_STATUS_PAYMENT_FAILED, ("order.payment_failed",)),
+        Scenario("out of stock", "tok_visa", 50, OS.ORDER_STATUS_REJECTED, ("order.rejected",)),
+        Scenario("flaky gateway", "tok_flaky", 1, OS.ORDER_STATUS_CONFIRMED, ("order.confirmed",)),
+        Scenario("lost response", "tok_lostResponse", 1, OS.ORDER_STATUS_CONFIRMED, ("order.confirmed",)),
+        Scenario("cancel after confirm", "tok_visa", 2, OS.ORDER_STATUS_CANCELLED,
+                 ("order.confirmed", "order.cancelled", "payment.refunded"), cancel_after_confirm=True),
     ]
 
 
@@ -152,6 +167,44 @@ async def summary(tour: Tour, done: list[Scenario]) -> bool:
     return ok
 
 
+def arrived(received: list[Received], done: list[Scenario]) -> dict[tuple[str, str], Received]:
+    """The first delivery of each (order, type) of the tour's orders (a retry repeats its webhook id)."""
+    ours = {s.order_id for s in done}
+    first: dict[tuple[str, str], Received] = {}
+    for r in received:
+        if r.order_id in ours:
+            first.setdefault((r.order_id, r.type), r)
+    return first
+
+
+async def webhooks(receiver: WebhookReceiver, done: list[Scenario]) -> bool:
+    """Print the webhooks each order was sent, once all arrived (or the deadline passed); True when every
+    expected one arrived and verified."""
+    wanted = {(s.order_id, kind) for s in done for kind in s.webhooks}
+    await receiver.wait_for(lambda received: wanted <= arrived(received, done).keys(), WEBHOOK_TIMEOUT_S)
+    got = arrived(list(receiver.received), done)
+    rows = [("scenario", "type", "order", "sequence", "signature")]
+    ok = True
+    for s in done:
+        mine = sorted((r for (order_id, _), r in got.items() if order_id == s.order_id), key=lambda r: r.sequence)
+        for r in mine:
+            ok &= r.verified and r.type in s.webhooks
+            mark = "" if r.type in s.webhooks else "  <-- unexpected"
+            rows.append((s.name, r.type, r.order_id, str(r.sequence), r.signature + mark))
+        for kind in s.webhooks:
+            if (s.order_id, kind) not in got:
+                ok = False
+                rows.append((s.name, kind, s.order_id, "-", f"<-- missing after {WEBHOOK_TIMEOUT_S:g}s"))
+    print("\nwebhook deliveries")
+    for line in table(rows):
+        print(line)
+    return ok
+
+
+class WebhooksUnavailable(Exception):
+    """webhook_svc did not register the demo's endpoint; the message says why and what to do."""
+
+
 def addrs_of(env: Mapping[str, str]) -> dict[str, str]:
     return {s.name: dial_addr(grpc_addr(s, env)) for s in SPECS}
 
@@ -172,13 +225,26 @@ async def running_mesh(env: Mapping[str, str]) -> dict[str, str] | None:
     return addrs
 
 
+async def register(client: MeshClient, receiver: WebhookReceiver, addr: str) -> webhook_pb2.Endpoint:
+    """The demo's own endpoint (every event type) for `receiver`. webhook_svc is part of the mesh: a refusal
+    ends the demo, saying so."""
+    try:
+        endpoint = await create_endpoint(client, receiver, ALL_EVENTS, "paymesh demo")
+    except grpc.aio.AioRpcError as err:
+        hint = url_refusal_hint(err) or "; webhook_svc is part of the mesh: start it with the others (`paymesh up`)"
+        raise WebhooksUnavailable(f"webhook_svc at {addr} did not register the demo's endpoint "
+                                  f"({refused(err)}){hint}") from None
+    print(f"webhook endpoint {endpoint.endpoint_id} at {receiver.url} (every event type)", flush=True)
+    return endpoint
+
+
 async def demo(env: Mapping[str, str], data_dir: Path) -> int:
     started = time.monotonic()
     mesh: Mesh | None = None
     addrs = await running_mesh(env)
     try:
         if addrs is None:
-            print(f"starting nats-server and the four services (data and logs under {data_dir})", flush=True)
+            print(f"starting nats-server and the services (data and logs under {data_dir})", flush=True)
             mesh = await Mesh(env, data_dir).start()
             addrs = {s: mesh.addr(s) for s in NAMES}
             print(f"mesh up in {time.monotonic() - started:.1f}s", flush=True)
@@ -186,12 +252,23 @@ async def demo(env: Mapping[str, str], data_dir: Path) -> int:
             print(f"using the running mesh at {', '.join(addrs.values())}", flush=True)
         keys = mesh.credentials if mesh is not None else MeshCredentials.load(env, data_dir)
         async with MeshClient.from_addrs(addrs, **keys.client_options()) as client:
-            tour = Tour(client, started)
-            done = await tour.run_all()
-            ok = await summary(tour, done)
+            receiver = WebhookReceiver()
+            await receiver.start()
+            try:
+                endpoint = await register(client, receiver, addrs["webhook_svc"])
+                try:
+                    tour = Tour(client, started)
+                    done = await tour.run_all()
+                    ok = await summary(tour, done)
+                    ok &= await webhooks(receiver, done)
+                finally:
+                    await delete_endpoint(client, endpoint.endpoint_id)
+                print(f"webhook endpoint {endpoint.endpoint_id} deleted", flush=True)
+            finally:
+                await receiver.stop()
         print(f"\ndemo {'finished' if ok else 'FAILED'} in {time.monotonic() - started:.1f}s", flush=True)
         return 0 if ok else 1
-    except LaunchError as err:
+    except (LaunchError, WebhooksUnavailable) as err:
         print(f"paymesh demo: {err}", file=sys.stderr, flush=True)
         return 1
     except (grpc.aio.AioRpcError, TimeoutError) as err:

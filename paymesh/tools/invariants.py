@@ -109,6 +109,9 @@ class Observed:
     dead_letters: list[DeadLetterFact] | None = None  # None: not collected
     settled_after_s: float | None = None  # when the last order became terminal, after the faults stopped
     settle_limit_s: float | None = None
+    # Per order, the webhook types its merchant's endpoint received with a valid signature; None: not collected.
+    webhooks: dict[str, set[str]] | None = None
+    unverified_webhooks: int = 0
 
 
 @dataclass(frozen=True)
@@ -348,6 +351,26 @@ def check_dead_letters(obs: Observed) -> CheckResult:
     return CheckResult("DLQ empty", figure, tuple(problems), tuple(involved))
 
 
+def told(status: str) -> str:
+    """The webhook type that tells a merchant its order ended in `status` (CONFIRMED -> order.confirmed)."""
+    return f"order.{status.lower()}"
+
+
+def check_webhooks(obs: Observed) -> CheckResult:
+    """The merchant was told how each order ended: a signed webhook of its final status reached its endpoint."""
+    if obs.webhooks is None:
+        return CheckResult("merchant told", "not collected")
+    missing = sorted(o.order_id for o in obs.orders.values()
+                     if o.status in TERMINAL and told(o.status) not in obs.webhooks.get(o.order_id, set()))
+    problems = [f"{order_id} ended {obs.orders[order_id].status}; no {told(obs.orders[order_id].status)} webhook "
+                "arrived" for order_id in missing]
+    if obs.unverified_webhooks:
+        problems.append(f"{obs.unverified_webhooks} deliveries did not verify")
+    ended = sum(o.status in TERMINAL for o in obs.orders.values())
+    figure = f"{ended - len(missing)}/{ended} final statuses delivered, signed"
+    return CheckResult("merchant told", figure, tuple(problems), tuple(missing))
+
+
 CHECKS: tuple[Callable[[Observed], CheckResult], ...] = (
     check_terminal,
     check_stock,
@@ -355,6 +378,7 @@ CHECKS: tuple[Callable[[Observed], CheckResult], ...] = (
     check_one_charge,
     check_audit_trails,
     check_dead_letters,
+    check_webhooks,
 )
 
 

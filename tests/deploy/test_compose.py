@@ -28,6 +28,7 @@ from paymesh.chassis.nats_creds import OPERATOR_CREDS_ENV, public_key
 from paymesh.ops import services as mesh
 from paymesh.ops.nats_auth import OPERATOR, authorization, creds_variable, users
 from paymesh.ops.natsserver import nats_server_binary
+from webhook_svc.service import ALLOW_PRIVATE_ENV, env_flag
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -574,6 +575,15 @@ def test_every_env_var_set_is_one_the_code_reads(stack: Stack) -> None:
             owner = "payment_svc" if var == "PAYMENT_SVC_GATEWAY_ADDR" else next(
                 (m for p, m in prefixes.items() if var.startswith(p + "_")), module)
             assert owner == module, f"docker-compose.yml: {name} runs {module} but sets {owner}'s {var}"
+
+
+def test_webhooks_to_private_addresses_stay_refused(stack: Stack) -> None:
+    """Production-like: a merchant's webhook URL reaching loopback, private or link-local addresses (SSRF) is
+    refused; only `paymesh up`, on a developer's machine, sets PAYMESH_WEBHOOK_ALLOW_PRIVATE=true."""
+    for name in stack.paymesh:
+        assert not env_flag(env_of(stack.services[name]), ALLOW_PRIVATE_ENV), (
+            f"docker-compose.yml: {name} sets {ALLOW_PRIVATE_ENV}; leave it unset (false) outside `paymesh up`"
+        )
 
 
 def test_published_ports_bind_loopback_only(stack: Stack) -> None:

@@ -1,4 +1,4 @@
-"""The mesh as processes for e2e tests: nats-server and the four services on free ports, SQLite or PostgreSQL.
+"""The mesh as processes for e2e tests: nats-server and every service on free ports, SQLite or PostgreSQL.
 
 `mesh` is one mesh per backend for the whole session (orders, skus and customers are unique per
 test, so tests share it); before each test it revives any service a test killed and resets the
@@ -186,7 +186,7 @@ async def new_mesh(backend: str, tmp_path: Path) -> AsyncIterator[Callable[..., 
 
 @pytest.fixture
 async def clients(mesh: Mesh) -> AsyncIterator[Clients]:
-    """Stubs of the four services on the session's mesh, and the helpers built on them."""
+    """Stubs of every service on the session's mesh, and the helpers built on them."""
     async with Clients(mesh).session() as clients:
         yield clients
 

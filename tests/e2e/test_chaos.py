@@ -15,6 +15,7 @@ CHECKS = (
     "at most one charge per order",
     "payment audit trails valid",
     "DLQ empty",
+    "merchant told",
 )
 @pytest.mark.timeout(150)
 def test_chaos_run_keeps_every_invariant(tmp_path: Path) -> None:

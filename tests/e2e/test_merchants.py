@@ -1,8 +1,9 @@
-"""Two merchants on one running mesh: each sees and touches only its own orders, products, payments and
-request ids; the saga and the money add up per merchant."""
+"""Two merchants on one running mesh: each sees and touches only its own orders, products, payments, webhook
+endpoints, events and request ids; the saga and the money add up per merchant."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -10,14 +11,18 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.field_mask_pb2 import FieldMask
 
 from paymesh.chassis.auth import ApiKey
 from paymesh.client import every
 from paymesh.inventory.v1 import inventory_service_pb2
 from paymesh.ops.launcher import Mesh
 from paymesh.payment.v1 import payment_service_pb2
+from paymesh.webhook.v1 import webhook_pb2
+from paymesh.webhook.v1 import webhook_service_pb2 as wpb
 from tests.e2e.events import Bus
-from tests.e2e.harness import CS, OS, Clients, merchant_key, new_id, refused, statuses
+from tests.e2e.harness import CS, OS, Clients, eventually, merchant_key, new_id, refused, statuses
+from tests.webhooks import Receiver, register
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -30,7 +35,12 @@ async def other_merchant(mesh: Mesh) -> tuple[str, ApiKey]:
 async def test_another_merchants_objects_answer_not_found_and_stay_unchanged(mesh: Mesh, bus: Bus) -> None:
     a_id, a_key = await other_merchant(mesh)
     _, b_key = await other_merchant(mesh)
-    async with Clients(mesh, api_key=a_key).session() as a, Clients(mesh, api_key=b_key).session() as b:
+    receiver = Receiver()
+    async with (Clients(mesh, api_key=a_key).session() as a, Clients(mesh, api_key=b_key).session() as b,
+                contextlib.AsyncExitStack() as stack):
+        await receiver.start()
+        stack.push_async_callback(receiver.stop)
+        endpoint = (await register(a.webhook, receiver, ["*"])).endpoint
         sku = await a.put_product(10)
         order = await a.create_order([(sku, 2, 1250)])
         trail = await bus.follow(order.order_id)
@@ -42,9 +52,23 @@ async def test_another_merchants_objects_answer_not_found_and_stay_unchanged(mes
 
         missing, ghost = f"ord_{uuid.uuid4().hex}", f"sku-{uuid.uuid4().hex[:8]}"
         no_payment = f"pay_{uuid.uuid4().hex}"
+        no_endpoint, no_event = f"we_{uuid.uuid4().hex}", f"evt_{uuid.uuid4().hex}"
+
+        async def delivered() -> list[webhook_pb2.Delivery]:
+            listed = await a.webhook.ListDeliveries(wpb.ListDeliveriesRequest(endpoint_id=endpoint.endpoint_id))
+            return list(listed.deliveries)
+
+        succeeded = webhook_pb2.DELIVERY_STATUS_SUCCEEDED
+        (sent,) = await eventually(delivered, lambda ds: [d.status for d in ds] == [succeeded], 15,
+                                   "order.confirmed delivered to A's endpoint")
+        event_id = sent.event_id
 
         def reservation(order_id: str) -> Any:
             return b.inventory.GetReservation(inventory_service_pb2.GetReservationRequest(order_id=order_id))
+
+        def update_endpoint(endpoint_id: str) -> Any:
+            return b.webhook.UpdateEndpoint(wpb.UpdateEndpointRequest(
+                request_id=new_id(), endpoint_id=endpoint_id, disabled=True, update_mask=FieldMask(paths=["disabled"])))
 
         calls: list[tuple[Callable[[str], Awaitable[Any]], str, str]] = [
             (b.client.get_order, order.order_id, missing),
@@ -54,6 +78,14 @@ async def test_another_merchants_objects_answer_not_found_and_stay_unchanged(mes
             (b.client.get_payment, payment.payment_id, no_payment),
             (b.client.refund_payment, payment.payment_id, no_payment),
             (reservation, order.order_id, missing),
+            (lambda e: b.webhook.GetEndpoint(wpb.GetEndpointRequest(endpoint_id=e)), endpoint.endpoint_id, no_endpoint),
+            (update_endpoint, endpoint.endpoint_id, no_endpoint),
+            (lambda e: b.webhook.RollEndpointSecret(wpb.RollEndpointSecretRequest(request_id=new_id(), endpoint_id=e)),
+             endpoint.endpoint_id, no_endpoint),
+            (lambda e: b.webhook.DeleteEndpoint(wpb.DeleteEndpointRequest(request_id=new_id(), endpoint_id=e)),
+             endpoint.endpoint_id, no_endpoint),
+            (lambda e: b.webhook.ResendEvent(wpb.ResendEventRequest(request_id=new_id(), event_id=e)), event_id,
+             no_event),
         ]
         for call, theirs, nobodys in calls:
             err, none = await refused(call(theirs)), await refused(call(nobodys))
@@ -74,6 +106,15 @@ async def test_another_merchants_objects_answer_not_found_and_stay_unchanged(mes
         assert sku not in {p.sku for p in await every(lambda t: b.client.list_products(page_token=t))}
         listed = await b.payment.ListPayments(payment_service_pb2.ListPaymentsRequest(order_id=order.order_id))
         assert list(listed.payments) == []
+
+        # A's endpoint as it was (enabled, one secret), its one delivery not resent; none of it in B's lists.
+        kept = (await a.webhook.GetEndpoint(wpb.GetEndpointRequest(endpoint_id=endpoint.endpoint_id))).endpoint
+        assert kept == endpoint and [d.delivery_id for d in await delivered()] == [sent.delivery_id]
+        assert list((await b.webhook.ListEndpoints(wpb.ListEndpointsRequest())).endpoints) == []
+        assert list((await b.webhook.ListEvents(wpb.ListEventsRequest(order_id=order.order_id))).events) == []
+        for request in (wpb.ListDeliveriesRequest(endpoint_id=endpoint.endpoint_id),
+                        wpb.ListDeliveriesRequest(event_id=event_id)):
+            assert list((await b.webhook.ListDeliveries(request)).deliveries) == []
     # Every call above was logged by each service it reached (refusals too): no line holds a secret.
     logs = "\n".join(path.read_text(errors="replace") for path in mesh.logs.glob("*.log"))
     secrets = [a_key.reveal(), b_key.reveal(), *(k.reveal() for k in (mesh.credentials.platform_key,

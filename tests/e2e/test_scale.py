@@ -33,6 +33,7 @@ import pytest
 from paymesh.chassis.jetstream import consumer_backlog
 from paymesh.ops.databases import admin_dsn
 from paymesh.ops.launcher import Mesh
+from paymesh.ops.services import SPECS
 from paymesh.order.v1 import order_pb2, order_service_pb2
 from paymesh.tools.chaos import collect
 from paymesh.tools.chaos.facts import stray_charges
@@ -51,15 +52,11 @@ TOKENS = ["tok_visa"] * 5 + [
     "tok_lostResponse",
 ]
 STREAMS = ("ORDER", "INVENTORY", "PAYMENT")
-# Every durable consumer of the saga, by the service whose inbox records what it applied.
-DURABLES = {
-    "inventory_svc-order": "inventory_svc",
-    "payment_svc-order": "payment_svc",
-    "order_svc-inventory": "order_svc",
-    "payment_svc-inventory": "payment_svc",
-    "order_svc-payment": "order_svc",
-    "inventory_svc-payment": "inventory_svc",
-}
+# Every durable consumer of the mesh (the saga's and webhook_svc's), by the service whose inbox records what it
+# applied.
+DURABLES = {durable.name: spec.name for spec in SPECS for durable in spec.consumes}
+# The services that publish or consume events: each outbox relayed, each inbox checked.
+EVENTFUL = tuple(spec.name for spec in SPECS if spec.stream or spec.consumes)
 SETTLE_S = 60.0
 
 
@@ -248,7 +245,7 @@ async def check_merchant(clients: Clients, work: Workload, finals: list[order_pb
 async def check_plumbing(mesh: Mesh, bus: Bus) -> None:
     """Of the whole mesh, whoever the merchant: nothing stuck, every event once, every event applied once."""
     # Nothing stuck: every outbox relayed, every consumer caught up, nothing dead-lettered.
-    for service in ("order_svc", "inventory_svc", "payment_svc"):
+    for service in EVENTFUL:
         db_url = mesh.replicas_of(service)[0].db_url
         await eventually(
             lambda url=db_url: query(url, "SELECT count(*) FROM outbox WHERE sent_at IS NULL"),

@@ -1,4 +1,4 @@
-"""End to end: `paymesh up` starts nats-server and the four services as processes, and stops all of them."""
+"""End to end: `paymesh up` starts nats-server and every service as processes, and stops all of them."""
 
 from __future__ import annotations
 

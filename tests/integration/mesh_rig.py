@@ -1,5 +1,6 @@
-"""The four services in-process on one NATS and their own SQLite files, called generically: any body as the
-request of any RPC the descriptors list, with the key its scope needs; and what a call may have changed."""
+"""The mesh's services in-process on one NATS and their own SQLite files, called generically: any body as the
+request of any RPC the descriptors list, with the key its scope needs; and what a call may have changed. Webhooks
+go to one local receiver that accepts every delivery."""
 
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ from tests.conftest import wait_for
 from tests.integration.hostile import message_class
 from tests.keys import AUTH_ENV, MERCHANT_A, MERCHANT_B, PLATFORM_ENV, PLATFORM_KEY, issue, key_for
 from tests.served import SERVED, SERVICE_OF
+from tests.webhooks import Receiver
+from webhook_svc.domain import DeliveryStatus
+from webhook_svc.service import ALLOW_PRIVATE_ENV
 
 CALL_TIMEOUT_S = 5.0  # a call that has not answered by then hangs
 
@@ -121,6 +125,7 @@ class Mesh:
     bodies: dict[str, st.SearchStrategy[bytes]] = field(default_factory=dict)  # each RPC's, made once
     # Each service's state after the last call checked, so a call costs one read of it, not two.
     known: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    webhook_url: str = ""  # the receiver every webhook endpoint of the seed points at; it answers 200
 
     def key_for(self, rpc: Rpc, merchant: str = "merchant") -> str | None:
         if rpc.scope is None:
@@ -183,6 +188,8 @@ class Mesh:
                     unsent = select(func.count()).select_from(outbox).where(outbox.c.sent_at.is_(None))
                     if (await conn.execute(unsent)).scalar_one():
                         return False
+                    if await webhooks_pending(host, conn):
+                        return False
                 for consumer in host.consumers:
                     if await jetstream.consumer_backlog(self.js, consumer.spec.stream, consumer.spec.durable):
                         return False
@@ -207,6 +214,16 @@ class Mesh:
         return out
 
 
+async def webhooks_pending(host: ServiceHost, conn: Any) -> int:
+    """webhook_svc's deliveries not yet answered (0 for the other services): its sender posts them in the
+    background, after the consumer has acked, so neither an outbox nor a consumer's backlog shows them."""
+    deliveries = host.runtime.metadata.tables.get("deliveries")
+    if host.runtime.spec.name != "webhook_svc" or deliveries is None:
+        return 0
+    pending = select(func.count()).select_from(deliveries).where(deliveries.c.status == DeliveryStatus.PENDING.value)
+    return int((await conn.execute(pending)).scalar_one())
+
+
 def strings_in(message: Message) -> list[tuple[str, str]]:
     """Every string field of `message` and the messages it holds: (field name, value)."""
     found: list[tuple[str, str]] = []
@@ -226,6 +243,8 @@ def mesh_env(nats_url: str, data_dir: Path) -> dict[str, str]:
         "PAYMESH_NATS_URL": nats_url,
         "PAYMESH_DATA_DIR": str(data_dir),  # each service's SQLite file is <service>.db in it
         "PAYMESH_SHUTDOWN_GRACE_S": "0.5",
+        # The webhook receiver is on loopback, as `paymesh up` allows for local development.
+        ALLOW_PRIVATE_ENV: "true",
     }
     for spec in SPECS:
         env[f"{spec.env_prefix}_GRPC_ADDR"] = f"127.0.0.1:{free_port()}"  # payment_svc finds the gateway by it
@@ -234,7 +253,8 @@ def mesh_env(nats_url: str, data_dir: Path) -> dict[str, str]:
 
 @contextlib.asynccontextmanager
 async def running_mesh(nats_url: str, data_dir: Path) -> AsyncIterator[Mesh]:
-    """The four services started one after the other (SPECS' order), their keys made first, a channel to each."""
+    """The services started one after the other (SPECS' order), their keys made first, a channel to each, and
+    a webhook receiver answering 200 to every delivery."""
     keys = {
         "merchant": await key_for(nats_url, MERCHANT_A),
         "other": await key_for(nats_url, MERCHANT_B),
@@ -246,9 +266,11 @@ async def running_mesh(nats_url: str, data_dir: Path) -> AsyncIterator[Mesh]:
     logging.getLogger().addHandler(logged)
     hosts: dict[str, ServiceHost] = {}
     channels: dict[str, grpc.aio.Channel] = {}
+    receiver = Receiver()
+    await receiver.start()
     nc = await jetstream.connect([nats_url], "hostile-test")
     # What the operator makes before any service starts, and each service's own stream, which its peers
-    # bind: so the four start one after the other, none waiting for a stream another one creates.
+    # bind: so they start one after the other, none waiting for a stream another one creates.
     await ensure_shared(nc.jetstream())
     for spec in SPECS:
         if spec.stream:
@@ -259,11 +281,12 @@ async def running_mesh(nats_url: str, data_dir: Path) -> AsyncIterator[Mesh]:
             hosts[spec.name] = ServiceHost(runtime, spec.wire(runtime, spec.settings(env)))
             await hosts[spec.name].start()
             channels[spec.name] = grpc.aio.insecure_channel(runtime.settings.grpc_addr)
-        yield Mesh(hosts, channels, nc.jetstream(), keys, logged)
+        yield Mesh(hosts, channels, nc.jetstream(), keys, logged, webhook_url=receiver.url)
     finally:
         for channel in channels.values():
             await channel.close()
         for host in reversed(hosts.values()):
             await host.stop()
         await nc.close()
+        await receiver.stop()
         logging.getLogger().removeHandler(logged)

@@ -1,4 +1,4 @@
-"""Hostile input on every RPC of every service, the four started in-process on one real NATS and SQLite: bodies
+"""Hostile input on every RPC of every service, all started in-process on one real NATS and SQLite: bodies
 that are not the method's message, boundary values, huge repeated fields, unknown fields, tampered page tokens.
 Built from the descriptors (tests/served.py), so a new RPC is covered the day it is added.
 
@@ -24,6 +24,7 @@ from paymesh.gateway.v1 import gateway_service_pb2
 from paymesh.inventory.v1 import inventory_service_pb2
 from paymesh.ops.natsserver import NatsServer
 from paymesh.order.v1 import order_pb2, order_service_pb2
+from paymesh.webhook.v1 import webhook_service_pb2
 from tests.integration.hostile import crafted_tokens, hostile_body, message_class, not_utf8, page_token_field
 from tests.integration.mesh_rig import Answer, Mesh, Rpc, every_rpc, running_mesh, strings_in
 from tests.served import SERVICE_OF
@@ -95,13 +96,18 @@ def rpc(path: str) -> Rpc:
 
 
 async def seed(mesh: Mesh) -> None:
-    """Two products for each merchant, two of A's orders through the whole saga (so there are payments, their
-    trails and charges): enough for every list to hand out a next page token, collected into `issued`."""
+    """Two products and two webhook endpoints for each merchant, two of A's orders through the whole saga (so
+    there are payments, their trails and charges, webhook events and their deliveries): enough for every list
+    to hand out a next page token, collected into `issued`."""
     put = rpc("/paymesh.inventory.v1.InventoryService/PutProduct")
+    endpoint = rpc("/paymesh.webhook.v1.WebhookService/CreateEndpoint")
     for merchant in ("merchant", "other"):
         for sku in ("sku-1", "sku-2"):
             request = inventory_service_pb2.PutProductRequest(request_id=str(uuid.uuid4()), sku=sku, available=100)
             await mesh.seeded(put, request, merchant)
+        for _ in range(2):
+            await mesh.seeded(endpoint, webhook_service_pb2.CreateEndpointRequest(
+                request_id=str(uuid.uuid4()), url=mesh.webhook_url, enabled_events=["*"]), merchant)
     create = rpc("/paymesh.order.v1.OrderService/CreateOrder")
     for _ in range(2):
         await mesh.seeded(create, order_service_pb2.CreateOrderRequest(

@@ -19,6 +19,7 @@ from paymesh.tools.invariants import (
     check_one_charge,
     check_stock,
     check_terminal,
+    check_webhooks,
     format_report,
     run_checks,
 )
@@ -70,9 +71,15 @@ def sound() -> Observed:
         "o4": ReservationFact("o4", "RELEASED", (("mug", 1),)),
     }
     products = [ProductFact("mug", stocked=10, available=7, reserved=0, sold=3)]
+    webhooks = {
+        "o1": {"order.confirmed"},
+        "o2": {"order.confirmed", "payment.refunded"},
+        "o3": {"order.confirmed", "payment.refunded", "order.cancelled"},
+        "o4": {"order.confirmed", "payment.refund_failed", "order.requires_review"},
+    }
     return Observed(
         orders, products, payments, charges, reservations, trails, dead_letters=[], settled_after_s=3.0,
-        settle_limit_s=60.0,
+        settle_limit_s=60.0, webhooks=webhooks,
     )
 
 
@@ -80,9 +87,25 @@ def test_a_sound_run_passes_every_check_and_names_them_in_the_report() -> None:
     results = run_checks(sound())
     assert [r.ok for r in results] == [True] * len(results), format_report(results)
     report = format_report(results)
-    for name in ("every order terminal", "stock conserved", "gateway net", "one charge", "audit trail", "DLQ"):
+    for name in ("every order terminal", "stock conserved", "gateway net", "one charge", "audit trail", "DLQ",
+                 "merchant told"):
         assert name in report
     assert "net captured 3400 = confirmed 2000 + partially refunded remains 700 + under review 700" in report
+
+
+def test_an_order_whose_final_status_never_reached_its_merchant_is_caught() -> None:
+    obs = sound()
+    assert obs.webhooks is not None
+    obs.webhooks["o3"].discard("order.cancelled")  # told it was confirmed, never that it was cancelled
+    result = check_webhooks(obs)
+    assert not result.ok and result.orders == ("o3",)
+    assert "o3 ended CANCELLED; no order.cancelled webhook arrived" in result.problems
+    assert result.figure == "3/4 final statuses delivered, signed"
+    obs = sound()
+    obs.unverified_webhooks = 2
+    assert check_webhooks(obs).problems == ("2 deliveries did not verify",)
+    obs.webhooks = None
+    assert check_webhooks(obs).ok and check_webhooks(obs).figure == "not collected"
 
 
 def test_a_double_charge_is_caught_with_its_order() -> None:

@@ -5,3 +5,4 @@ CREATE DATABASE orders;    -- order_svc
 CREATE DATABASE inventory; -- inventory_svc
 CREATE DATABASE payments;  -- payment_svc
 CREATE DATABASE gateway;   -- gateway_mock
+CREATE DATABASE webhooks;  -- webhook_svc

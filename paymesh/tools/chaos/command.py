@@ -20,10 +20,11 @@ from paymesh.chassis.auth import load_pepper
 from paymesh.client import MeshClient
 from paymesh.ops.credentials import KeyFile, new_merchant_key
 from paymesh.ops.ports import mesh_env
+from paymesh.ops.webhooks_listen import Received, WebhookReceiver, create_endpoint
 from paymesh.tools.chaos.driver import Driver, Options, Tally, client_of
-from paymesh.tools.chaos.facts import collect, dead_letters, foreign_charges, stray_charges
+from paymesh.tools.chaos.facts import collect, dead_letters, foreign_charges, order_fact, stray_charges
 from paymesh.tools.chaos.plan import make_plan
-from paymesh.tools.invariants import CheckResult, Observed, format_report, run_checks
+from paymesh.tools.invariants import TERMINAL, CheckResult, Observed, format_report, run_checks, told
 
 
 async def make_merchants(mesh: Any, count: int) -> list[KeyFile]:
@@ -34,6 +35,32 @@ async def make_merchants(mesh: Any, count: int) -> list[KeyFile]:
         return [await new_merchant_key(nc, pepper, f"chaos merchant {i + 1}") for i in range(count)]
     finally:
         await nc.close()
+
+
+def webhooks_of(receiver: WebhookReceiver) -> tuple[dict[str, set[str]], int]:
+    """Per order, the webhook types that arrived signed; and how many deliveries did not verify."""
+    told: dict[str, set[str]] = {}
+    for got in receiver.received:
+        if got.verified:
+            told.setdefault(got.order_id, set()).add(got.type)
+    return told, sum(not got.verified for got in receiver.received)
+
+
+async def told_everything(driver: Driver, receivers: list[WebhookReceiver], timeout_s: float) -> bool:
+    """Wait (at most `timeout_s`) until each merchant's receiver holds the webhook of each of its orders' final
+    status; True when it does."""
+    deadline = time.monotonic() + timeout_s
+    for receiver, client in zip(receivers, driver.clients, strict=True):
+        finals = {o.order_id: told(order_fact(o).status) for o in await driver.orders_of(client)
+                  if order_fact(o).status in TERMINAL}
+
+        def arrived(got: list[Received], finals: dict[str, str] = finals) -> bool:
+            seen = {(r.order_id, r.type) for r in got if r.verified}
+            return all((order_id, kind) in seen for order_id, kind in finals.items())
+
+        if not await receiver.wait_for(arrived, max(0.0, deadline - time.monotonic())):
+            return False
+    return True
 
 
 async def chaos(opts: Options, say: Callable[[str], None]) -> tuple[list[CheckResult], Tally, list[Observed]]:
@@ -49,11 +76,18 @@ async def chaos(opts: Options, say: Callable[[str], None]) -> tuple[list[CheckRe
         env["PAYMESH_SAGA_TIMEOUT_S"] = f"{opts.saga_timeout_s:g}"
         mesh = Mesh(env, data_dir, out=lambda line: say(f"chaos: {line}"), err=lambda line: say(f"chaos: {line}"))
         clients: list[MeshClient] = []
+        receivers: list[WebhookReceiver] = []
         followers: list[asyncio.Task[None]] = []
         try:
             await mesh.start()
             merchants = await make_merchants(mesh, opts.merchants)
             clients = [client_of(mesh.env, m.api_key) for m in merchants]
+            # Each merchant's own endpoint (every type), told through the faults (webhook_svc is killed too).
+            for client in clients:
+                receiver = WebhookReceiver()
+                await receiver.start()
+                receivers.append(receiver)
+                await create_endpoint(client, receiver, ["*"], "paymesh chaos")
             driver = Driver(mesh, clients, plan, opts, say)
             await driver.stock()
             say(f"chaos: seed {opts.seed}, {opts.orders} orders of {len(merchants)} merchants at <= {opts.rate:g}/s, "
@@ -79,13 +113,17 @@ async def chaos(opts: Options, say: Callable[[str], None]) -> tuple[list[CheckRe
                     say("chaos: payments or consumers still busy; checking what is there")
             finally:
                 await nc.close()
+            if not await told_everything(driver, receivers, opts.settle_grace_s):
+                say("chaos: webhooks still arriving; checking what is there")
             say("chaos: collecting")
             dead = await dead_letters(mesh.nats_url, mesh.nats_options())
             results: list[CheckResult] = []
             observed: list[Observed] = []
             ours = {m.merchant_id for m in merchants}
-            for merchant, (client, order_ids) in zip(merchants, await driver.order_ids_by_merchant(), strict=True):
+            by_merchant = await driver.order_ids_by_merchant()
+            for merchant, receiver, (client, order_ids) in zip(merchants, receivers, by_merchant, strict=True):
                 obs = await collect(client, order_ids, plan.stock, opts.concurrency)
+                obs.webhooks, obs.unverified_webhooks = webhooks_of(receiver)
                 obs.settled_after_s, obs.settle_limit_s = settled_after, limit_s
                 # Charges tagged with this merchant for none of its orders, and (once) charges of no merchant here.
                 obs.stray_charges = await stray_charges(client, set(order_ids), merchant.merchant_id)
@@ -101,6 +139,8 @@ async def chaos(opts: Options, say: Callable[[str], None]) -> tuple[list[CheckRe
             await asyncio.gather(*followers, return_exceptions=True)
             for client in clients:
                 await client.close()
+            for receiver in receivers:
+                await receiver.stop()
             await mesh.stop()
 
 

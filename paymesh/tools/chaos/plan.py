@@ -15,7 +15,7 @@ TOKENS = (
 )
 # What happens to an order after it is placed, and how often.
 ACTIONS = (("none", 62), ("cancel_at_once", 12), ("cancel_after_confirm", 12), ("partial_refund", 9), ("both", 5))
-KILLABLE = ("order_svc", "inventory_svc", "payment_svc", "gateway_mock")
+KILLABLE = ("order_svc", "inventory_svc", "payment_svc", "gateway_mock", "webhook_svc")
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,7 @@ def upgrade() -> None:
         sa.Column("fingerprint", sa.String(length=64), nullable=False),
         sa.Column("response", sa.LargeBinary(), nullable=True),
         sa.Column(
-            "created_at", sa.DateTime(timezone=True), server_default=sa.text("(CURRENT_TIMESTAMP)"), nullable=False
+            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
         ),
         sa.Column("merchant_id", sa.String(length=40), nullable=False),
         sa.PrimaryKeyConstraint("merchant_id", "request_id", name="idempotent_requests_pkey"),
@@ -107,7 +107,7 @@ def upgrade() -> None:
         sa.Column("consumer", sa.String(length=100), nullable=False),
         sa.Column("event_id", sa.String(length=64), nullable=False),
         sa.Column(
-            "applied_at", sa.DateTime(timezone=True), server_default=sa.text("(CURRENT_TIMESTAMP)"), nullable=False
+            "applied_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
         ),
         sa.PrimaryKeyConstraint("consumer", "event_id"),
     )
