@@ -96,9 +96,13 @@ def add_up(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    import os
+
+    from paymesh.ops.mesh_file import running_env
     from paymesh.tools.demo import run  # imported here so `paymesh --help` does not load gRPC
 
-    return run(data_dir=args.data_dir)
+    env, _ = running_env(os.environ, args.data_dir)  # a running `paymesh up`: the demo uses it, and leaves it running
+    return run(data_dir=args.data_dir, env=env)
 
 
 def add_demo(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -129,11 +133,13 @@ def run_dlq(args: argparse.Namespace) -> int:
 
     from paymesh.chassis.config import data_dir
     from paymesh.ops.dlq import main as dlq_main
+    from paymesh.ops.mesh_file import running_env
     from paymesh.ops.mesh_nats import MeshNotFound, find_nats
 
+    env, _ = running_env(os.environ, args.data_dir)
     try:
         # The mesh's NATS and its operator user, found as `paymesh keys` finds them.
-        address = find_nats(args.nats_url, os.environ, Path(args.data_dir or data_dir()).resolve())
+        address = find_nats(args.nats_url, env, Path(args.data_dir or data_dir(env)).resolve())
     except MeshNotFound as exc:
         print(f"paymesh: {exc}", file=sys.stderr)
         return 2
@@ -166,8 +172,9 @@ def run_keys(args: argparse.Namespace) -> int:
     import os
 
     from paymesh.ops.keys import main as keys_main  # imported here so `paymesh --help` does not load gRPC
+    from paymesh.ops.mesh_file import running_env
 
-    return keys_main(args, os.environ)
+    return keys_main(args, running_env(os.environ, getattr(args, "data_dir", None))[0])
 
 
 def add_mesh_arguments(parser: argparse.ArgumentParser) -> None:
@@ -235,9 +242,10 @@ def add_keys(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 def run_webhooks(args: argparse.Namespace) -> int:
     import os
 
+    from paymesh.ops.mesh_file import running_env
     from paymesh.ops.webhooks_listen import main as listen_main  # imported here so `paymesh --help` does not load gRPC
 
-    return listen_main(os.environ, args.data_dir, args.events, args.port, args.json)
+    return listen_main(running_env(os.environ, args.data_dir)[0], args.data_dir, args.events, args.port, args.json)
 
 
 def port_number(raw: str) -> int:

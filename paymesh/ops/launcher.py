@@ -26,9 +26,11 @@ from paymesh.chassis.auth.pepper import load_pepper
 from paymesh.chassis.config import CA_ENV, CLIENT_AUTH_ENV, ConfigError, db_url, grpc_addr
 from paymesh.chassis.nats_creds import OPERATOR_CREDS_ENV, CredentialsError, NatsCredentials
 from paymesh.chassis.tls import CLIENT_CERT_ENV, CLIENT_KEY_ENV, ClientTls, channel
+from paymesh.ops import mesh_file
 from paymesh.ops.addresses import REPLICA_PORT_STEP, bind_host, dial_addr, grpc_target, replica_addr, split_addr
 from paymesh.ops.credentials import (
     API_KEY_ENV,
+    DEV_KEY_FILE,
     GATEWAY_ACCEPTS,
     KeyFile,
     MeshCredentials,
@@ -630,7 +632,7 @@ class Mesh:
         lines.append(f"logs  {self.logs}")
         lines += self.tls_lines()
         if self.dev_key is not None:
-            kept = self.data_dir / "dev_key.json"
+            kept = self.data_dir / DEV_KEY_FILE
             made = "made now" if self.dev_key_made else "kept"
             lines.append(f"API key of the development merchant {self.dev_key.merchant_id} ({made}, in {kept}):")
             lines.append(f"  export {API_KEY_ENV}={self.dev_key.api_key.reveal()}")
@@ -661,6 +663,7 @@ class Launcher:
     ) -> None:
         self.mesh = Mesh(env, data_dir, start_timeout=start_timeout, **mesh_options)
         self.stop_signal = asyncio.Event()
+        self.wrote: Path | None = None
 
     async def run(self) -> int:
         self.install_signal_handlers()
@@ -668,6 +671,11 @@ class Launcher:
             await self.mesh.start(self.stop_signal)
             for line in self.mesh.table():
                 say(line)
+            # The other `paymesh` commands find this mesh by it (paymesh.ops.mesh_file); gone on a clean stop.
+            self.wrote = mesh_file.write(
+                self.mesh.data_dir, {s: self.mesh.addrs(s) for s in self.mesh.services},
+                {s: spec(s).env_prefix for s in self.mesh.services}, self.mesh.env,
+                self.mesh.data_dir / DEV_KEY_FILE if self.mesh.dev_key is not None else None)
             say("paymesh is up")
             say("Ctrl-C to stop")
             await self.mesh.wait_failure(self.stop_signal)
@@ -679,6 +687,8 @@ class Launcher:
             warn(f"paymesh: {err}")
             return 1
         finally:
+            if self.wrote is not None:
+                mesh_file.remove(self.mesh.data_dir)
             await self.mesh.stop()
             if self.mesh.children or self.mesh.nats_servers:
                 say("paymesh stopped")

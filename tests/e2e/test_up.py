@@ -342,3 +342,35 @@ def test_up_with_replicas_a_cluster_and_postgres_serves_and_stops(launches: list
         assert_nothing_left(launch, pids)
     finally:
         asyncio.run(drop_databases(PG_ADMIN_URL, NAMES, prefix))
+
+
+def bare_env(data_dir: Path) -> dict[str, str]:
+    """What a second terminal has: no address, port or key of the mesh; only where its data dir is."""
+    keep = ("PATH", "HOME", "LANG", "TMPDIR", "PYTHONPATH")
+    return {**{k: v for k, v in os.environ.items() if k in keep}, "PAYMESH_DATA_DIR": str(data_dir)}
+
+
+@pytest.mark.timeout(180)
+def test_a_running_up_is_found_by_its_mesh_file_and_the_demo_leaves_it_running(
+    up: tuple[Launch, dict[str, str]], tmp_path: Path
+) -> None:
+    launch, env = up
+    written = json.loads((launch.data_dir / "mesh.json").read_text())
+    assert stat.S_IMODE((launch.data_dir / "mesh.json").stat().st_mode) == 0o600
+    assert written["pid"] == launch.process.pid
+    assert {name: addrs[0] for name, addrs in written["services"].items()} == {
+        s.name: env[f"{s.env_prefix}_GRPC_ADDR"] for s in SPECS}
+    assert written["variables"]["PAYMESH_NATS_URL"] == f"nats://127.0.0.1:{env['PAYMESH_NATS_PORT']}"
+    assert "sk_mesh_" not in json.dumps(written) and "pl_mesh_" not in json.dumps(written), "no secret in it"
+
+    demo = subprocess.run([sys.executable, "-m", "paymesh.ops.cli", "demo"], env=bare_env(launch.data_dir),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert "using the running mesh" in demo.stdout and "webhook deliveries" in demo.stdout, demo.stdout
+    assert launch.process.poll() is None, "the demo left the mesh running"
+    for s in SPECS:
+        assert health_status(env[f"{s.env_prefix}_GRPC_ADDR"]) == health_pb2.HealthCheckResponse.SERVING
+
+    launch.process.send_signal(signal.SIGTERM)
+    assert launch.wait_exit(STOP_TIMEOUT_S) == 0, launch.output
+    assert not (launch.data_dir / "mesh.json").exists(), "a clean stop removes it"
