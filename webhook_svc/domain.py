@@ -28,6 +28,8 @@ JITTER = 0.1
 # An endpoint whose every attempt failed for this long is disabled (FAILING).
 DEFAULT_DISABLE_AFTER = timedelta(days=5)
 DEFAULT_GRACE = timedelta(hours=24)
+# How long the event feed (ListEvents, ResendEvent) keeps an event once none of its deliveries is pending.
+DEFAULT_RETENTION = timedelta(days=30)
 MAX_GRACE = timedelta(days=7)
 
 

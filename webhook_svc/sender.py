@@ -22,11 +22,21 @@ from datetime import UTC, datetime, timedelta
 from paymesh.chassis.db import Database
 from paymesh.chassis.periodic import every
 from webhook_svc import signing
-from webhook_svc.domain import DEFAULT_DISABLE_AFTER, DEFAULT_SCHEDULE_S, Attempt, DeliveryStatus, FailureReason
+from webhook_svc.domain import (
+    DEFAULT_DISABLE_AFTER,
+    DEFAULT_RETENTION,
+    DEFAULT_SCHEDULE_S,
+    Attempt,
+    DeliveryStatus,
+    FailureReason,
+)
 from webhook_svc.store import Claimed, WebhookRepository
 from webhook_svc.transport import WebhookTransport
 
 log = logging.getLogger(__name__)
+
+# Events removed per transaction when pruning, so a large backlog never holds the writer lock for long.
+PRUNE_BITE = 500
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,9 @@ class SenderPolicy:
     in_flight: int = 200
     # How often the database is asked for due deliveries when nothing woke the sender (retries, other replicas').
     poll_s: float = 1.0
+    # How long the event feed keeps an event no delivery of which is pending, and how often it is pruned.
+    retention: timedelta = DEFAULT_RETENTION
+    prune_every_s: float = 600.0
 
     @property
     def lease(self) -> timedelta:
@@ -71,6 +84,22 @@ class Sender:
     async def run(self) -> None:
         await every(self.policy.poll_s, self.send_due, wake=self.wakeup, name="webhook sender")
 
+    async def prune(self) -> None:
+        """The background loop that keeps the event feed to its retention period, a bounded bite at a time."""
+        await every(self.policy.prune_every_s, self.prune_once, name="webhook event retention")
+
+    async def prune_once(self) -> int:
+        gone = 0
+        while True:
+            async with self.db.unit_of_work() as uow:
+                bite = await self.repo.prune(uow.conn, datetime.now(UTC) - self.policy.retention, PRUNE_BITE)
+                await uow.commit()
+            gone += bite
+            if bite < PRUNE_BITE:
+                if gone:
+                    log.info("webhook events past %s removed: %d", self.policy.retention, gone)
+                return gone
+
     async def send_due(self) -> float:
         """Claim what is due and start sending it; the seconds until the loop should look again."""
         room = self.policy.in_flight - len(self._tasks)
@@ -100,6 +129,7 @@ class Sender:
             self._in_flight[endpoint_id] -= 1
             if self._in_flight[endpoint_id] <= 0:
                 del self._in_flight[endpoint_id]
+                self._limits.pop(endpoint_id, None)  # none in flight: no one holds or waits on it
             if not task.cancelled() and (exc := task.exception()) is not None:
                 log.error("webhook delivery task failed: %r; its lease ends and it is sent again", exc)
             self.wakeup.set()  # room for the next claim

@@ -11,7 +11,7 @@ from paymesh.chassis.service import GrpcService, Runtime, Wiring
 from paymesh.chassis.spec import Durable, ServiceSpec
 from paymesh.webhook.v1 import webhook_service_pb2_grpc
 from webhook_svc.api import WebhookApi
-from webhook_svc.domain import DEFAULT_DISABLE_AFTER, DEFAULT_SCHEDULE_S, parse_schedule
+from webhook_svc.domain import DEFAULT_DISABLE_AFTER, DEFAULT_RETENTION, DEFAULT_SCHEDULE_S, parse_schedule
 from webhook_svc.handlers import MerchantEvents
 from webhook_svc.sender import Sender, SenderPolicy
 from webhook_svc.store import WebhookRepository, metadata, tables
@@ -54,6 +54,8 @@ class WebhookSettings:
             disable_after=timedelta(seconds=env_float(env, "PAYMESH_WEBHOOK_DISABLE_AFTER_S",
                                                       DEFAULT_DISABLE_AFTER.total_seconds())),
             per_endpoint=env_int(env, "PAYMESH_WEBHOOK_ENDPOINT_CONCURRENCY", 4),
+            retention=timedelta(days=env_float(env, "PAYMESH_WEBHOOK_EVENT_RETENTION_DAYS",
+                                               DEFAULT_RETENTION.days)),
         )
         return cls(allow_private=env_flag(env, ALLOW_PRIVATE_ENV), policy=policy)
 
@@ -69,7 +71,7 @@ def wire(runtime: Runtime, settings: WebhookSettings) -> Wiring:
     return Wiring(
         services=[GrpcService(SERVICE_NAME, api, webhook_service_pb2_grpc.add_WebhookServiceServicer_to_server)],
         consumers=events.consumers(),
-        background=[sender.run],
+        background=[sender.run, sender.prune],
         on_start=[transport.start],
         on_stop=[sender.stop, transport.close],
     )

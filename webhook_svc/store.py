@@ -429,6 +429,22 @@ class WebhookRepository:
             "failure_reason": None if delivery.failure_reason is None else delivery.failure_reason.value,
         })
 
+    async def prune(self, conn: AsyncConnection, before: datetime, limit: int) -> int:
+        """Events made before `before` with no delivery still pending, with their deliveries and attempts (the
+        feed keeps the retention period, as Stripe's keeps 30 days); at most `limit` events, how many went."""
+        ev, d, a = self.t.events, self.t.deliveries, self.t.attempts
+        pending = exists().where(d.c.event_id == ev.c.event_id, d.c.status == DeliveryStatus.PENDING.value)
+        ids = list((await conn.execute(
+            select(ev.c.event_id).where(ev.c.create_time < before, ~pending).order_by(ev.c.create_time).limit(limit)
+        )).scalars())
+        if not ids:
+            return 0
+        deliveries = select(d.c.delivery_id).where(d.c.event_id.in_(ids)).scalar_subquery()
+        await conn.execute(delete(a).where(a.c.delivery_id.in_(deliveries)))
+        await conn.execute(delete(d).where(d.c.event_id.in_(ids)))
+        await conn.execute(delete(ev).where(ev.c.event_id.in_(ids)))
+        return len(ids)
+
     async def next_due(self, conn: AsyncConnection) -> datetime | None:
         """When the earliest pending delivery is due (leases aside), of any merchant; None when none is pending."""
         d = self.t.deliveries

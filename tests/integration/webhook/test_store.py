@@ -164,3 +164,27 @@ async def test_the_event_feed_filters_by_delivery_success(db: Database, repo: We
         assert await ids(None) == {delivered.event_id, failing.event_id}
         assert await repo.events_page(conn, "mer_b", type="", order_id="", delivery_success=None, after=None,
                                       limit=10) == []
+
+
+async def test_prune_removes_old_settled_events_with_their_deliveries_and_keeps_pending_ones(
+    db: Database, repo: WebhookRepository
+) -> None:
+    e = await endpoint(db, repo)
+    settled, waiting = await pending(db, repo, [e], 2)
+    async with db.unit_of_work() as uow:
+        d, _ = await repo.lock_delivery(uow.conn, settled.delivery_id)
+        attempt = Attempt(1, T0, 200, "", 2)
+        d.answered(attempt, (0,), 0.5)
+        await repo.record(uow.conn, d, attempt)
+        await uow.commit()
+    async with db.unit_of_work() as uow:
+        assert await repo.prune(uow.conn, T0, 10) == 0, "nothing is older than T0"
+        assert await repo.prune(uow.conn, T0 + timedelta(days=1), 10) == 1
+        await uow.commit()
+    async with db.read() as conn:
+        left = await repo.events_page(conn, "mer_a", type="", order_id="", delivery_success=None, after=None,
+                                      limit=10)
+        assert [event.event_id for event, _ in left] == [waiting.event_id]
+        assert await repo.attempts_of(conn, [settled.delivery_id]) == {}
+        rows = await repo.deliveries_page(conn, "mer_a", event_id="", endpoint_id="", after=None, limit=10)
+        assert [dv.delivery_id for dv, _ in rows] == [waiting.delivery_id]
