@@ -58,11 +58,12 @@ class WebhookApi(webhook_service_pb2_grpc.WebhookServiceServicer):
     """The WebhookService RPCs. Each acts for the merchant of the caller's key (`current_principal()`)."""
 
     def __init__(self, runtime: Runtime, repo: WebhookRepository, *, allow_private: bool,
-                 wake_sender: Callable[[], None]) -> None:
+                 wake_sender: Callable[[], None], schedule: tuple[float, ...]) -> None:
         self.runtime = runtime
         self.repo = repo
         self.allow_private = allow_private
         self.wake_sender = wake_sender
+        self.schedule = schedule
 
     async def _locked(self, uow: UnitOfWork, merchant: str, endpoint_id: str) -> Endpoint:
         endpoint = await self.repo.get_endpoint(uow.conn, merchant, endpoint_id, lock=True)
@@ -226,7 +227,7 @@ class WebhookApi(webhook_service_pb2_grpc.WebhookServiceServicer):
                 subscribed = await self.repo.subscribers(uow.conn, [merchant])
                 targets = [e for e in subscribed.get(merchant, []) if e.subscribed(event.type)]
             now = datetime.now(UTC)
-            deliveries = [Delivery.new(event.event_id, e.endpoint_id, merchant, now) for e in targets]
+            deliveries = [Delivery.new(event.event_id, e.endpoint_id, merchant, now, self.schedule) for e in targets]
             await self.repo.add_deliveries(uow.conn, deliveries)
             if deliveries:
                 uow.after_commit(self.wake_sender)

@@ -199,8 +199,11 @@ class Delivery:
     failure_reason: FailureReason | None = None
 
     @classmethod
-    def new(cls, event_id: str, endpoint_id: str, merchant_id: str, now: datetime) -> Delivery:
-        return cls(new_delivery_id(), event_id, endpoint_id, merchant_id, now, next_attempt_time=now)
+    def new(cls, event_id: str, endpoint_id: str, merchant_id: str, now: datetime,
+            schedule: tuple[float, ...] = DEFAULT_SCHEDULE_S) -> Delivery:
+        """A pending delivery whose first attempt is the schedule's first entry from now (at once by default)."""
+        return cls(new_delivery_id(), event_id, endpoint_id, merchant_id, now,
+                   next_attempt_time=now + timedelta(seconds=schedule[0]))
 
     def answered(self, attempt: Attempt, schedule: tuple[float, ...], draw: float) -> None:
         """The attempt's outcome: delivered, gone, or the next attempt after the schedule's delay (jittered by

@@ -19,9 +19,10 @@ class MerchantEvents:
     """The batch handler of both consumers: the batch's merchant events numbered per order, written with one
     pending delivery per enabled endpoint subscribed to the type, in the inbox's transaction."""
 
-    def __init__(self, repo: WebhookRepository, wake_sender: Callable[[], None]) -> None:
+    def __init__(self, repo: WebhookRepository, wake_sender: Callable[[], None], schedule: tuple[float, ...]) -> None:
         self.repo = repo
         self.wake_sender = wake_sender
+        self.schedule = schedule
 
     async def apply(self, uow: UnitOfWork, events: list[InboundEvent]) -> None:
         now = datetime.now(UTC)
@@ -37,7 +38,7 @@ class MerchantEvents:
             event_id = new_event_id()
             written.append(MerchantEvent(event_id, what.merchant_id, what.type, what.order_id, sequence,
                                          what.occurred_at, body(event_id, what, sequence), event.event_id))
-            deliveries.extend(Delivery.new(event_id, endpoint.endpoint_id, what.merchant_id, now)
+            deliveries.extend(Delivery.new(event_id, endpoint.endpoint_id, what.merchant_id, now, self.schedule)
                               for endpoint in subscribers.get(what.merchant_id, ()) if endpoint.subscribed(what.type))
         await self.repo.add_events(conn, written, deliveries)
         if deliveries:

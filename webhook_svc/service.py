@@ -66,8 +66,9 @@ def wire(runtime: Runtime, settings: WebhookSettings) -> Wiring:
                                  limit_per_host=settings.policy.per_endpoint)
     sender = Sender(runtime.db, repo, transport, settings.policy, service=runtime.settings.service,
                     addr=runtime.settings.grpc_addr)
-    events = MerchantEvents(repo, sender.wake)
-    api = WebhookApi(runtime, repo, allow_private=settings.allow_private, wake_sender=sender.wake)
+    events = MerchantEvents(repo, sender.wake, settings.policy.schedule)
+    api = WebhookApi(runtime, repo, allow_private=settings.allow_private, wake_sender=sender.wake,
+                     schedule=settings.policy.schedule)
     return Wiring(
         services=[GrpcService(SERVICE_NAME, api, webhook_service_pb2_grpc.add_WebhookServiceServicer_to_server)],
         consumers=events.consumers(),

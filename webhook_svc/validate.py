@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -19,6 +20,8 @@ from webhook_svc.domain import DEFAULT_GRACE, EVENT_TYPES, EVERY_TYPE, MAX_GRACE
 from webhook_svc.store import Cursor
 
 MAX_DESCRIPTION = 200
+# A registration waits this long for the URL's host to resolve.
+RESOLVE_TIMEOUT_S = 5.0
 MAX_EVENTS = len(EVENT_TYPES) + 1
 ENDPOINT_ID = re.compile(r"^we_[0-9a-f]{32}$")
 EVENT_ID = re.compile(r"^evt_[0-9a-f]{32}$")
@@ -81,9 +84,12 @@ async def url_reaches_public(value: str, allow_private: bool) -> None:
     parsed = URL(value)
     host = parsed.raw_host or ""
     try:
-        await ssrf.resolve_checked(host.strip("[]"), parsed.port or 443, allow_private=allow_private)
+        async with asyncio.timeout(RESOLVE_TIMEOUT_S):
+            await ssrf.resolve_checked(host.strip("[]"), parsed.port or 443, allow_private=allow_private)
     except (ssrf.RefusedAddress, ssrf.UnresolvableHost) as exc:
         raise invalid_argument([("url", str(exc))]) from None
+    except TimeoutError:
+        raise invalid_argument([("url", f"host {host[:80]} did not resolve within {RESOLVE_TIMEOUT_S:g} s")]) from None
 
 
 @dataclass(frozen=True)
