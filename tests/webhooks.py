@@ -46,6 +46,9 @@ class Receiver:
     answer: Callable[[int, Received], int] = lambda n, r: 200
     received: list[Received] = field(default_factory=list)
     arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
+    in_flight: int = 0  # requests being answered now
+    most_in_flight: int = 0
+    released: asyncio.Event = field(default_factory=asyncio.Event)  # set by stop(): hanging answers end
 
     async def start(self) -> str:
         app = web.Application()
@@ -59,6 +62,7 @@ class Receiver:
         return self.url
 
     async def stop(self) -> None:
+        self.released.set()  # else the server's shutdown waits out its grace for each hanging answer
         await self._runner.cleanup()
 
     def verifies(self, headers: dict[str, str], body: bytes) -> bool:
@@ -71,6 +75,14 @@ class Receiver:
         return False
 
     async def _handle(self, request: web.Request) -> web.Response:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            return await self._answer(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, request: web.Request) -> web.Response:
         body = await request.read()
         headers = {k.lower(): v for k, v in request.headers.items()}
         got = Received(headers, body, time.monotonic(), self.verifies(headers, body), 0)
@@ -79,7 +91,8 @@ class Receiver:
             self.received.append(got)
             self.arrived.notify_all()
         if got.status == HANG:
-            await asyncio.Event().wait()  # until the sender gives up (its timeout) and the server is stopped
+            await self.released.wait()  # the sender gives up first (its timeout); this ends with the server
+            return web.Response(status=503)
         return web.Response(status=got.status)
 
     async def wait_for(self, accept: Callable[[list[Received]], bool], timeout: float, what: str) -> list[Received]:
