@@ -35,6 +35,8 @@ from webhook_svc.transport import WebhookTransport
 
 log = logging.getLogger(__name__)
 
+# The shortest wait between two looks at the database when the last found nothing to claim.
+MIN_WAIT_S = 0.05
 # Events removed per transaction when pruning, so a large backlog never holds the writer lock for long.
 PRUNE_BITE = 500
 
@@ -82,7 +84,7 @@ class Sender:
         self.wakeup.set()
 
     async def run(self) -> None:
-        await every(self.policy.poll_s, self.send_due, wake=self.wakeup, name="webhook sender")
+        await every(self.policy.poll_s, self.send_due, wake=self.wakeup, name="webhook sender", adaptive=True)
 
     async def prune(self) -> None:
         """The background loop that keeps the event feed to its retention period, a bounded bite at a time."""
@@ -119,9 +121,11 @@ class Sender:
             task.add_done_callback(self._done(endpoint_id))
         if len(claimed) == room:
             return 0.0  # a full claim: more may be due now
+        busy = [endpoint for endpoint, n in self._in_flight.items() if n >= self.policy.per_endpoint]
         async with self.db.read() as conn:
-            due = await self.repo.next_due(conn)
-        return self.policy.poll_s if due is None else (due - datetime.now(UTC)).total_seconds()
+            due = await self.repo.next_due(conn, now, busy)
+        # Never 0 here: what is due but was not claimed is held by a lease or waits for room (a wake-up comes).
+        return self.policy.poll_s if due is None else max(MIN_WAIT_S, (due - datetime.now(UTC)).total_seconds())
 
     def _done(self, endpoint_id: str) -> Callable[[asyncio.Task[None]], None]:
         def done(task: asyncio.Task[None]) -> None:

@@ -26,6 +26,7 @@ from sqlalchemy import (
     Text,
     and_,
     bindparam,
+    case,
     delete,
     exists,
     func,
@@ -445,12 +446,16 @@ class WebhookRepository:
         await conn.execute(delete(ev).where(ev.c.event_id.in_(ids)))
         return len(ids)
 
-    async def next_due(self, conn: AsyncConnection) -> datetime | None:
-        """When the earliest pending delivery is due (leases aside), of any merchant; None when none is pending."""
+    async def next_due(self, conn: AsyncConnection, now: datetime, busy: Iterable[str] = ()) -> datetime | None:
+        """When the next claim can take something, of any merchant: the earliest pending delivery's attempt time,
+        or its lease's end while another sender holds it, leaving out the endpoints in `busy` (their turn comes
+        when a request of theirs ends); None when nothing is pending."""
         d = self.t.deliveries
-        value = (await conn.execute(
-            select(func.min(d.c.next_attempt_time)).where(d.c.status == DeliveryStatus.PENDING.value)
-        )).scalar()
+        ready = case((d.c.lease_until > now, d.c.lease_until), else_=d.c.next_attempt_time)
+        query = select(func.min(ready)).where(d.c.status == DeliveryStatus.PENDING.value)
+        if skip := sorted(set(busy)):
+            query = query.where(d.c.endpoint_id.not_in(skip))
+        value = (await conn.execute(query)).scalar()
         return None if value is None else as_utc(value)
 
 

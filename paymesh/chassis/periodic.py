@@ -17,18 +17,20 @@ async def every(
     stop: asyncio.Event | None = None,
     wake: asyncio.Event | None = None,
     name: str = "",
+    adaptive: bool = False,
 ) -> None:
     """Await `step()`, then wait `interval_s` (or until `wake` is set, or `stop`), and again, until `stop`
-    is set or the task is cancelled. A step that returns a number of seconds waits that long instead when it
-    is shorter (work falls due sooner). A step that raises is logged and the loop goes on: a sweep that
-    failed once (a database hiccup) is tried again next period, never silently ended."""
+    is set or the task is cancelled. `adaptive`: the step returns the seconds to wait before the next, at most
+    `interval_s` (work falls due sooner); any other step's return is ignored. A step that raises is logged and
+    the loop goes on: a sweep that failed once (a database hiccup) is tried again next period, never silently
+    ended."""
     stop = stop or asyncio.Event()
     label = name or getattr(step, "__qualname__", "periodic step")
     while not stop.is_set():
         wait_s = interval_s
         try:
             sooner = await step()
-            if isinstance(sooner, int | float) and not isinstance(sooner, bool):
+            if adaptive and isinstance(sooner, int | float):
                 wait_s = min(interval_s, max(0.0, float(sooner)))
         except asyncio.CancelledError:
             raise

@@ -51,3 +51,28 @@ async def test_a_failing_step_is_tried_again_and_stop_ends_the_loop() -> None:
     wake.set()  # the next period, now
     await asyncio.wait_for(loop, 5)
     assert calls == 2
+
+
+async def test_only_an_adaptive_loop_reads_its_steps_answer_as_the_wait() -> None:
+    stop = asyncio.Event()
+    counts = {"plain": 0, "adaptive": 0}
+
+    async def plain() -> int:
+        counts["plain"] += 1
+        return 0  # a count of work done (the retention prune's): not a wait, or the loop would spin
+
+    async def adaptive() -> float:
+        counts["adaptive"] += 1
+        if counts["adaptive"] == 3:
+            stop.set()
+        return 0.0  # due again now
+
+    await asyncio.wait_for(every(3600.0, adaptive, stop=stop, adaptive=True), 5)
+    assert counts["adaptive"] == 3
+    stop.clear()
+    loop = asyncio.create_task(every(3600.0, plain, stop=stop))
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert counts["plain"] == 1, "a plain loop waits its interval whatever the step returns"
+    stop.set()
+    await asyncio.wait_for(loop, 5)

@@ -188,3 +188,23 @@ async def test_prune_removes_old_settled_events_with_their_deliveries_and_keeps_
         assert await repo.attempts_of(conn, [settled.delivery_id]) == {}
         rows = await repo.deliveries_page(conn, "mer_a", event_id="", endpoint_id="", after=None, limit=10)
         assert [dv.delivery_id for dv, _ in rows] == [waiting.delivery_id]
+
+
+async def test_next_due_waits_out_leases_and_leaves_busy_endpoints_to_their_wake_up(
+    db: Database, repo: WebhookRepository
+) -> None:
+    slow, other = await endpoint(db, repo), await endpoint(db, repo)
+    async with db.read() as conn:
+        assert await repo.next_due(conn, T0) is None
+    await pending(db, repo, [slow], 1)
+    now = T0 + timedelta(seconds=1)
+    async with db.read() as conn:
+        assert await repo.next_due(conn, now) == T0
+    assert len(await claim(db, repo, "a", now)) == 1
+    async with db.read() as conn:
+        # Held by a's lease: not before it ends (a sender that looked again at once would spin).
+        assert await repo.next_due(conn, now) == now + LEASE
+        assert await repo.next_due(conn, now, busy=[slow.endpoint_id]) is None
+    await pending(db, repo, [other], 1)
+    async with db.read() as conn:
+        assert await repo.next_due(conn, now, busy=[slow.endpoint_id]) == T0
