@@ -30,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from inventory_svc.domain import Line, Product, Reservation, ReservationStatus
-from paymesh.chassis.db import pairs_in, pairs_params
+from paymesh.chassis.db import lock_pairs, pairs_in, pairs_params
 from paymesh.chassis.schema_steps import MERCHANT_ID_LENGTH
 
 T = TypeVar("T")
@@ -221,9 +221,12 @@ class InventoryRepository:
     async def lock_reservations(
         self, conn: AsyncConnection, keys: Collection[ReservationKey]
     ) -> dict[ReservationKey, Reservation]:
-        """The reservations of these (merchant_id, order_id) pairs that exist, locked until the transaction ends."""
+        """The reservations of these (merchant_id, order_id) pairs that exist, locked until the transaction ends;
+        the keys without one are locked too, so another replica cannot insert one meanwhile (a tombstone or a
+        reservation this batch would then insert again)."""
         if not keys:
             return {}
+        await lock_pairs(conn, "reservations", keys)
         rows = await conn.execute(self._lock_reservations, pairs_params(keys))
         return {(row.merchant_id, row.order_id): _reservation(row) for row in rows}
 

@@ -125,6 +125,11 @@ class Consumer:
         await self.bind()
         self._task = asyncio.create_task(self.run(), name=f"consumer-{self.spec.durable}")
 
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The running loop, for the host to supervise: it ends only when stopped (or killed)."""
+        return self._task
+
     async def stop(self) -> None:
         self._stopping = True
         if self._task is not None:
@@ -157,9 +162,12 @@ class Consumer:
             try:
                 await self.process(msgs)
             except Exception:
-                # An ack or DLQ publish lost to a NATS outage: the unacked messages come
-                # back after ack_wait, and the inbox skips those already applied.
-                log.exception("consumer %s: batch left for redelivery", self.name)
+                log.exception("consumer %s: batch failed part way", self.name)
+            finally:
+                # Whatever the batch left unanswered (an ack or a DLQ publish that failed, an error in the
+                # isolation, a cancellation) goes back now: left alone it would wait out ack_wait, held by
+                # this replica and by no other. The inbox skips those already applied.
+                await self.nak_unanswered(msgs)
 
     async def next_batch(self) -> list[Any]:
         """Wait for the first message, then take what else is waiting already, up to the batch size.
@@ -184,6 +192,9 @@ class Consumer:
             try:
                 msg = await sub._sub.next_msg(timeout=NO_WAIT_ANSWER_S)
             except TimeoutError:
+                break
+            except Exception as exc:  # NATS went away mid-answer: the messages already here are still ours
+                log.warning("consumer %s: no-wait pull cut short (%s)", self.name, exc)
                 break
             if JetStreamContext.is_status_msg(msg):
                 break  # 404: nothing more waiting (or a late answer to an earlier request)
@@ -263,6 +274,17 @@ class Consumer:
                 delay,
             )
             await event.raw.nak(delay=delay)
+
+    async def nak_unanswered(self, msgs: list[Any]) -> None:
+        """Nak, after the backoff of its delivery count, each fetched message not yet acked, nak'd or termed."""
+        for raw in msgs:
+            if raw.is_acked:
+                continue
+            try:
+                await raw.nak(delay=self.spec.backoff.delay(raw.metadata.num_delivered))
+            except Exception as exc:  # NATS away: the server redelivers after ack_wait instead
+                log.warning("consumer %s: unanswered messages left to ack_wait (%s)", self.name, exc)
+                return
 
     async def dead_letter(self, raw: Any, reason: str, error: str) -> None:
         """Copy the message to the DLQ stream with why it failed, then terminate it here."""

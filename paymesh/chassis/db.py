@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, MetaData, Table, and_, bindparam, event, tuple_
+from sqlalchemy import BigInteger, ColumnElement, MetaData, Table, and_, bindparam, event, text, tuple_
 from sqlalchemy.dialects import postgresql, registry, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -50,6 +51,32 @@ def pairs_params(pairs: Iterable[tuple[Any, Any]], name: str = "keys") -> dict[s
     """The parameters of `pairs_in(..., name)` for these pairs."""
     unique = sorted(set(pairs))
     return {name: unique, f"{name}_1": sorted({a for a, _ in unique}), f"{name}_2": sorted({b for _, b in unique})}
+
+
+# One statement for a batch's keys, taken in key order: two transactions locking overlapping sets cannot deadlock.
+_LOCK_KEYS = text("SELECT pg_advisory_xact_lock(k) FROM unnest(:keys) AS k ORDER BY k").bindparams(
+    bindparam("keys", type_=postgresql.ARRAY(BigInteger))
+)
+
+
+async def lock_pairs(conn: AsyncConnection, table: str, pairs: Iterable[tuple[str, str]]) -> None:
+    """Lock these keys of `table` until the transaction ends, whether or not a row has them yet.
+
+    SELECT ... FOR UPDATE locks only rows that exist: two replicas reading the same absent key both find
+    nothing and both insert it, and the second's whole batch fails on the primary key. Taken first, these
+    (PostgreSQL advisory) locks make the second wait for the first's commit and then read its row. SQLite
+    needs none: it has one writer at a time."""
+    if conn.dialect.name != "postgresql":
+        return
+    keys = sorted({_lock_key(table, a, b) for a, b in pairs})
+    if keys:
+        await conn.execute(_LOCK_KEYS, {"keys": keys})
+
+
+def _lock_key(table: str, a: str, b: str) -> int:
+    # A stable signed 64-bit key, for pg_advisory_xact_lock(bigint); a collision only makes two keys take turns.
+    digest = hashlib.blake2b(f"{table}\0{a}\0{b}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 class DatabaseConfigError(ValueError):

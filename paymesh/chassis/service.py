@@ -210,6 +210,9 @@ class ServiceHost:
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # grpc-stubs 1.53 lacks health.aio
         self.consumers: list[Consumer] = []
         self.tasks: list[asyncio.Task[None]] = []
+        # Names of the consumers and loops that ended while serving (see `supervise`).
+        self.lost: list[str] = []
+        self._lost_health: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         rt, settings = self.runtime, self.runtime.settings
@@ -243,10 +246,32 @@ class ServiceHost:
             consumer = Consumer(spec, rt.js, rt.db, rt.inbox, settings.service)
             await consumer.start()
             self.consumers.append(consumer)
+            assert consumer.task is not None
+            self.supervise(consumer.task)
         for loop in self.wiring.background:
             self.tasks.append(asyncio.create_task(loop(), name=getattr(loop, "__name__", "background")))
-        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        log.info("%s SERVING", settings.service)
+            self.supervise(self.tasks[-1])
+        if not self.lost:
+            await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+            log.info("%s SERVING", settings.service)
+
+    def supervise(self, task: asyncio.Task[None]) -> None:
+        """A consumer or loop runs until shutdown; one that ends before is a replica that has silently stopped
+        doing part of its work (events fetched and never answered, a sweep never run). That is said loudly,
+        and the replica stops SERVING, so its health check fails and whatever runs it restarts it."""
+
+        def ended(done: asyncio.Task[None]) -> None:
+            if self.runtime.stopping.is_set():
+                return
+            error = None if done.cancelled() else done.exception()
+            how = "was cancelled" if done.cancelled() else f"raised {error!r}" if error else "returned"
+            log.critical("%s: %s %s while serving; NOT_SERVING from now on", self.runtime.settings.service,
+                         done.get_name(), how, exc_info=error)
+            self.lost.append(done.get_name())
+            self._lost_health = asyncio.get_running_loop().create_task(
+                self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING))
+
+        task.add_done_callback(ended)
 
     def reload_tls(self) -> None:
         if self.tls is not None:

@@ -192,3 +192,34 @@ async def test_retry_later_redelivers_without_counting_as_a_failure(rig: Rig) ->
         await consumer.stop()
     assert await rig.store.credits() == {"o-wait": 1}
     assert consumer.dead_lettered == 0
+
+
+async def test_what_a_failure_in_the_isolation_left_unanswered_is_redelivered_at_once_not_after_ack_wait(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def handler(uow: UnitOfWork, events: list[InboundEvent]) -> None:
+        if len(events) > 1:
+            raise RuntimeError("a batch fails, so it is isolated")
+        await rig.store.credit(uow, events)
+
+    for order_id in ["o-1", "o-2", "o-3"]:
+        await publish(rig.nc, placed(order_id=order_id))
+    # ack_wait far beyond the wait below: only a nak brings the batch back in time.
+    consumer = consumer_for(rig, handler, ack_wait_s=60.0)
+    isolate = consumer.apply_one
+    isolated: list[str] = []
+
+    async def apply_one(event: InboundEvent) -> None:
+        isolated.append(event.order_id)
+        if len(isolated) == 1:
+            raise ConnectionError("the first answer of the isolation is lost")
+        await isolate(event)
+
+    monkeypatch.setattr(consumer, "apply_one", apply_one)
+    await consumer.start()
+    try:
+        await wait_for(lambda: all_acked(rig.nc), timeout=10, message="every event applied well before ack_wait")
+    finally:
+        await consumer.stop()
+    assert await rig.store.credits() == {"o-1": 1, "o-2": 1, "o-3": 1}
+    assert consumer.dead_lettered == 0

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from paymesh.inventory.v1 import inventory_pb2
+from tests.conftest import wait_for
 from tests.integration.inventory.conftest import Rig
 
 pytestmark = pytest.mark.timeout(30)
@@ -214,3 +218,25 @@ async def test_thirty_orders_racing_for_ten_units(rig: Rig) -> None:
     await asyncio.gather(*(rig.paid(oid) for oid in winners[:5]), *(rig.declined(oid) for oid in winners[5:]))
     await rig.settle()
     assert await shelf(rig, "mug") == (5, 0, 5)
+
+
+async def test_a_consumer_that_dies_is_logged_and_the_replica_stops_serving(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = rig.host.runtime.settings
+    async with grpc.aio.insecure_channel(settings.grpc_addr) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+
+        async def status() -> int:
+            return (await health.Check(health_pb2.HealthCheckRequest())).status
+
+        async def not_serving() -> bool:
+            return await status() == health_pb2.HealthCheckResponse.NOT_SERVING
+
+        assert await status() == health_pb2.HealthCheckResponse.SERVING
+        [loop] = [t for t in asyncio.all_tasks() if t.get_name() == "consumer-inventory_svc-order"]
+        loop.cancel()  # what any BaseException escaping its loop does: nothing applies ORDER here any more
+        await wait_for(not_serving, timeout=5, message="NOT_SERVING once a consumer is gone")
+    assert rig.host.lost == ["consumer-inventory_svc-order"]
+    [record] = [r for r in caplog.records if r.levelno == logging.CRITICAL]
+    assert "consumer-inventory_svc-order was cancelled while serving" in record.getMessage()
