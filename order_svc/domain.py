@@ -85,9 +85,13 @@ class Cancelled:
     timed_out: bool
 
 
+# The final statuses no other event announces: entering one records StatusChanged (order.confirmed tells the rest).
+TOLD_BY_STATUS_CHANGE = SETTLED - {OrderStatus.CONFIRMED}
+
+
 @dataclass(frozen=True)
 class StatusChanged:
-    """The order entered a status its merchant is told about (one of SETTLED): webhook_svc's source."""
+    """The order entered a final status no other event announces (TOLD_BY_STATUS_CHANGE): webhook_svc's source."""
 
     order_id: str
     status: OrderStatus
@@ -278,7 +282,7 @@ class Order:
     def _move(self, status: OrderStatus, now: datetime) -> None:
         self.status = status
         self._touch(now)
-        if status in SETTLED:
+        if status in TOLD_BY_STATUS_CHANGE:
             self.events.append(StatusChanged(self.order_id, status))
 
     def _touch(self, now: datetime) -> None:

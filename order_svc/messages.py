@@ -77,6 +77,7 @@ def outbound(order: Order, event: Event, traceparent: str | None) -> OutboundEve
                 occurred_at=now,
                 merchant_id=order.merchant_id,
                 payment_id=event.payment_id,
+                order=order_to_proto(order),
             )
         case Cancelled():
             name = "cancelled"

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from paymesh.chassis.consumer import ConsumerSpec
 from paymesh.chassis.db import UnitOfWork
 from paymesh.chassis.events import InboundEvent
-from paymesh.order.v1.events_pb2 import OrderStatusChanged
+from paymesh.order.v1.events_pb2 import OrderConfirmed, OrderStatusChanged
 from paymesh.payment.v1.events_pb2 import PaymentRefunded, PaymentRefundFailed
 from webhook_svc.domain import Delivery, MerchantEvent, new_event_id
 from webhook_svc.messages import body, happened
@@ -50,9 +50,9 @@ class MerchantEvents:
             ConsumerSpec(
                 durable="webhook_svc-order",
                 stream="ORDER",
-                filter_subjects=["order.status_changed.*"],
+                filter_subjects=["order.confirmed.*", "order.status_changed.*"],
                 handler=self.apply,
-                events=(OrderStatusChanged,),
+                events=(OrderConfirmed, OrderStatusChanged),
             ),
             ConsumerSpec(
                 durable="webhook_svc-payment",

@@ -13,7 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from paymesh.chassis.db import as_utc
 from paymesh.chassis.events import InboundEvent, to_timestamp
 from paymesh.order.v1 import order_pb2
-from paymesh.order.v1.events_pb2 import OrderStatusChanged
+from paymesh.order.v1.events_pb2 import OrderConfirmed, OrderStatusChanged
 from paymesh.payment.v1.events_pb2 import PaymentRefunded, PaymentRefundFailed
 from paymesh.webhook.v1 import webhook_pb2
 from webhook_svc.domain import Attempt, Delivery, DeliveryStatus, Endpoint, MerchantEvent
@@ -45,6 +45,10 @@ def happened(event: InboundEvent) -> Happened | None:
     message = event.message
     occurred = as_utc(message.occurred_at.ToDatetime())
     match message:
+        case OrderConfirmed():
+            if not message.HasField("order"):
+                return None  # published before order.confirmed carried its order: from before webhook_svc
+            return Happened("order.confirmed", event.merchant_id, message.order_id, occurred, message.order)
         case OrderStatusChanged():
             type_ = ORDER_TYPES.get(message.order.status)
             if type_ is None:

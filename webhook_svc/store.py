@@ -38,7 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from paymesh.chassis.db import as_utc, conflict_insert
+from paymesh.chassis.db import as_utc, pairs_in, pairs_params
 from paymesh.chassis.schema_steps import MERCHANT_ID_LENGTH
 from webhook_svc.domain import (
     Attempt,
@@ -189,6 +189,14 @@ class WebhookRepository:
                                              e.c.endpoint_id == bindparam("endpoint_id"))
         self._subscribers = select(e).where(e.c.merchant_id.in_(bindparam("merchants", expanding=True)),
                                             e.c.disabled_reason.is_(None))
+        q = t.sequences
+        self._lock_sequences = select(q).where(pairs_in(q.c.merchant_id, q.c.order_id)).with_for_update()
+        self._insert_sequence = insert(q)
+        self._move_sequence = (
+            update(q)
+            .where(q.c.merchant_id == bindparam("key_merchant_id"), q.c.order_id == bindparam("key_order_id"))
+            .values(last_sequence=bindparam("last_sequence"))
+        )
         self._insert_event = insert(t.events)
         self._insert_delivery = insert(d)
         self._insert_attempt = insert(t.attempts)
@@ -249,25 +257,28 @@ class WebhookRepository:
     # -- events ------------------------------------------------------------------------
 
     async def next_sequences(self, conn: AsyncConnection, keys: Sequence[OrderKey]) -> list[int]:
-        """A rising number per order for each key in turn (a key named twice gets two): the row of each order
-        is locked until commit, so two replicas never hand out the same number."""
-        s = self.t.sequences
+        """A rising number per order for each key in turn (a key named twice gets two), in three statements
+        whatever the batch: the orders' rows read locked until commit (so two replicas never hand out the same
+        number; a row another replica is inserting at once fails this batch, which the consumer retries), the
+        new ones inserted, the others moved on."""
+        if not keys:
+            return []
         wanted: dict[OrderKey, int] = defaultdict(int)
         for key in keys:
             wanted[key] += 1
-        dialect = conn.dialect.name
-        last: dict[OrderKey, int] = {}
-        for (merchant_id, order_id), count in sorted(wanted.items()):
-            upsert = conflict_insert(s, dialect).values(merchant_id=merchant_id, order_id=order_id,
-                                                        last_sequence=count)
-            upsert = upsert.on_conflict_do_update(
-                index_elements=[s.c.merchant_id, s.c.order_id],
-                set_={"last_sequence": s.c.last_sequence + count},
-            ).returning(s.c.last_sequence)
-            last[(merchant_id, order_id)] = (await conn.execute(upsert)).scalar_one() - count
+        rows = await conn.execute(self._lock_sequences, pairs_params(wanted))
+        last: dict[OrderKey, int] = {(r.merchant_id, r.order_id): r.last_sequence for r in rows}
+        new = [{"merchant_id": m, "order_id": o, "last_sequence": n}
+               for (m, o), n in wanted.items() if (m, o) not in last]
+        if new:
+            await conn.execute(self._insert_sequence, new)
+        moved = [{"key_merchant_id": m, "key_order_id": o, "last_sequence": last[(m, o)] + n}
+                 for (m, o), n in wanted.items() if (m, o) in last]
+        if moved:
+            await conn.execute(self._move_sequence, moved)
         out: list[int] = []
         for key in keys:
-            last[key] += 1
+            last[key] = last.get(key, 0) + 1
             out.append(last[key])
         return out
 

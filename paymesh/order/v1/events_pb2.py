@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from paymesh.order.v1 import order_pb2 as paymesh_dot_order_dot_v1_dot_order__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dpaymesh/order/v1/events.proto\x12\x10paymesh.order.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cpaymesh/order/v1/order.proto\"\xab\x02\n\x0bOrderPlaced\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63ustomer_id\x18\x04 \x01(\t\x12)\n\x05items\x18\x05 \x03(\x0b\x32\x1a.paymesh.order.v1.LineItem\x12\x10\n\x08\x63urrency\x18\x06 \x01(\t\x12\x14\n\x0c\x61mount_minor\x18\x07 \x01(\x03\x12\x1c\n\x14payment_method_token\x18\x08 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bmerchant_id\x18\n \x01(\t\"\x8e\x01\n\x0eOrderConfirmed\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\npayment_id\x18\x04 \x01(\t\x12\x13\n\x0bmerchant_id\x18\x05 \x01(\t\"\x9d\x01\n\x0eOrderCancelled\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x11\n\ttimed_out\x18\x05 \x01(\x08\x12\x13\n\x0bmerchant_id\x18\x06 \x01(\t\"\xa6\x01\n\x12OrderStatusChanged\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bmerchant_id\x18\x04 \x01(\t\x12&\n\x05order\x18\x05 \x01(\x0b\x32\x17.paymesh.order.v1.Orderb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dpaymesh/order/v1/events.proto\x12\x10paymesh.order.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cpaymesh/order/v1/order.proto\"\xab\x02\n\x0bOrderPlaced\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63ustomer_id\x18\x04 \x01(\t\x12)\n\x05items\x18\x05 \x03(\x0b\x32\x1a.paymesh.order.v1.LineItem\x12\x10\n\x08\x63urrency\x18\x06 \x01(\t\x12\x14\n\x0c\x61mount_minor\x18\x07 \x01(\x03\x12\x1c\n\x14payment_method_token\x18\x08 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bmerchant_id\x18\n \x01(\t\"\xb6\x01\n\x0eOrderConfirmed\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\npayment_id\x18\x04 \x01(\t\x12\x13\n\x0bmerchant_id\x18\x05 \x01(\t\x12&\n\x05order\x18\x06 \x01(\x0b\x32\x17.paymesh.order.v1.Order\"\x9d\x01\n\x0eOrderCancelled\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x11\n\ttimed_out\x18\x05 \x01(\x08\x12\x13\n\x0bmerchant_id\x18\x06 \x01(\t\"\xa6\x01\n\x12OrderStatusChanged\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bmerchant_id\x18\x04 \x01(\t\x12&\n\x05order\x18\x05 \x01(\x0b\x32\x17.paymesh.order.v1.Orderb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,9 +36,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORDERPLACED']._serialized_start=115
   _globals['_ORDERPLACED']._serialized_end=414
   _globals['_ORDERCONFIRMED']._serialized_start=417
-  _globals['_ORDERCONFIRMED']._serialized_end=559
-  _globals['_ORDERCANCELLED']._serialized_start=562
-  _globals['_ORDERCANCELLED']._serialized_end=719
-  _globals['_ORDERSTATUSCHANGED']._serialized_start=722
-  _globals['_ORDERSTATUSCHANGED']._serialized_end=888
+  _globals['_ORDERCONFIRMED']._serialized_end=599
+  _globals['_ORDERCANCELLED']._serialized_start=602
+  _globals['_ORDERCANCELLED']._serialized_end=759
+  _globals['_ORDERSTATUSCHANGED']._serialized_start=762
+  _globals['_ORDERSTATUSCHANGED']._serialized_end=928
 # @@protoc_insertion_point(module_scope)

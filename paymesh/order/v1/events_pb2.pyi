@@ -35,18 +35,20 @@ class OrderPlaced(_message.Message):
     def __init__(self, event_id: _Optional[str] = ..., order_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., customer_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[_order_pb2.LineItem, _Mapping]]] = ..., currency: _Optional[str] = ..., amount_minor: _Optional[int] = ..., payment_method_token: _Optional[str] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., merchant_id: _Optional[str] = ...) -> None: ...
 
 class OrderConfirmed(_message.Message):
-    __slots__ = ("event_id", "order_id", "occurred_at", "payment_id", "merchant_id")
+    __slots__ = ("event_id", "order_id", "occurred_at", "payment_id", "merchant_id", "order")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
     PAYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     MERCHANT_ID_FIELD_NUMBER: _ClassVar[int]
+    ORDER_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     order_id: str
     occurred_at: _timestamp_pb2.Timestamp
     payment_id: str
     merchant_id: str
-    def __init__(self, event_id: _Optional[str] = ..., order_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., payment_id: _Optional[str] = ..., merchant_id: _Optional[str] = ...) -> None: ...
+    order: _order_pb2.Order
+    def __init__(self, event_id: _Optional[str] = ..., order_id: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., payment_id: _Optional[str] = ..., merchant_id: _Optional[str] = ..., order: _Optional[_Union[_order_pb2.Order, _Mapping]] = ...) -> None: ...
 
 class OrderCancelled(_message.Message):
     __slots__ = ("event_id", "order_id", "occurred_at", "reason", "timed_out", "merchant_id")

@@ -82,12 +82,21 @@ async def test_reserved_then_paid_confirms_and_publishes_order_confirmed(rig: Ri
     confirmed = await rig.wait_status(order.order_id, S.ORDER_STATUS_CONFIRMED)
     assert confirmed.payment_id == "pay_77"
     assert confirmed.update_time.ToDatetime() > order.update_time.ToDatetime()
-    assert await rig.published_names(order.order_id, 3, merchant_told=True) == ["placed", "status_changed", "confirmed"]
-    told, event = (await rig.published(order.order_id, merchant_told=True))[1:]
+    assert await rig.published_names(order.order_id, 2, merchant_told=True) == ["placed", "confirmed"]
+    event = (await rig.published(order.order_id))[1]
     assert (event.message.payment_id, event.headers["Paymesh-Type"]) == ("pay_77", "paymesh.order.v1.OrderConfirmed")
-    # In the same transaction: the order as GetOrder shows it, for the merchant's webhook.
+    # The order as GetOrder shows it, for the merchant's order.confirmed webhook.
+    assert event.message.order == confirmed
+
+
+async def test_a_final_status_no_saga_event_announces_is_published_as_status_changed(rig: Rig) -> None:
+    order = await rig.create()
+    await rig.answer(rejected(order.order_id))
+    final = await rig.wait_status(order.order_id, S.ORDER_STATUS_REJECTED)
+    assert await rig.published_names(order.order_id, 2, merchant_told=True) == ["placed", "status_changed"]
+    told = (await rig.published(order.order_id, merchant_told=True))[1]
     assert told.headers["Paymesh-Type"] == "paymesh.order.v1.OrderStatusChanged"
-    assert told.message.order == confirmed and told.message.merchant_id == confirmed.merchant_id
+    assert told.message.order == final and told.message.merchant_id == final.merchant_id
 
 
 async def test_payment_before_the_reservation_still_confirms(rig: Rig) -> None:
