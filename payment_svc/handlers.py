@@ -14,7 +14,7 @@ from payment_svc.messages import outbound
 from payment_svc.store import OrderKey, PaymentRepository
 from paymesh.chassis.backoff import Backoff
 from paymesh.chassis.consumer import ConsumerSpec, RetryLater
-from paymesh.chassis.db import UnitOfWork
+from paymesh.chassis.db import UnitOfWork, lock_pairs
 from paymesh.chassis.events import InboundEvent, OutboundEvent
 from paymesh.chassis.service import Runtime
 from paymesh.inventory.v1 import events_pb2 as inventory_events
@@ -84,7 +84,11 @@ class SagaHandlers:
 
     async def apply_order_events(self, uow: UnitOfWork, events: list[InboundEvent]) -> None:
         now = utcnow()
-        payments = await self.repository.by_orders(uow.conn, (order_key(e) for e in events))
+        keys = [order_key(e) for e in events]
+        # The only batch that creates payments (placed, or a cancel's tombstone): the keys are locked first, so
+        # another replica creating the same order's payment is waited for and then read, not written beside.
+        await lock_pairs(uow.conn, "payments", keys)
+        payments = await self.repository.by_orders(uow.conn, keys)
         out: list[OutboundEvent] = []
         for event in events:
             key = order_key(event)
