@@ -19,9 +19,8 @@ from paymesh.webhook.v1 import webhook_pb2
 from webhook_svc.domain import Attempt, Delivery, DeliveryStatus, Endpoint, MerchantEvent
 from webhook_svc.store import EventCounts
 
-# The order statuses a merchant is told about, each its webhook's type.
+# The final statuses order.status_changed announces, each its webhook's type (CONFIRMED comes as order.confirmed).
 ORDER_TYPES: dict[int, str] = {
-    order_pb2.ORDER_STATUS_CONFIRMED: "order.confirmed",
     order_pb2.ORDER_STATUS_REJECTED: "order.rejected",
     order_pb2.ORDER_STATUS_PAYMENT_FAILED: "order.payment_failed",
     order_pb2.ORDER_STATUS_CANCELLED: "order.cancelled",

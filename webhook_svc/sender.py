@@ -108,10 +108,9 @@ class Sender:
         if room <= 0:
             return self.policy.poll_s
         now = datetime.now(UTC)
-        busy = [endpoint for endpoint, n in self._in_flight.items() if n >= self.policy.per_endpoint]
         async with self.db.unit_of_work() as uow:
             claimed = await self.repo.claim(uow.conn, now=now, owner=self.owner, lease_until=now + self.policy.lease,
-                                            limit=room, per_endpoint=self.policy.per_endpoint, busy=busy)
+                                            limit=room, per_endpoint=self.policy.per_endpoint, busy=self._busy())
             await uow.commit()
         for item in claimed:
             endpoint_id = item.delivery.endpoint_id
@@ -121,11 +120,14 @@ class Sender:
             task.add_done_callback(self._done(endpoint_id))
         if len(claimed) == room:
             return 0.0  # a full claim: more may be due now
-        busy = [endpoint for endpoint, n in self._in_flight.items() if n >= self.policy.per_endpoint]
         async with self.db.read() as conn:
-            due = await self.repo.next_due(conn, now, busy)
+            due = await self.repo.next_due(conn, now, self._busy())  # after this claim's requests began
         # Never 0 here: what is due but was not claimed is held by a lease or waits for room (a wake-up comes).
         return self.policy.poll_s if due is None else max(MIN_WAIT_S, (due - datetime.now(UTC)).total_seconds())
+
+    def _busy(self) -> list[str]:
+        """The endpoints at their limit of requests in flight from this replica: left out of claims until one ends."""
+        return [endpoint for endpoint, n in self._in_flight.items() if n >= self.policy.per_endpoint]
 
     def _done(self, endpoint_id: str) -> Callable[[asyncio.Task[None]], None]:
         def done(task: asyncio.Task[None]) -> None:

@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from google.protobuf.message import Message
 
 from payment_svc.domain import Status
 from payment_svc.handlers import SagaHandlers
@@ -17,12 +16,12 @@ from payment_svc.service import SPEC
 from payment_svc.store import PaymentRepository
 from paymesh.chassis.backoff import Backoff
 from paymesh.chassis.config import Settings
-from paymesh.chassis.events import InboundEvent, new_event_id, to_timestamp
+from paymesh.chassis.events import new_event_id, to_timestamp
 from paymesh.chassis.service import Runtime, migrate_schema
 from paymesh.ops.natsserver import free_port
 from paymesh.order.v1 import events_pb2 as order_events
 from tests.conftest import wait_for
-from tests.integration.inventory.test_replicas import lock_waits
+from tests.integration.inventory.test_replicas import inbound, lock_waits
 from tests.keys import AUTH_ENV, MERCHANT_A, PLATFORM_ENV
 
 pytestmark = pytest.mark.timeout(30)
@@ -36,11 +35,6 @@ def replica(db_url: str, data_dir: Path) -> tuple[Runtime, PaymentRepository, Sa
     # The order stream's handler never calls the gateway (the charge is the inventory stream's prepare step).
     handlers = SagaHandlers(runtime, payments, None, Ledger(runtime, payments), redelivery=Backoff())  # type: ignore[arg-type]
     return runtime, payments, handlers
-
-
-def inbound(subject: str, message: Message) -> InboundEvent:
-    return InboundEvent(event_id=message.event_id, subject=subject, type=message.DESCRIPTOR.full_name,
-                        message=message, traceparent=None, num_delivered=1, raw=None)
 
 
 @pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
