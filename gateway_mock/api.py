@@ -5,6 +5,7 @@ gateway_mock consumes no events, so it has no handlers.py: this servicer is its 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import grpc
@@ -34,11 +35,13 @@ from paymesh.chassis.errors import (
     ServiceError,
     Unavailable,
 )
+from paymesh.chassis.observability import saga_context
 from paymesh.chassis.service import Runtime
 from paymesh.gateway.v1 import gateway_service_pb2 as pb
 from paymesh.gateway.v1 import gateway_service_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
+log = logging.getLogger(__name__)
 
 
 def refusal(exc: DomainError) -> ServiceError:
@@ -106,6 +109,8 @@ class GatewayApi(gateway_service_pb2_grpc.GatewayServiceServicer):
             charge = await self.bank.charge(cmd)
         except DomainError as exc:
             raise refusal(exc) from exc
+        log.info("charge %s %s %d %s", charge.charge_id, charge.status, charge.amount_minor, charge.currency,
+                 extra=saga_context(charge.order_id, charge.merchant_id))
         return pb.ChargeResponse(charge=charge_to_proto(charge))
 
     @requires(Scope.PLATFORM)
@@ -115,6 +120,8 @@ class GatewayApi(gateway_service_pb2_grpc.GatewayServiceServicer):
             refund, charge = await self.bank.refund(cmd)
         except DomainError as exc:
             raise refusal(exc) from exc
+        log.info("refund %s of %s %d %s", refund.refund_id, charge.charge_id, refund.amount_minor, charge.currency,
+                 extra=saga_context(charge.order_id, charge.merchant_id))
         return pb.RefundResponse(refund=refund_to_proto(refund), charge=charge_to_proto(charge))
 
     @requires(Scope.PLATFORM)

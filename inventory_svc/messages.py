@@ -20,7 +20,7 @@ from inventory_svc.domain import (
     Reserved,
 )
 from inventory_svc.store import Stored
-from paymesh.chassis.events import OutboundEvent, child_traceparent, new_event_id, now_timestamp, subject, to_timestamp
+from paymesh.chassis.events import OutboundEvent, new_event_id, now_timestamp, subject, to_timestamp
 from paymesh.inventory.v1 import events_pb2, inventory_pb2
 
 _STATUS = {
@@ -98,4 +98,4 @@ def outbound(event: Event, traceparent: str | None) -> OutboundEvent:
             name, message = "released", events_pb2.InventoryReleased(
                 **common, lines=_lines(event.lines), held=event.held, cause=event.cause
             )
-    return OutboundEvent.of(subject("inventory", name, event.order_id), message, child_traceparent(traceparent))
+    return OutboundEvent.of(subject("inventory", name, event.order_id), message, traceparent)

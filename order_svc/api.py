@@ -12,14 +12,14 @@ import grpc
 
 from order_svc import validate
 from order_svc.domain import SETTLED, DomainError, InvalidTransition, NotCancellable, Order, TotalOverflow
-from order_svc.messages import order_to_proto, outbound, status_from_proto
+from order_svc.messages import order_to_proto, outbox_rows, status_from_proto
 from order_svc.store import OrderRepository
 from order_svc.watch import OrderWatch
 from paymesh.chassis.auth import Scope, current_principal, requires
 from paymesh.chassis.db import UnitOfWork
 from paymesh.chassis.errors import FailedPrecondition, NotFound, ServiceError, invalid_argument
-from paymesh.chassis.events import TRACEPARENT, child_traceparent
 from paymesh.chassis.service import Runtime
+from paymesh.chassis.tracing import current_traceparent
 from paymesh.chassis.validation import page_limit, split_page
 from paymesh.order.v1 import order_service_pb2 as pb
 from paymesh.order.v1 import order_service_pb2_grpc
@@ -55,12 +55,6 @@ def not_found(order_id: str) -> NotFound:
     return NotFound(f"order {order_id} not found", reason="ORDER_NOT_FOUND", metadata={"order_id": order_id})
 
 
-def traceparent_of(context: Context) -> str:
-    """A span under the caller's trace when it sent a traceparent, else a new trace."""
-    metadata = dict(context.invocation_metadata() or ())
-    return child_traceparent(metadata.get(TRACEPARENT))
-
-
 class OrderApi(order_service_pb2_grpc.OrderServiceServicer):
     """The OrderService RPCs; a write hands the order's new state to the watch hub once it commits.
 
@@ -77,7 +71,7 @@ class OrderApi(order_service_pb2_grpc.OrderServiceServicer):
     async def CreateOrder(self, request: pb.CreateOrderRequest, context: Context) -> pb.CreateOrderResponse:  # noqa: N802
         merchant = current_principal().merchant_id
         lines = validate.create_order(request)
-        trace = traceparent_of(context)
+        trace = current_traceparent()  # the call's span (paymesh.chassis.observability)
         timeout = timedelta(seconds=self.runtime.settings.saga_timeout_s)
 
         async def place(uow: UnitOfWork) -> pb.CreateOrderResponse:
@@ -94,7 +88,7 @@ class OrderApi(order_service_pb2_grpc.OrderServiceServicer):
             except DomainError as exc:
                 raise refusal(exc) from exc
             await self.orders.add(uow.conn, order)
-            await self.runtime.publish(uow, [outbound(order, e, trace) for e in order.pull_events()])
+            await self.runtime.publish(uow, outbox_rows(uow, self.runtime.metrics, order, trace))
             return pb.CreateOrderResponse(order=order_to_proto(order))
 
         return await self.runtime.requests.run(
@@ -130,7 +124,7 @@ class OrderApi(order_service_pb2_grpc.OrderServiceServicer):
     async def CancelOrder(self, request: pb.CancelOrderRequest, context: Context) -> pb.CancelOrderResponse:  # noqa: N802
         merchant = current_principal().merchant_id
         validate.cancel_order(request)
-        trace = traceparent_of(context)
+        trace = current_traceparent()
         key = (merchant, request.order_id)
 
         async def cancel(uow: UnitOfWork) -> pb.CancelOrderResponse:
@@ -143,7 +137,7 @@ class OrderApi(order_service_pb2_grpc.OrderServiceServicer):
                 raise refusal(exc) from exc
             if started:
                 await self.orders.save(uow.conn, [order])
-                await self.runtime.publish(uow, [outbound(order, e, trace) for e in order.pull_events()])
+                await self.runtime.publish(uow, outbox_rows(uow, self.runtime.metrics, order, trace))
                 self.watch.deliver_after_commit(uow, [self.watch.snapshot(order)])
             return pb.CancelOrderResponse(order=order_to_proto(order))
 

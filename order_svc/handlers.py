@@ -6,12 +6,12 @@ import logging
 from datetime import UTC, datetime
 
 from order_svc.domain import InvalidTransition, Order
-from order_svc.messages import outbound
+from order_svc.messages import outbox_rows
 from order_svc.store import OrderKey, OrderRepository
 from order_svc.watch import OrderWatch, Snapshot
 from paymesh.chassis.consumer import ConsumerSpec
 from paymesh.chassis.db import UnitOfWork
-from paymesh.chassis.events import InboundEvent, OutboundEvent, child_traceparent
+from paymesh.chassis.events import InboundEvent, OutboundEvent
 from paymesh.chassis.service import Runtime
 from paymesh.inventory.v1.events_pb2 import InventoryRejected, InventoryReleased, InventoryReserved
 from paymesh.payment.v1.events_pb2 import (
@@ -92,8 +92,7 @@ class SagaAnswers:
                 log.info("%s %s ignored: %s", event.type, event.event_id, exc)
                 continue
             changed[key_of(event)] = order
-            trace = child_traceparent(event.traceparent)
-            outgoing.extend(outbound(order, e, trace) for e in order.pull_events())
+            outgoing.extend(outbox_rows(uow, self.runtime.metrics, order, event.traceparent))
             states.append(self.watch.snapshot(order))
         await self.orders.save(uow.conn, changed.values())
         await self.runtime.publish(uow, outgoing)

@@ -1,4 +1,5 @@
-"""Between the domain and the wire: orders as protobuf, and domain events as outbox rows."""
+"""Between the domain and the wire: orders as protobuf, and domain events as outbox rows (and as the saga's
+metrics once they commit)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from typing import cast
 from google.protobuf.message import Message
 
 from order_svc.domain import Cancelled, Confirmed, Event, Line, Order, OrderStatus, Placed, StatusChanged
+from paymesh.chassis.db import UnitOfWork, as_utc
 from paymesh.chassis.events import OutboundEvent, new_event_id, subject, to_timestamp
+from paymesh.chassis.metrics import Metrics
 from paymesh.order.v1 import events_pb2, order_pb2
 
 # The wire value of each status, looked up once (the stub types `OrderStatus.Value()` as a plain int).
@@ -46,6 +49,24 @@ def order_to_proto(order: Order) -> order_pb2.Order:
         update_time=to_timestamp(order.update_time),
         deadline=to_timestamp(order.deadline),
     )
+
+
+def outbox_rows(uow: UnitOfWork, metrics: Metrics, order: Order, traceparent: str | None) -> list[OutboundEvent]:
+    """The order's new domain events as outbox rows; one that settles it (Confirmed, StatusChanged) is counted
+    in the saga's metrics once `uow` commits, with the time since the order was placed."""
+    events = order.pull_events()
+    settled = [e.status if isinstance(e, StatusChanged) else OrderStatus.CONFIRMED
+               for e in events if isinstance(e, Confirmed | StatusChanged)]
+    if settled:
+        seconds = max(0.0, (as_utc(order.update_time) - as_utc(order.create_time)).total_seconds())
+
+        def count() -> None:
+            for status in settled:
+                metrics.orders_finished.labels(status.value).inc()
+                metrics.saga_seconds.labels(status.value).observe(seconds)
+
+        uow.after_commit(count)
+    return [outbound(order, e, traceparent) for e in events]
 
 
 def outbound(order: Order, event: Event, traceparent: str | None) -> OutboundEvent:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
-from order_svc.messages import outbound
+from order_svc.messages import outbox_rows
 from order_svc.store import OrderRepository
 from order_svc.watch import OrderWatch
 from paymesh.chassis.events import OutboundEvent, new_traceparent
@@ -63,7 +63,7 @@ class DeadlineSweeper:
             events: list[OutboundEvent] = []
             for order in overdue:
                 order.time_out(now)
-                events.extend(outbound(order, e, new_traceparent()) for e in order.pull_events())
+                events.extend(outbox_rows(uow, self.runtime.metrics, order, new_traceparent()))
             await self.orders.save(uow.conn, overdue)
             await self.runtime.publish(uow, events)
             self.watch.deliver_after_commit(uow, [self.watch.snapshot(o) for o in overdue])

@@ -4,10 +4,13 @@ transient codes, a circuit breaker, and answers reduced to what the saga needs t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import pybreaker
@@ -15,11 +18,16 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from paymesh.chassis import tracing
 from paymesh.chassis.auth.bearer import key_metadata
 from paymesh.chassis.auth.keys import ApiKey
 from paymesh.chassis.backoff import Backoff
+from paymesh.chassis.events import TRACEPARENT
 from paymesh.chassis.tls import ClientTls, channel
 from paymesh.gateway.v1 import gateway_pb2, gateway_service_pb2, gateway_service_pb2_grpc
+
+if TYPE_CHECKING:
+    from paymesh.chassis.observability import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +120,11 @@ class GatewayClient:
     """Charge and Refund through one channel and one circuit breaker, as the platform (its own key, not a
     merchant's): each charge names the merchant it is made for."""
 
-    def __init__(self, addr: str, policy: GatewayPolicy, api_key: ApiKey, tls: ClientTls | None = None) -> None:
+    def __init__(self, addr: str, policy: GatewayPolicy, api_key: ApiKey, tls: ClientTls | None = None,
+                 *, telemetry: Telemetry | None = None) -> None:
         self.addr = addr
+        # Each call is a client span (its traceparent sent as metadata) and is timed by outcome.
+        self.telemetry = telemetry
         # PAYMESH_TLS_CA and payment_svc's own certificate (its client certificate under mTLS); None: plaintext.
         self.tls = tls
         self.policy = policy
@@ -124,7 +135,10 @@ class GatewayClient:
             reset_timeout=policy.breaker_reset_s,
             throw_new_error_on_trip=False,  # keep the real code: it says whether the call may have charged
             name="gateway",
+            listeners=[_BreakerState(telemetry)] if telemetry is not None else [],
         )
+        if telemetry is not None:
+            telemetry.metrics.breaker_state("gateway", self.breaker.current_state)
         self._probing = False
         self._channel: grpc.aio.Channel | None = None
         self._stub: gateway_service_pb2_grpc.GatewayServiceAsyncStub | None = None
@@ -159,14 +173,15 @@ class GatewayClient:
             description=f"order {order_id}",
             merchant_id=merchant_id,
         )
-        reply = await self._call(self._stub.Charge, request)
-        if isinstance(reply, Outcome):
-            return reply
-        charge = reply.charge
-        if charge.status == gateway_pb2.CHARGE_STATUS_DECLINED:
-            code = charge.decline_code or "card_declined"
-            return Outcome(Kind.DECLINED, charge.charge_id, code, f"declined by the gateway: {code}")
-        return Outcome(Kind.APPROVED, charge.charge_id, detail=f"charge {charge.charge_id}")
+        with self._observed("Charge") as done:
+            reply = await self._call(self._stub.Charge, request)
+            if isinstance(reply, Outcome):
+                return done(reply)
+            charge = reply.charge
+            if charge.status == gateway_pb2.CHARGE_STATUS_DECLINED:
+                code = charge.decline_code or "card_declined"
+                return done(Outcome(Kind.DECLINED, charge.charge_id, code, f"declined by the gateway: {code}"))
+            return done(Outcome(Kind.APPROVED, charge.charge_id, detail=f"charge {charge.charge_id}"))
 
     async def refund(self, key: str, charge_id: str, amount_minor: int, reason: str) -> Outcome:
         """The refund of one of our charges; the gateway tags it with that charge's merchant (RefundRequest
@@ -175,10 +190,40 @@ class GatewayClient:
         request = gateway_service_pb2.RefundRequest(
             idempotency_key=key, charge_id=charge_id, amount_minor=amount_minor, reason=reason
         )
-        reply = await self._call(self._stub.Refund, request)
-        if isinstance(reply, Outcome):
-            return reply
-        return Outcome(Kind.APPROVED, reply.refund.refund_id, detail=f"refund {reply.refund.refund_id}")
+        with self._observed("Refund") as done:
+            reply = await self._call(self._stub.Refund, request)
+            if isinstance(reply, Outcome):
+                return done(reply)
+            return done(Outcome(Kind.APPROVED, reply.refund.refund_id, detail=f"refund {reply.refund.refund_id}"))
+
+    @contextlib.contextmanager
+    def _observed(self, operation: str) -> Iterator[Callable[[Outcome], Outcome]]:
+        """A client span for one call (with its retries) under the current span, whose traceparent the
+        attempts send; the call's time observed by its outcome."""
+        if self.telemetry is None:
+            yield lambda outcome: outcome
+            return
+        telemetry, started = self.telemetry, time.perf_counter()
+        span = telemetry.tracing.start(f"paymesh.gateway.v1.GatewayService/{operation}", tracing.CLIENT, None,
+                                       {"rpc.system": "grpc", "rpc.service": "paymesh.gateway.v1.GatewayService",
+                                        "rpc.method": operation, "server.address": self.addr})
+        kind = "error"
+
+        def done(outcome: Outcome) -> Outcome:
+            nonlocal kind
+            kind = outcome.kind.value
+            return outcome
+
+        token = tracing.enter(span.traceparent)
+        try:
+            yield done
+        finally:
+            tracing.leave(token)
+            telemetry.metrics.gateway_seconds.labels(operation, kind).observe(time.perf_counter() - started)
+            span.set("paymesh.outcome", kind)
+            if kind not in (Kind.APPROVED, Kind.DECLINED):
+                span.fail(kind)
+            span.end()
 
     async def _call(self, method: grpc.aio.UnaryUnaryMultiCallable[Req, Resp], request: Req) -> Resp | Outcome:
         """The reply, or an Outcome: DECLINED for a final refusal, UNKNOWN / UNAVAILABLE when unanswered.
@@ -213,7 +258,7 @@ class GatewayClient:
         last = ""
         for attempt in range(1, retry.attempts + 1):
             try:
-                return await method(request, timeout=self.policy.call_deadline_s, metadata=self._metadata)
+                return await method(request, timeout=self.policy.call_deadline_s, metadata=self._call_metadata())
             except grpc.aio.AioRpcError as err:
                 code = err.code().name
                 if is_refusal(code):  # the gateway is up and said no, for good
@@ -236,6 +281,22 @@ class GatewayClient:
                 if attempt < retry.attempts:
                     await asyncio.sleep(retry.backoff.delay(attempt))  # backoff between attempts
         return Outcome(Kind.UNKNOWN if reached else Kind.UNAVAILABLE, detail=last)
+
+
+    def _call_metadata(self) -> tuple[tuple[str, str], ...]:
+        """The platform key, and the current span's traceparent (the gateway's server span is its child)."""
+        traceparent = tracing.current_traceparent()
+        return self._metadata if traceparent is None else (*self._metadata, (TRACEPARENT, traceparent))
+
+
+class _BreakerState(pybreaker.CircuitBreakerListener):
+    """Keeps paymesh_breaker_state{breaker="gateway"} at the breaker's state."""
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        self.telemetry = telemetry
+
+    def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
+        self.telemetry.metrics.breaker_state(cb.name, new_state.name)
 
 
 class _Unanswered(Exception):

@@ -12,6 +12,7 @@ from payment_svc.gateway_client import GatewayClient, Kind, Outcome
 from payment_svc.ledger import Ledger, utcnow
 from payment_svc.messages import outbound
 from payment_svc.store import OrderKey, PaymentRepository
+from paymesh.chassis import tracing
 from paymesh.chassis.backoff import Backoff
 from paymesh.chassis.consumer import ConsumerSpec, RetryLater
 from paymesh.chassis.db import UnitOfWork, lock_pairs
@@ -147,9 +148,12 @@ class SagaHandlers:
             return
 
         limit = asyncio.Semaphore(self.concurrency)
+        # Each charge is made in the span of the event that asked for it.
+        traces = {order_key(e): e.traceparent for e in todo}
 
         async def call(p: Payment) -> Outcome:
             async with limit:
+                tracing.enter(traces.get((p.merchant_id, p.order_id)))  # this call's own task: nothing to undo
                 return await self.gateway.charge(p.idempotency_key, p.amount_minor, p.currency,
                                                  p.payment_method_token, p.order_id, merchant_id=p.merchant_id)
 

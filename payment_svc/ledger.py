@@ -37,10 +37,19 @@ class Ledger:
     ) -> None:
         payments = [p for p in payments if p.is_new or p.changed]
         refunding = [(p.merchant_id, p.payment_id) for p in payments if p.new_refunds]
+        # The statuses entered, read before the save clears the steps: counted once the transaction commits.
+        entered = [s.to_status.value for p in payments for s in p.steps if s.to_status != s.from_status]
         await self.repository.save(uow.conn, payments, now)
+        if entered:
+            uow.after_commit(lambda: self._count(entered))
         await self.runtime.publish(uow, events)
         if refunding and hand_over:
             uow.after_commit(lambda: self._hand_over(refunding))
+
+    def _count(self, statuses: list[str]) -> None:
+        counter = self.runtime.metrics.payments
+        for status in statuses:
+            counter.labels(status).inc()
 
     def _hand_over(self, payments: list[tuple[str, str]]) -> None:
         for merchant_id, payment_id in payments:

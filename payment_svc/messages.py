@@ -9,7 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from payment_svc import domain
 from payment_svc.domain import AuditEntry, Payment, Status
-from paymesh.chassis.events import OutboundEvent, child_traceparent, new_event_id, now_timestamp, subject, to_timestamp
+from paymesh.chassis.events import OutboundEvent, new_event_id, now_timestamp, subject, to_timestamp
 from paymesh.payment.v1 import events_pb2, payment_pb2, payment_service_pb2
 
 CAUSE_ORDER_CANCELLED = "ORDER_CANCELLED"
@@ -75,7 +75,7 @@ def outbound(payment: Payment, event: domain.DomainEvent, cause_traceparent: str
             )
         case _:
             assert_never(event)
-    return OutboundEvent.of(subject("payment", name, event.order_id), message, child_traceparent(cause_traceparent))
+    return OutboundEvent.of(subject("payment", name, event.order_id), message, cause_traceparent)
 
 
 def cause_of(answers_cancel: bool) -> str:

@@ -60,7 +60,7 @@ class PaymentSettings:
 def wire(runtime: Runtime, settings: PaymentSettings) -> Wiring:
     payments = PaymentRepository(runtime.metadata)
     gateway = GatewayClient(settings.gateway_addr, settings.gateway, settings.gateway_api_key,
-                            ClientTls.of_service(runtime.settings.tls))
+                            ClientTls.of_service(runtime.settings.tls), telemetry=runtime)
     ledger = Ledger(runtime, payments)
     refunder = Refunder(
         runtime,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from paymesh.chassis.db import Database
+from paymesh.chassis.metrics import Metrics
 from paymesh.chassis.periodic import every
 from webhook_svc import signing
 from webhook_svc.domain import (
@@ -68,8 +69,9 @@ class Sender:
     """One replica's sender; `run` is its background loop, `wake` is called when new deliveries commit."""
 
     def __init__(self, db: Database, repo: WebhookRepository, transport: WebhookTransport, policy: SenderPolicy,
-                 *, service: str, addr: str) -> None:
+                 *, service: str, addr: str, metrics: Metrics | None = None) -> None:
         self.db = db
+        self.metrics = metrics if metrics is not None else Metrics(service)
         self.repo = repo
         self.transport = transport
         self.policy = policy
@@ -149,13 +151,18 @@ class Sender:
             raw = item.body.encode()
             headers = signing.headers(endpoint.signing_secrets(started), delivery.event_id, int(time.time()), raw)
             result = await self.transport.post(endpoint.url, headers, raw)
-        await self._record(delivery.delivery_id, started, result.http_status, result.error, result.latency_ms)
-        log.info("webhook %s %s to %s: %s", delivery.event_id, delivery.delivery_id, endpoint.endpoint_id,
-                 result.http_status or result.error)
+        self.metrics.webhook_seconds.observe(result.latency_ms / 1000)
+        outcome = await self._record(delivery.delivery_id, started, result.http_status, result.error,
+                                     result.latency_ms)
+        self.metrics.webhook_deliveries.labels(outcome).inc()
+        log.info("webhook %s %s to %s: %s (%s)", delivery.event_id, delivery.delivery_id, endpoint.endpoint_id,
+                 result.http_status or result.error, outcome,
+                 extra={"merchant_id": delivery.merchant_id, "event_id": delivery.event_id})
 
     async def _record(self, delivery_id: str, started: datetime, http_status: int, error: str,
-                      latency_ms: int) -> None:
-        """The attempt and what follows from it, in one transaction under the delivery's and endpoint's locks."""
+                      latency_ms: int) -> str:
+        """The attempt and what follows from it, in one transaction under the delivery's and endpoint's locks;
+        the attempt's outcome: delivered, retrying (tried again later) or failed (given up)."""
         async with self.db.unit_of_work() as uow:
             conn = uow.conn
             delivery, endpoint = await self.repo.lock_delivery(conn, delivery_id)
@@ -177,6 +184,9 @@ class Sender:
                     log.warning("webhook endpoint %s of merchant %s disabled (%s); %d pending deliveries failed",
                                 endpoint.endpoint_id, endpoint.merchant_id, endpoint.disabled_reason, stopped)
             await uow.commit()
+        if attempt.delivered:
+            return "delivered"
+        return "retrying" if delivery.status is DeliveryStatus.PENDING else "failed"
 
     async def stop(self) -> None:
         """Cancel the requests in flight; their leases end by themselves and another replica (or this one,

@@ -65,7 +65,7 @@ def wire(runtime: Runtime, settings: WebhookSettings) -> Wiring:
     transport = WebhookTransport(timeout_s=settings.policy.timeout_s, allow_private=settings.allow_private,
                                  limit_per_host=settings.policy.per_endpoint)
     sender = Sender(runtime.db, repo, transport, settings.policy, service=runtime.settings.service,
-                    addr=runtime.settings.grpc_addr)
+                    addr=runtime.settings.grpc_addr, metrics=runtime.metrics)
     events = MerchantEvents(repo, sender.wake, settings.policy.schedule)
     api = WebhookApi(runtime, repo, allow_private=settings.allow_private, wake_sender=sender.wake,
                      schedule=settings.policy.schedule)

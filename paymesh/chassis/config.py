@@ -38,6 +38,25 @@ def db_url(spec: ServiceSpec[Any], env: Mapping[str, str] | None = None, *, shar
     return env.get(f"{spec.env_prefix}_DB_URL") or f"{driver}:///{data_dir(env) / f'{spec.name}.db'}"
 
 
+METRICS_ADDR_OFFSET = 1000  # the default metrics port is the gRPC port plus this
+
+
+def metrics_addr(spec: ServiceSpec[Any], env: Mapping[str, str] | None = None) -> tuple[str | None, bool]:
+    """`<SVC>_METRICS_ADDR` (`off`: no metrics served), else 127.0.0.1 and the gRPC port + 1000; and whether
+    it was set explicitly (then a port that cannot be bound stops the start; the default one is only warned of)."""
+    env = os.environ if env is None else env
+    raw = (env.get(f"{spec.env_prefix}_METRICS_ADDR") or "").strip()
+    if raw.lower() == "off":
+        return None, True
+    if raw:
+        return raw, True
+    _, _, port = grpc_addr(spec, env).rpartition(":")
+    try:
+        return f"127.0.0.1:{int(port) + METRICS_ADDR_OFFSET}", False
+    except ValueError:
+        raise ConfigError(f"{spec.env_prefix}_GRPC_ADDR={grpc_addr(spec, env)!r} has no port") from None
+
+
 EVENT_LOOPS = ("uvloop", "asyncio")
 
 
@@ -142,11 +161,17 @@ class Settings:
     # <SVC>_NATS_CREDS: the service's own NATS user (its nkey seed file); None on a NATS without authorization.
     # Its repr shows the file, never the seed.
     nats_creds: NatsCredentials | None = None
+    # <SVC>_METRICS_ADDR (None: `off`) and whether it was set rather than derived from the gRPC port.
+    metrics_addr: str | None = None
+    metrics_addr_explicit: bool = False
+    # PAYMESH_METRICS_PERIOD_S: how often the gauges read from the store and the bus are refreshed.
+    metrics_period_s: float = 5.0
 
     @classmethod
     def from_env(cls, spec: ServiceSpec[Any], env: Mapping[str, str] | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
         nats = env.get("PAYMESH_NATS_URL") or DEFAULT_NATS_URL
+        metrics, metrics_explicit = metrics_addr(spec, env)
         return cls(
             service=spec.name,
             env_prefix=spec.env_prefix,
@@ -164,6 +189,9 @@ class Settings:
             else None,
             tls=TlsSettings.from_env(spec.env_prefix, env),
             nats_creds=nats_credentials(spec, env),
+            metrics_addr=metrics,
+            metrics_addr_explicit=metrics_explicit,
+            metrics_period_s=env_float(env, "PAYMESH_METRICS_PERIOD_S", 5.0),
         )
 
 

@@ -5,20 +5,26 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import Message
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from sqlalchemy import Table
 
-from paymesh.chassis import inbox
+from paymesh.chassis import inbox, tracing
 from paymesh.chassis.backoff import Backoff
 from paymesh.chassis.db import Database, UnitOfWork
 from paymesh.chassis.events import InboundEvent, UndecodableEvent, decode, message_types
 from paymesh.chassis.jetstream import ask_until_answered
+from paymesh.chassis.metrics import Metrics
+from paymesh.chassis.tracing import SpanHandle
+
+if TYPE_CHECKING:
+    from paymesh.chassis.observability import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +91,15 @@ class Consumer:
     """Runs one ConsumerSpec until stopped."""
 
     def __init__(
-        self, spec: ConsumerSpec, js: JetStreamContext, db: Database, inbox_table: Table, service: str
+        self, spec: ConsumerSpec, js: JetStreamContext, db: Database, inbox_table: Table, service: str,
+        *, telemetry: Telemetry | None = None,
     ):
         self.spec = spec
+        self.telemetry = telemetry
+        # A consumer made outside a service (a test's) still counts, into metrics nobody serves.
+        self.metrics = telemetry.metrics if telemetry is not None else Metrics(service)
+        # What became of each event of the batch being processed (applied, duplicate, retried, dead_lettered).
+        self._outcomes: dict[str, str] = {}
         self.js = js
         self.db = db
         self.inbox = inbox_table
@@ -202,8 +214,31 @@ class Consumer:
         return out
 
     async def process(self, msgs: list[Any]) -> None:
-        """Apply a fetched batch: decode, one transaction for all, else one by one."""
+        """Apply a fetched batch (decode, one transaction for all, else one by one), each event in its own
+        consumer span under the context its publisher sent, and counted by what became of it."""
+        started = time.perf_counter()
+        durable = self.name
+        self.metrics.batch_size.labels(durable).observe(len(msgs))
+        events, spans = await self._decoded(msgs)
+        self._outcomes = {}
+        try:
+            await self._apply_batch(events)
+        finally:
+            consumed = self.metrics.consumed
+            for event, span in zip(events, spans, strict=True):
+                outcome = self._outcomes.get(event.event_id, "unanswered")
+                consumed.labels(durable, event.subject.rpartition(".")[0], outcome).inc()
+                span.set("paymesh.outcome", outcome)
+                if outcome in ("retried", "dead_lettered", "unanswered"):
+                    span.fail(outcome)
+                span.end()
+            self.metrics.handler_seconds.labels(durable).observe(time.perf_counter() - started)
+
+    async def _decoded(self, msgs: list[Any]) -> tuple[list[InboundEvent], list[SpanHandle]]:
+        """The batch's events to apply, each with its span started; the rest dead-lettered."""
         events: list[InboundEvent] = []
+        spans: list[SpanHandle] = []
+        redelivered = 0
         for raw in msgs:
             try:
                 event = decode(raw, self.spec.types)
@@ -215,7 +250,28 @@ class Consumer:
                 # applying it died each time. Stop the crash loop here.
                 await self.dead_letter(raw, "MAX_DELIVER", f"delivered {event.num_delivered} times")
                 continue
+            if event.num_delivered > 1:
+                redelivered += 1
+            span = self._span(event)
+            # What the handler publishes for this event continues the trace from this span.
+            event.traceparent = span.traceparent
             events.append(event)
+            spans.append(span)
+        if redelivered:
+            self.metrics.redeliveries.labels(self.name).inc(redelivered)
+        return events, spans
+
+    def _span(self, event: InboundEvent) -> SpanHandle:
+        if self.telemetry is None:
+            return SpanHandle(event.traceparent or "")
+        return self.telemetry.tracing.start(
+            f"process {event.subject.rpartition('.')[0]}", tracing.CONSUMER, event.traceparent,
+            {"messaging.system": "nats", "messaging.operation.type": "process",
+             "messaging.destination.name": event.subject, "messaging.consumer.group.name": self.name,
+             "messaging.message.id": event.event_id, "messaging.nats.delivery_count": event.num_delivered,
+             "messaging.nats.stream": self.spec.stream})
+
+    async def _apply_batch(self, events: list[InboundEvent]) -> None:
         if not events:
             return
         if len(events) > 1:
@@ -245,6 +301,9 @@ class Consumer:
         self.applied += len(fresh)
         for event in events:
             await event.raw.ack()
+            self._outcomes[event.event_id] = "duplicate"
+        for event in fresh:
+            self._outcomes[event.event_id] = "applied"
 
     async def _not_yet_applied(self, events: list[InboundEvent]) -> list[InboundEvent]:
         ids = [e.event_id for e in events]
@@ -257,11 +316,14 @@ class Consumer:
             await self.apply([event])
         except RetryLater as exc:
             await event.raw.nak(delay=exc.delay_s)
+            self._outcomes[event.event_id] = "retried"
         except PermanentFailure as exc:
             await self.dead_letter(event.raw, "PERMANENT_FAILURE", str(exc))
+            self._outcomes[event.event_id] = "dead_lettered"
         except Exception as exc:
             if event.num_delivered >= self.spec.max_deliver:
                 await self.dead_letter(event.raw, "MAX_DELIVER", f"{type(exc).__name__}: {exc}")
+                self._outcomes[event.event_id] = "dead_lettered"
                 return
             delay = self.spec.backoff.delay(event.num_delivered)
             log.warning(
@@ -274,6 +336,7 @@ class Consumer:
                 delay,
             )
             await event.raw.nak(delay=delay)
+            self._outcomes[event.event_id] = "retried"
 
     async def nak_unanswered(self, msgs: list[Any]) -> None:
         """Nak, after the backoff of its delivery count, each fetched message not yet acked, nak'd or termed."""
@@ -308,6 +371,7 @@ class Consumer:
         await self.js.publish(dlq_subject(self.service, self.name), raw.data, headers=headers)
         await raw.term()
         self.dead_lettered += 1
+        self.metrics.dead_lettered.labels(self.name, reason).inc()
         log.error(
             "consumer %s: dead-lettered %s seq %d: %s: %s",
             self.name,

@@ -9,7 +9,9 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from nats.aio.client import Client as NATS
 from sqlalchemy import (
@@ -33,11 +35,15 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.dml import Insert
 
+from paymesh.chassis import tracing
 from paymesh.chassis.backoff import Backoff
-from paymesh.chassis.db import Database
-from paymesh.chassis.events import OutboundEvent
+from paymesh.chassis.db import Database, as_utc
+from paymesh.chassis.events import TRACEPARENT, OutboundEvent
 from paymesh.chassis.jetstream import DuplicateInBatch, publish_atomic, publish_each
 from paymesh.chassis.periodic import pause
+
+if TYPE_CHECKING:
+    from paymesh.chassis.observability import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +132,10 @@ class OutboxRelay:
         retention: timedelta = timedelta(hours=24),
         lease_ttl: timedelta = timedelta(seconds=10),
         holder: str | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.db = db
+        self.telemetry = telemetry
         self.lease = outbox.metadata.tables["outbox_lease"]
         self.lease_ttl = lease_ttl
         # A replica's stable name (service, host, address): restarted after a crash, it takes
@@ -250,6 +258,38 @@ class OutboxRelay:
         events = await self.pending()
         if not events:
             return 0
+        spans: list[tracing.SpanHandle] = []
+        if self.telemetry is not None and self.telemetry.tracing.recording:
+            events, spans = self._traced(events)
+        try:
+            await self._publish(events)
+        except BaseException as exc:
+            for span in spans:
+                span.fail(f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            for span in spans:
+                span.end()
+        await self.mark_sent([e.event_id for e in events])
+        self.published += len(events)
+        if self.telemetry is not None:
+            self.telemetry.metrics.outbox_relayed.inc(len(events))
+        return len(events)
+
+    def _traced(self, events: list[OutboundEvent]) -> tuple[list[OutboundEvent], list[tracing.SpanHandle]]:
+        """A producer span per event under the context its row was written in; each goes out in its span's."""
+        assert self.telemetry is not None
+        out, spans = [], []
+        for event in events:
+            span = self.telemetry.tracing.start(
+                f"publish {event.subject.rpartition('.')[0]}", tracing.PRODUCER, event.headers.get(TRACEPARENT),
+                {"messaging.system": "nats", "messaging.operation.type": "send",
+                 "messaging.destination.name": event.subject, "messaging.message.id": event.event_id})
+            spans.append(span)
+            out.append(replace(event, headers={**event.headers, TRACEPARENT: span.traceparent}))
+        return out, spans
+
+    async def _publish(self, events: list[OutboundEvent]) -> None:
         if len(events) <= SEQUENTIAL_MAX:
             # Small batches go one by one, each acked before the next: the same order and
             # dedupe, without the atomic commit's fixed ~3.5 ms (benchmarks/README.md).
@@ -260,9 +300,6 @@ class OutboxRelay:
             except DuplicateInBatch:
                 # A resend after a crash between ack and mark-sent.
                 await publish_each(self.nc.jetstream(), events, timeout=self.ack_timeout_s)
-        await self.mark_sent([e.event_id for e in events])
-        self.published += len(events)
-        return len(events)
 
     async def mark_sent(self, event_ids: list[str]) -> None:
         async with self.db.unit_of_work() as uow:
@@ -282,8 +319,16 @@ class OutboxRelay:
             await uow.commit()
 
     async def unsent_count(self) -> int:
+        return (await self.backlog())[0]
+
+    async def backlog(self) -> tuple[int, datetime | None]:
+        """How many rows are unsent, and when the oldest of them was written."""
         async with self.db.read() as conn:
             result = await conn.execute(
-                select(func.count()).select_from(self.outbox).where(self.outbox.c.sent_at.is_(None))
+                select(func.count(), func.min(self.outbox.c.created_at))
+                .select_from(self.outbox).where(self.outbox.c.sent_at.is_(None))
             )
-            return int(result.scalar_one())
+            count, oldest = result.one()
+            if isinstance(oldest, str):  # SQLite returns an aggregate of a DateTime column as its text
+                oldest = datetime.fromisoformat(oldest)
+            return int(count), None if oldest is None else as_utc(oldest)

@@ -33,10 +33,13 @@ from paymesh.chassis.errors import Unavailable
 from paymesh.chassis.events import OutboundEvent
 from paymesh.chassis.idempotency import RequestLog, requests_table
 from paymesh.chassis.inbox import inbox_table
-from paymesh.chassis.observability import CallInterceptor, configure_logging
+from paymesh.chassis.metrics import Metrics, MetricsServer
+from paymesh.chassis.observability import CallInterceptor, configure_logging, log_steps
 from paymesh.chassis.page_tokens import PageTokens
+from paymesh.chassis.periodic import every
 from paymesh.chassis.spec import ServiceSpec
 from paymesh.chassis.tls import PeerInterceptor, ServerTls
+from paymesh.chassis.tracing import Tracing
 
 S = TypeVar("S")
 
@@ -74,7 +77,7 @@ class Wiring:
 
 
 class Runtime:
-    """The shared parts a service's code receives: database, request log, outbox, JetStream."""
+    """The shared parts a service's code receives: database, request log, outbox, JetStream, metrics, tracer."""
 
     def __init__(self, spec: ServiceSpec[Any], settings: Settings) -> None:
         self.spec = spec
@@ -88,6 +91,9 @@ class Runtime:
         self.nc: NATS | None = None
         self.js: JetStreamContext | None = None
         self.relay: outbox.OutboxRelay | None = None
+        self.metrics = Metrics(spec.name)
+        # Recording only with OTEL_EXPORTER_OTLP_ENDPOINT; a test may hand it an exporter before wiring.
+        self.tracing = Tracing.from_env(spec.name)
         # Set when shutdown begins, so long-lived calls (server streams) can end at once.
         self.stopping = asyncio.Event()
         self._page_tokens: PageTokens | None = None
@@ -105,10 +111,20 @@ class Runtime:
         self._page_tokens = tokens
 
     async def publish(self, uow: UnitOfWork, events: Sequence[OutboundEvent]) -> None:
-        """Put events in the outbox inside `uow`; the relay is woken when it commits."""
+        """Put events in the outbox inside `uow`; when it commits, each is a saga step logged and counted, and
+        the relay is woken."""
+        if not events:
+            return
         await outbox.add(uow.conn, self.outbox, events)
+        uow.after_commit(lambda: self._committed(events))
         if self.relay is not None:
             uow.after_commit(self.relay.wake)
+
+    def _committed(self, events: Sequence[OutboundEvent]) -> None:
+        published = self.metrics.events_published
+        for event in events:
+            published.labels(event.subject.rpartition(".")[0]).inc()
+        log_steps(events)
 
 
 # Who makes the DLQ stream, for the message when it never appears (paymesh.ops.nats_setup).
@@ -205,9 +221,10 @@ class ServiceHost:
         peers = [PeerInterceptor()] if settings.tls.require_client_auth else []
         # so_reuseport off: a second process on a taken port must fail, not share it. The key check
         # comes after the call log, so a refusal is logged like any answer.
-        self.server = grpc.aio.server(interceptors=[*peers, CallInterceptor(), auth],
+        self.server = grpc.aio.server(interceptors=[*peers, CallInterceptor(runtime), auth],
                                       options=[("grpc.so_reuseport", 0)])
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # grpc-stubs 1.53 lacks health.aio
+        self.metrics_server = MetricsServer(runtime.metrics)
         self.consumers: list[Consumer] = []
         self.tasks: list[asyncio.Task[None]] = []
         # Names of the consumers and loops that ended while serving (see `supervise`).
@@ -229,6 +246,7 @@ class ServiceHost:
         log.info("%s listening on %s%s (NOT_SERVING until ready)", settings.service, settings.grpc_addr,
                  " (TLS, client certificates required)" if settings.tls.require_client_auth
                  else " (TLS)" if self.tls else "")
+        await self._serve_metrics()
 
         if self.migrate:
             await migrate_schema(rt)
@@ -237,23 +255,51 @@ class ServiceHost:
         assert rt.nc is not None and rt.js is not None
         await self._load_keys(rt.nc)
         holder = f"{settings.service}@{socket.gethostname()}/{settings.grpc_addr}"
-        rt.relay = outbox.OutboxRelay(rt.db, rt.outbox, rt.nc, holder=holder)
+        rt.relay = outbox.OutboxRelay(rt.db, rt.outbox, rt.nc, holder=holder, telemetry=rt)
         rt.relay.start()
         for hook in self.wiring.on_start:
             await hook()
         await bind_streams(rt, self.wiring.consumers)
         for spec in self.wiring.consumers:
-            consumer = Consumer(spec, rt.js, rt.db, rt.inbox, settings.service)
+            consumer = Consumer(spec, rt.js, rt.db, rt.inbox, settings.service, telemetry=rt)
             await consumer.start()
             self.consumers.append(consumer)
             assert consumer.task is not None
             self.supervise(consumer.task)
+        self.tasks.append(asyncio.create_task(
+            every(settings.metrics_period_s, self.refresh_gauges, name="metrics gauges"), name="metrics gauges"))
+        self.supervise(self.tasks[-1])
         for loop in self.wiring.background:
             self.tasks.append(asyncio.create_task(loop(), name=getattr(loop, "__name__", "background")))
             self.supervise(self.tasks[-1])
         if not self.lost:
             await self._set_health(health_pb2.HealthCheckResponse.SERVING)
             log.info("%s SERVING", settings.service)
+
+    async def _serve_metrics(self) -> None:
+        settings = self.runtime.settings
+        addr = settings.metrics_addr
+        if addr is None:
+            return
+        try:
+            await self.metrics_server.start(addr)
+        except OSError as exc:
+            message = f"cannot serve metrics on {addr} ({exc}); is it in use? set {settings.env_prefix}_METRICS_ADDR"
+            if settings.metrics_addr_explicit:
+                raise StartupError(message) from exc
+            # The default port (the gRPC port + 1000) is taken: payments go on, unwatched, and say so.
+            log.warning("%s: %s (or `off`); serving no metrics", settings.service, message)
+            return
+        log.info("%s metrics on http://%s/metrics", settings.service, addr)
+
+    async def refresh_gauges(self) -> None:
+        """The gauges read from the store and the bus: this outbox's backlog, and the lag of every durable on the
+        stream this service owns (its owner reports it, so a durable whose process is down is still seen)."""
+        rt = self.runtime
+        if rt.relay is not None:
+            rt.metrics.outbox_backlog(*await rt.relay.backlog())
+        if rt.js is not None and rt.settings.stream:
+            rt.metrics.consumer_lag(rt.settings.stream, await rt.js.consumers_info(rt.settings.stream))
 
     def supervise(self, task: asyncio.Task[None]) -> None:
         """A consumer or loop runs until shutdown; one that ends before is a replica that has silently stopped
@@ -325,6 +371,8 @@ class ServiceHost:
             with contextlib.suppress(Exception):
                 await rt.nc.drain()
         await rt.db.dispose()
+        await self.metrics_server.stop()
+        rt.tracing.shutdown()
         log.info("%s stopped", rt.settings.service)
 
 

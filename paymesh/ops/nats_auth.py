@@ -80,6 +80,8 @@ def permissions_for(spec: ServiceSpec[Any]) -> dict[str, Any]:
     if spec.stream:
         publish += stream_subjects(spec.stream)
         publish += [f"{API}.STREAM.{call}.{spec.stream}" for call in ("INFO", "CREATE", "UPDATE")]
+        # Reading (never changing) the durables on its own stream: it reports their lag (paymesh.chassis.metrics).
+        publish.append(f"{API}.CONSUMER.LIST.{spec.stream}")
     if spec.consumes:
         publish += [dlq_subject(spec.name, durable.name) for durable in spec.consumes]
         # Streams it waits for and binds, never creates: its peers' and the DLQ.
