@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from paymesh.chassis import jetstream
 from paymesh.chassis.auth.keys import ApiKey
 from paymesh.chassis.auth.pepper import load_pepper
-from paymesh.chassis.config import CA_ENV, CLIENT_AUTH_ENV, ConfigError, db_url, grpc_addr
+from paymesh.chassis.config import CA_ENV, CLIENT_AUTH_ENV, ConfigError, db_url, grpc_addr, metrics_addr
 from paymesh.chassis.nats_creds import OPERATOR_CREDS_ENV, CredentialsError, NatsCredentials
 from paymesh.chassis.tls import CLIENT_CERT_ENV, CLIENT_KEY_ENV, ClientTls, channel
 from paymesh.ops import mesh_file
@@ -91,6 +91,7 @@ class Child:
     log_path: Path
     process: subprocess.Popen[bytes]
     replica: int = 1
+    metrics_addr: str | None = None  # where it serves /metrics (None: `off`)
 
     @property
     def name(self) -> str:
@@ -131,30 +132,38 @@ def child_env(env: Mapping[str, str], data_dir: Path) -> dict[str, str]:
     return out
 
 
+def first_metrics_addr(service: str, env: Mapping[str, str]) -> str | None:
+    """Where the first replica of `service` serves /metrics (`<SVC>_METRICS_ADDR`, else its gRPC port + 1000)."""
+    return metrics_addr(spec(service), dict(env))[0]
+
+
 def check_service_ports(
     env: Mapping[str, str], services: Iterable[str] = START_ORDER, replicas: Mapping[str, int] | None = None
 ) -> None:
+    """Every replica's gRPC and metrics ports: well-formed, distinct and free, or LaunchError naming the variable."""
     seen: dict[int, str] = {}
     for service in services:
-        variable = f"{spec(service).env_prefix}_GRPC_ADDR"
-        first = grpc_addr(spec(service), dict(env))
-        try:
-            split_addr(first)
-        except ValueError:
-            raise LaunchError(f"{service}: {variable}={first!r} is not host:port") from None
-        for replica in range(1, (replicas or {}).get(service, 1) + 1):
-            name, addr = replica_name(service, replica), replica_addr(first, replica)
-            host, port = split_addr(addr)
-            if port > 65535:
-                raise LaunchError(f"{name}: port {port} is past 65535; set {variable} to a lower port")
-            if port in seen:
-                raise LaunchError(
-                    f"{name} and {seen[port]} are both set to port {port}; set {variable} to another address"
-                    + (f" (replica r listens on its port + {REPLICA_PORT_STEP}·(r−1))" if replicas else "")
-                )
-            seen[port] = name
-            if not port_is_free(port, bind_host(host)):
-                raise LaunchError(f"{name}: {addr} is in use; set {variable} to another address")
+        prefix = spec(service).env_prefix
+        listens = [(f"{prefix}_GRPC_ADDR", grpc_addr(spec(service), dict(env)), "")]
+        if (metrics := first_metrics_addr(service, env)) is not None:
+            listens.append((f"{prefix}_METRICS_ADDR", metrics, " metrics"))
+        for variable, first, what in listens:
+            try:
+                split_addr(first)
+            except ValueError:
+                raise LaunchError(f"{service}: {variable}={first!r} is not host:port") from None
+            for replica in range(1, (replicas or {}).get(service, 1) + 1):
+                name, addr = replica_name(service, replica), replica_addr(first, replica)
+                host, port = split_addr(addr)
+                if port > 65535:
+                    raise LaunchError(f"{name}{what}: port {port} is past 65535; set {variable} to a lower port")
+                if port in seen:
+                    step = f" (replica r listens on its port + {REPLICA_PORT_STEP}·(r−1))" if replicas else ""
+                    raise LaunchError(f"{name}{what} and {seen[port]} are both set to port {port}; set {variable} "
+                                      f"to another address{step}")
+                seen[port] = f"{name}{what}"
+                if not port_is_free(port, bind_host(host)):
+                    raise LaunchError(f"{name}{what}: {addr} is in use; set {variable} to another address")
 
 
 def choose_nats_port(env: Mapping[str, str], say: Callable[[str], None]) -> int:
@@ -210,6 +219,7 @@ def spawn(service: str, env: Mapping[str, str], logs: Path, replica: int = 1) ->
         log_path=log_path,
         process=process,
         replica=replica,
+        metrics_addr=metrics_addr(spec(service), dict(env))[0],
     )
 
 
@@ -341,6 +351,13 @@ class Mesh:
         """Every replica's address, first replica first."""
         return [self.addr(service, r) for r in range(1, self.replicas.get(service, 1) + 1)]
 
+    def metrics_addrs(self, service: str) -> list[str]:
+        """Where each replica serves /metrics, first replica first (none when `<SVC>_METRICS_ADDR=off`)."""
+        first = first_metrics_addr(service, self.env)
+        if first is None:
+            return []
+        return [dial_addr(replica_addr(first, r)) for r in range(1, self.replicas.get(service, 1) + 1)]
+
     def target(self, service: str) -> str:
         """One gRPC target for all replicas of `service` (see `grpc_target`)."""
         return grpc_target(self.addrs(service))
@@ -357,6 +374,8 @@ class Mesh:
         its own-numbered one first, so the payment replicas spread their charges and fail over."""
         env = dict(self.env)
         env[f"{spec(service).env_prefix}_GRPC_ADDR"] = replica_addr(grpc_addr(spec(service), self.env), replica)
+        if (metrics := first_metrics_addr(service, self.env)) is not None:
+            env[f"{spec(service).env_prefix}_METRICS_ADDR"] = replica_addr(metrics, replica)
         env[f"{spec(service).env_prefix}_DB_URL"] = db_url(spec(service), self.env, shared=self.replicas[service] > 1)
         if self.nats_users is not None:
             env.update(self.nats_users.env_of(spec(service)))  # its own NATS user, and no one else's
@@ -605,12 +624,14 @@ class Mesh:
                 self.warn(f"{child.name} {exit_status(child.process.returncode)} while stopping; see {child.log_path}")
 
     def table(self) -> list[str]:
-        """The lines `paymesh up` prints: each replica's address, PID and store, then every NATS node and the logs."""
-        rows = [("service", "gRPC address", "PID", "database")]
-        rows += [(c.name, c.addr, str(c.process.pid), shown(c.db_url)) for c in self.children.values()]
-        widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        """The lines `paymesh up` prints: each replica's gRPC and metrics addresses, PID and store, then every
+        NATS node and the logs."""
+        rows = [("service", "gRPC address", "metrics", "PID", "database")]
+        rows += [(c.name, c.addr, f"http://{c.metrics_addr}/metrics" if c.metrics_addr else "off",
+                  str(c.process.pid), shown(c.db_url)) for c in self.children.values()]
+        widths = [max(len(row[i]) for row in rows) for i in range(4)]
         lines = [
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[3]
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[4]
             for row in rows
         ]
         if self.cluster is not None:
@@ -675,7 +696,8 @@ class Launcher:
             self.wrote = mesh_file.write(
                 self.mesh.data_dir, {s: self.mesh.addrs(s) for s in self.mesh.services},
                 {s: spec(s).env_prefix for s in self.mesh.services}, self.mesh.env,
-                self.mesh.data_dir / DEV_KEY_FILE if self.mesh.dev_key is not None else None)
+                self.mesh.data_dir / DEV_KEY_FILE if self.mesh.dev_key is not None else None,
+                metrics={s: self.mesh.metrics_addrs(s) for s in self.mesh.services})
             say("paymesh is up")
             say("Ctrl-C to stop")
             await self.mesh.wait_failure(self.stop_signal)

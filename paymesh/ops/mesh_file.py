@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,8 @@ class MeshFile:
     env_prefixes: dict[str, str]
     variables: dict[str, str]
     dev_key: str | None
+    # Each service's replicas' /metrics addresses, first replica first.
+    metrics: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def alive(self) -> bool:
@@ -59,7 +61,7 @@ def path_of(data_dir: Path) -> Path:
 
 
 def write(data_dir: Path, services: Mapping[str, list[str]], env_prefixes: Mapping[str, str],
-          env: Mapping[str, str], dev_key: Path | None) -> Path:
+          env: Mapping[str, str], dev_key: Path | None, *, metrics: Mapping[str, list[str]] | None = None) -> Path:
     """Write mesh.json atomically (a reader never sees half of it), readable by its owner only."""
     body: dict[str, Any] = {
         "version": VERSION,
@@ -67,6 +69,7 @@ def write(data_dir: Path, services: Mapping[str, list[str]], env_prefixes: Mappi
         "data_dir": str(data_dir),
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "services": {name: list(addrs) for name, addrs in services.items()},
+        "metrics": {name: list(addrs) for name, addrs in (metrics or {}).items()},
         "env_prefixes": dict(env_prefixes),
         "variables": {name: env[name] for name in CLIENT_VARIABLES if env.get(name)},
         "dev_key": None if dev_key is None else str(dev_key),
@@ -99,6 +102,7 @@ def load(data_dir: Path) -> MeshFile | None:
             env_prefixes={str(k): str(v) for k, v in raw["env_prefixes"].items()},
             variables={str(k): str(v) for k, v in raw.get("variables", {}).items()},
             dev_key=raw.get("dev_key"),
+            metrics={str(k): [str(a) for a in v] for k, v in raw.get("metrics", {}).items()},
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None

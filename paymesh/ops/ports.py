@@ -36,19 +36,23 @@ def mesh_env(
     data_dir: Path, db_urls: Mapping[str, str] | None = None, *, replicas: int = 1, **extra: str
 ) -> dict[str, str]:
     """This process's environment without any PAYMESH_ or service setting, then loopback ports of its own
-    for the nats-server and every service, `data_dir`, the services' `db_urls` (by name) and `extra`.
+    for the nats-server and every service (its gRPC and its metrics port), `data_dir`, the services' `db_urls`
+    (by name) and `extra`.
 
     With `replicas`, every replica's port (the Mesh's: the first's + 100·(r−1)) is free too."""
     prefixes = tuple(f"{s.env_prefix}_" for s in SPECS) + ("PAYMESH_",)
     env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+    count = 2 * len(SPECS)  # a gRPC and a metrics port each
     if replicas == 1:
-        nats_port, *service_ports = unique_ports(len(SPECS) + 1)
+        nats_port, *service_ports = unique_ports(count + 1)
     else:
-        nats_port, service_ports = free_port(), replica_ports(len(SPECS), replicas)
+        nats_port, service_ports = free_port(), replica_ports(count, replicas)
     env["PAYMESH_DATA_DIR"] = str(data_dir)
     env["PAYMESH_NATS_PORT"] = str(nats_port)
-    for service, port in zip(SPECS, service_ports, strict=True):
+    grpc_ports, metrics_ports = service_ports[:len(SPECS)], service_ports[len(SPECS):]
+    for service, port, metrics in zip(SPECS, grpc_ports, metrics_ports, strict=True):
         env[f"{service.env_prefix}_GRPC_ADDR"] = f"127.0.0.1:{port}"
+        env[f"{service.env_prefix}_METRICS_ADDR"] = f"127.0.0.1:{metrics}"
     for name, url in (db_urls or {}).items():
         env[f"{spec(name).env_prefix}_DB_URL"] = url
     env.update(extra)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from hypothesis import strategies as st
 from nats.js import JetStreamContext
+from opentelemetry.sdk.trace.export import SpanExporter
 from sqlalchemy import func, select
 
 from paymesh.chassis import jetstream
@@ -27,6 +28,7 @@ from paymesh.chassis.auth import Scope, scopes_of
 from paymesh.chassis.auth.keys import PLATFORM_MERCHANT
 from paymesh.chassis.config import Settings
 from paymesh.chassis.service import Runtime, ServiceHost
+from paymesh.chassis.tracing import Tracing
 from paymesh.ops.nats_setup import ensure_shared
 from paymesh.ops.natsserver import free_port
 from paymesh.ops.services import SPECS
@@ -248,13 +250,16 @@ def mesh_env(nats_url: str, data_dir: Path) -> dict[str, str]:
     }
     for spec in SPECS:
         env[f"{spec.env_prefix}_GRPC_ADDR"] = f"127.0.0.1:{free_port()}"  # payment_svc finds the gateway by it
+        env[f"{spec.env_prefix}_METRICS_ADDR"] = f"127.0.0.1:{free_port()}"
     return env
 
 
 @contextlib.asynccontextmanager
-async def running_mesh(nats_url: str, data_dir: Path) -> AsyncIterator[Mesh]:
+async def running_mesh(nats_url: str, data_dir: Path,
+                       spans: Mapping[str, SpanExporter] | None = None) -> AsyncIterator[Mesh]:
     """The services started one after the other (SPECS' order), their keys made first, a channel to each, and
-    a webhook receiver answering 200 to every delivery."""
+    a webhook receiver answering 200 to every delivery. `spans`: each service records its spans into its own
+    exporter (by service name)."""
     keys = {
         "merchant": await key_for(nats_url, MERCHANT_A),
         "other": await key_for(nats_url, MERCHANT_B),
@@ -278,6 +283,8 @@ async def running_mesh(nats_url: str, data_dir: Path) -> AsyncIterator[Mesh]:
     try:
         for spec in SPECS:
             runtime = Runtime(spec, Settings.from_env(spec, env))
+            if spans is not None:
+                runtime.tracing = Tracing.to(spec.name, spans[spec.name])
             hosts[spec.name] = ServiceHost(runtime, spec.wire(runtime, spec.settings(env)))
             await hosts[spec.name].start()
             channels[spec.name] = grpc.aio.insecure_channel(runtime.settings.grpc_addr)
