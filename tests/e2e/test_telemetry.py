@@ -1,7 +1,8 @@
 """End to end, what an operator sees of the mesh: every service's /metrics scraped over HTTP and parsed with
 prometheus_client's own parser, counters moved by exactly what a few orders of each outcome did, lag gauges
 at 0 when caught up and rising while a consumer is down, every metric the Grafana dashboard asks for present,
-and JSON log lines that parse and tie one order's lines across the services by order_id and trace_id."""
+JSON log lines that parse and tie one order's lines across the services by order_id and trace_id; and spans
+exported over OTLP to a gRPC receiver when OTEL_EXPORTER_OTLP_ENDPOINT names one."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import grpc
 import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from paymesh.ops.launcher import Mesh
@@ -181,3 +184,46 @@ def check_json_logs(logs: Path, order_id: str) -> None:
     assert any(s == "gateway_mock" and m.startswith("charge ") for s, m in steps), sorted(steps)
     for service in ("order_svc", "inventory_svc", "payment_svc"):
         assert all(r["merchant_id"] and r["event_id"] for r in lines[service] if "." in str(r["message"])), service
+
+
+class Collector(trace_service_pb2_grpc.TraceServiceServicer):
+    """An OTLP/gRPC trace receiver on loopback: what a collector would be handed, by service.name."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[str, str, str]] = []  # (service.name, span name, trace id)
+
+    async def Export(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+        for resource_spans in request.resource_spans:
+            service = next(a.value.string_value for a in resource_spans.resource.attributes
+                           if a.key == "service.name")
+            for scope in resource_spans.scope_spans:
+                self.spans += [(service, s.name, s.trace_id.hex()) for s in scope.spans]
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+@pytest.mark.timeout(120)
+async def test_spans_go_over_otlp_when_an_endpoint_is_set(new_mesh) -> None:  # type: ignore[no-untyped-def]
+    collector = Collector()
+    server = grpc.aio.server()
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        mesh: Mesh = await new_mesh(OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
+                                    OTEL_BSP_SCHEDULE_DELAY="100")
+        async with Clients(mesh).session() as clients:
+            sku = await clients.put_product(5)
+            order = await clients.create_order([(sku, 1, 900)])
+            await clients.wait_order(order.order_id, statuses("CONFIRMED"))
+
+        def one_trace(spans: list[tuple[str, str, str]]) -> bool:
+            created = [t for _, name, t in spans if name == "paymesh.order.v1.OrderService/CreateOrder"]
+            return bool(created) and {"order_svc", "inventory_svc", "payment_svc", "gateway_mock", "webhook_svc"} <= {
+                service for service, _, t in spans if t == created[-1]}
+
+        async def exported() -> list[tuple[str, str, str]]:
+            return list(collector.spans)
+
+        await eventually(exported, one_trace, 20, "every service's spans of the order exported in one trace")
+    finally:
+        await server.stop(None)

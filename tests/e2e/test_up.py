@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ import grpc
 import nats
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from paymesh.chassis.nats_creds import public_key
 from paymesh.ops.databases import drop_databases
@@ -89,9 +91,9 @@ class Launch:
         for line in self.lines:
             if line == "paymesh is up":
                 break
-            row = re.fullmatch(r"([\w#]+)\s+(\S+)\s+(\d+)\s+(\S+)", line)
+            row = re.fullmatch(r"([\w#]+)\s+(\S+)\s+(\S+)\s+(\d+)\s+(\S+)", line)
             if row and row[1].split("#")[0] in NAMES:
-                pids[row[1]] = int(row[3])
+                pids[row[1]] = int(row[4])
             if found := re.search(r"nats-server PID (\d+)", line):
                 pids["nats-server" if line.startswith("NATS") else line.split()[0]] = int(found[1])
         return pids
@@ -207,6 +209,13 @@ def test_up_serves_every_service_and_sigterm_stops_all(up: tuple[Launch, dict[st
         assert addr in launch.output
         assert f"sqlite+inloop:///{launch.data_dir / service}.db" in launch.output
         assert health_status(addr) == health_pb2.HealthCheckResponse.SERVING, service
+        # Its metrics, where the table says, in Prometheus text (the health checks above already counted).
+        metrics = f"http://{env[f'{prefix}_METRICS_ADDR']}/metrics"
+        assert metrics in launch.output
+        with urllib.request.urlopen(metrics, timeout=5) as response:
+            text = response.read().decode()
+        families = {f.name for f in text_string_to_metric_families(text)}
+        assert {"grpc_server_handled", "paymesh_consumer_num_pending", "process_cpu_seconds"} <= families, service
 
     launch.process.send_signal(signal.SIGTERM)
 
