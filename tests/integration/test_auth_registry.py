@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -39,7 +40,9 @@ from paymesh.chassis.auth import (
 from paymesh.chassis.auth.bucket import ensure_bucket, entry_name
 from paymesh.chassis.auth.keys import new_key
 from paymesh.chassis.errors import FailedPrecondition, ServiceError
+from paymesh.chassis.metrics import Metrics
 from paymesh.chassis.observability import CallInterceptor
+from paymesh.chassis.tracing import Tracing
 from paymesh.ops.natsserver import NatsServer, free_port
 from paymesh.order.v1 import order_pb2, order_service_pb2, order_service_pb2_grpc
 from tests.conftest import wait_for
@@ -243,7 +246,8 @@ async def serve(registry: KeyRegistry, limiter: RateLimiter | None = None,
                 clock: Callable[[], float] = time.monotonic) -> tuple[grpc.aio.Server, str, GuardedOrders]:
     servicer = GuardedOrders()
     auth = AuthInterceptor(registry, scopes_of(servicer, ORDER_SERVICE), limiter=limiter, clock=clock)
-    server = grpc.aio.server(interceptors=[CallInterceptor(), auth])
+    telemetry = SimpleNamespace(metrics=Metrics("test"), tracing=Tracing())
+    server = grpc.aio.server(interceptors=[CallInterceptor(telemetry), auth])
     order_service_pb2_grpc.add_OrderServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
