@@ -20,23 +20,33 @@ _lock = threading.Lock()
 _pattern: re.Pattern[str] | None = None
 
 
+_registered: tuple[str, ...] = ()
+
+
 def register(secret: str) -> None:
     """Mask this exact value in every line from now on (too short a value would mask ordinary words)."""
-    global _pattern
+    global _pattern, _registered
     if len(secret) < 8:
         return
     with _lock:
         _secrets.add(secret)
+        _registered = tuple(_secrets)
         _pattern = re.compile("|".join(re.escape(s) for s in sorted(_secrets, key=len, reverse=True)))
 
 
 def redact(text: str) -> str:
+    """Each pattern runs only on a line holding the literal it starts with: a substring test costs a fraction of
+    a regex scan, and nearly every line holds none (a log line's redaction was 17 µs, most of its formatting)."""
     pattern = _pattern
-    if pattern is not None:
+    if pattern is not None and any(s in text for s in _registered):
         text = pattern.sub(MASK, text)
-    text = _KEY.sub(r"\1…", text)
-    text = _BEARER.sub(rf"\1 {MASK}", text)
-    return _TOKEN.sub("tok_…", text)
+    if "_mesh_" in text:
+        text = _KEY.sub(r"\1…", text)
+    if "bearer" in text.lower():
+        text = _BEARER.sub(rf"\1 {MASK}", text)
+    if "tok_" in text:
+        text = _TOKEN.sub("tok_…", text)
+    return text
 
 
 class RedactingFormatter(logging.Formatter):
