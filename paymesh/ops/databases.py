@@ -38,6 +38,16 @@ def admin_dsn(server_url: str) -> str:
     return make_url(server_url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+def without_password(url: str) -> str:
+    """The URL with no password at all (the driver then takes one from PGPASSWORD or ~/.pgpass)."""
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return url
+    # URL.set() keeps a password given as None; the namedtuple replace drops it.
+    return parsed._replace(password=None).render_as_string(hide_password=False) if parsed.password else url
+
+
 def shown(url: str) -> str:
     """A URL fit to print: the password masked."""
     try:

@@ -38,7 +38,7 @@ from paymesh.ops.credentials import (
     ensure_operator_key,
     platform_env,
 )
-from paymesh.ops.databases import DEFAULT_PREFIX, DatabaseSetupError, ensure_databases, shown
+from paymesh.ops.databases import DEFAULT_PREFIX, DatabaseSetupError, ensure_databases, shown, without_password
 from paymesh.ops.nats_auth import MeshUsers, mesh_users, operator_credentials
 from paymesh.ops.nats_setup import ensure_shared
 from paymesh.ops.natsserver import NatsCluster, NatsServer, NatsServerError, free_port, port_is_free
@@ -350,6 +350,10 @@ class Mesh:
     def addrs(self, service: str) -> list[str]:
         """Every replica's address, first replica first."""
         return [self.addr(service, r) for r in range(1, self.replicas.get(service, 1) + 1)]
+
+    def database(self, service: str) -> str:
+        """The store of `service` (every replica's), as an operator's tool reads it: without its password."""
+        return without_password(db_url(spec(service), self.env, shared=self.replicas.get(service, 1) > 1))
 
     def metrics_addrs(self, service: str) -> list[str]:
         """Where each replica serves /metrics, first replica first (none when `<SVC>_METRICS_ADDR=off`)."""
@@ -697,7 +701,8 @@ class Launcher:
                 self.mesh.data_dir, {s: self.mesh.addrs(s) for s in self.mesh.services},
                 {s: spec(s).env_prefix for s in self.mesh.services}, self.mesh.env,
                 self.mesh.data_dir / DEV_KEY_FILE if self.mesh.dev_key is not None else None,
-                metrics={s: self.mesh.metrics_addrs(s) for s in self.mesh.services})
+                metrics={s: self.mesh.metrics_addrs(s) for s in self.mesh.services},
+                databases={s: self.mesh.database(s) for s in self.mesh.services})
             say("paymesh is up")
             say("Ctrl-C to stop")
             await self.mesh.wait_failure(self.stop_signal)

@@ -1,7 +1,8 @@
 """`$PAYMESH_DATA_DIR/mesh.json`: where a running `paymesh up` mesh listens, for the other `paymesh` commands.
 
 `paymesh up` writes it once every service is SERVING and removes it on a clean stop. It holds addresses and file
-paths only, never a secret (the keys stay in their own 0600 files, which it names). A command reads it into its
+paths only, never a secret (the keys stay in their own 0600 files, which it names; a database URL is kept without
+its password). A command reads it into its
 environment with `running_env`: a variable the caller set wins over the file's.
 """
 
@@ -36,6 +37,8 @@ class MeshFile:
     dev_key: str | None
     # Each service's replicas' /metrics addresses, first replica first.
     metrics: dict[str, list[str]] = field(default_factory=dict)
+    # Each service's store (its SQLAlchemy URL without a password): what the operator's tools read.
+    databases: dict[str, str] = field(default_factory=dict)
 
     @property
     def alive(self) -> bool:
@@ -51,6 +54,9 @@ class MeshFile:
     def environment(self) -> dict[str, str]:
         """The variables that point a command at this mesh."""
         env = {f"{self.env_prefixes[name]}_GRPC_ADDR": addrs[0] for name, addrs in self.services.items() if addrs}
+        env |= {f"{self.env_prefixes[name]}_METRICS_ADDR": addrs[0] for name, addrs in self.metrics.items() if addrs}
+        env |= {f"{self.env_prefixes[name]}_DB_URL": url for name, url in self.databases.items()
+                if name in self.env_prefixes}
         env.update(self.variables)
         env["PAYMESH_DATA_DIR"] = str(self.data_dir)
         return env
@@ -61,7 +67,8 @@ def path_of(data_dir: Path) -> Path:
 
 
 def write(data_dir: Path, services: Mapping[str, list[str]], env_prefixes: Mapping[str, str],
-          env: Mapping[str, str], dev_key: Path | None, *, metrics: Mapping[str, list[str]] | None = None) -> Path:
+          env: Mapping[str, str], dev_key: Path | None, *, metrics: Mapping[str, list[str]] | None = None,
+          databases: Mapping[str, str] | None = None) -> Path:
     """Write mesh.json atomically (a reader never sees half of it), readable by its owner only."""
     body: dict[str, Any] = {
         "version": VERSION,
@@ -70,6 +77,7 @@ def write(data_dir: Path, services: Mapping[str, list[str]], env_prefixes: Mappi
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "services": {name: list(addrs) for name, addrs in services.items()},
         "metrics": {name: list(addrs) for name, addrs in (metrics or {}).items()},
+        "databases": dict(databases or {}),
         "env_prefixes": dict(env_prefixes),
         "variables": {name: env[name] for name in CLIENT_VARIABLES if env.get(name)},
         "dev_key": None if dev_key is None else str(dev_key),
@@ -103,6 +111,7 @@ def load(data_dir: Path) -> MeshFile | None:
             variables={str(k): str(v) for k, v in raw.get("variables", {}).items()},
             dev_key=raw.get("dev_key"),
             metrics={str(k): [str(a) for a in v] for k, v in raw.get("metrics", {}).items()},
+            databases={str(k): str(v) for k, v in raw.get("databases", {}).items()},
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from paymesh.ops import mesh_file
+from paymesh.ops.databases import without_password
 
 
 def write(data_dir: Path) -> Path:
@@ -47,3 +48,18 @@ def test_a_file_left_by_a_dead_up_or_a_broken_one_is_ignored(tmp_path: Path) -> 
     mesh_file.remove(tmp_path)
     assert not path.exists()
     mesh_file.remove(tmp_path)  # twice is fine
+
+
+def test_the_file_names_each_services_metrics_and_store_without_a_password(tmp_path: Path) -> None:
+    url = "postgresql+asyncpg://paymesh:hunter2-secret@db.internal:5432/paymesh_order_svc"
+    mesh_file.write(
+        tmp_path, {"order_svc": ["127.0.0.1:41051"]}, {"order_svc": "ORDER_SVC"}, {}, None,
+        metrics={"order_svc": ["127.0.0.1:42051", "127.0.0.1:42151"]},
+        databases={"order_svc": without_password(url)},
+    )
+    assert "hunter2" not in mesh_file.path_of(tmp_path).read_text()
+    env, found = mesh_file.running_env({"PAYMESH_DATA_DIR": str(tmp_path)})
+    assert found is not None and found.metrics == {"order_svc": ["127.0.0.1:42051", "127.0.0.1:42151"]}
+    assert env["ORDER_SVC_METRICS_ADDR"] == "127.0.0.1:42051"
+    assert env["ORDER_SVC_DB_URL"] == "postgresql+asyncpg://paymesh@db.internal:5432/paymesh_order_svc"
+    assert without_password("sqlite+inloop:///x/order_svc.db") == "sqlite+inloop:///x/order_svc.db"
