@@ -10,6 +10,7 @@ The gauges read from a store or the bus (outbox backlog, consumer lag) are refre
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -45,6 +46,10 @@ class Metrics:
         r = self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
         PlatformCollector(registry=r)
+        # What runs: a replica's release (`paymesh status` shows it).
+        self.build = Gauge("paymesh_build_info", "1, labelled with the service and the paymesh release it runs",
+                           ["service", "version"], registry=r)
+        self.build.labels(service, _version()).set(1)
 
         # gRPC, from the chassis interceptor: the names go-grpc-prometheus made conventional.
         self.rpc_handled = Counter(
@@ -138,6 +143,13 @@ class Metrics:
 
     def text(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("paymesh")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown"
 
 
 def _label_sets(metric: Any) -> list[tuple[str, ...]]:
