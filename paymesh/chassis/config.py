@@ -85,6 +85,29 @@ def env_float(env: Mapping[str, str], name: str, default: float, *, zero_means_o
     return value
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def env_duration(env: Mapping[str, str], name: str, default_s: float) -> float:
+    """A positive duration in seconds: `7d`, `24h`, `30m`, `90s` or a bare number of seconds."""
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default_s
+    unit = _UNITS.get(raw[-1])
+    number = raw[:-1] if unit else raw
+    try:
+        value = float(number) * (unit or 1)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a duration: use e.g. 7d, 24h, 30m, 90s") from None
+    if value <= 0:
+        raise ConfigError(f"{name}={raw!r} must be longer than 0")
+    return value
+
+
+STREAM_MAX_AGE_ENV = "PAYMESH_STREAM_MAX_AGE"
+DEFAULT_STREAM_MAX_AGE_S = 7 * 86400.0
+
+
 def env_int(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -166,6 +189,8 @@ class Settings:
     metrics_addr_explicit: bool = False
     # PAYMESH_METRICS_PERIOD_S: how often the gauges read from the store and the bus are refreshed.
     metrics_period_s: float = 5.0
+    # PAYMESH_STREAM_MAX_AGE: how long the service's stream keeps an event (applied to it on every start).
+    stream_max_age_s: float = DEFAULT_STREAM_MAX_AGE_S
 
     @classmethod
     def from_env(cls, spec: ServiceSpec[Any], env: Mapping[str, str] | None = None) -> Settings:
@@ -192,6 +217,7 @@ class Settings:
             metrics_addr=metrics,
             metrics_addr_explicit=metrics_explicit,
             metrics_period_s=env_float(env, "PAYMESH_METRICS_PERIOD_S", 5.0),
+            stream_max_age_s=env_duration(env, STREAM_MAX_AGE_ENV, DEFAULT_STREAM_MAX_AGE_S),
         )
 
 

@@ -132,7 +132,8 @@ def stream_subjects(stream: str) -> list[str]:
     return [f"{stream.lower()}.>"]
 
 
-def stream_config(name: str, subjects: list[str], replicas: int) -> StreamConfig:
+def stream_config(name: str, subjects: list[str], replicas: int, max_age_s: float = 0.0) -> StreamConfig:
+    """`max_age_s`: how long the stream keeps a message (0: for ever); the dedupe window never exceeds it."""
     return StreamConfig(
         name=name,
         subjects=subjects,
@@ -140,16 +141,18 @@ def stream_config(name: str, subjects: list[str], replicas: int) -> StreamConfig
         storage=StorageType.FILE,
         discard=DiscardPolicy.OLD,
         num_replicas=replicas,
-        duplicate_window=DUPLICATE_WINDOW_S,
+        duplicate_window=min(DUPLICATE_WINDOW_S, max_age_s) if max_age_s else DUPLICATE_WINDOW_S,
+        max_age=max_age_s or None,
         allow_atomic=True,
     )
 
 
 async def ensure_stream(
-    js: JetStreamContext, name: str, subjects: list[str], replicas: int = 1, *, timeout: float = API_RETRY_S
+    js: JetStreamContext, name: str, subjects: list[str], replicas: int = 1, *, max_age_s: float = 0.0,
+    timeout: float = API_RETRY_S,
 ) -> None:
-    """Create the stream, or bring an existing one to this configuration. Idempotent."""
-    config = stream_config(name, subjects, replicas)
+    """Create the stream, or bring an existing one to this configuration (its retention too). Idempotent."""
+    config = stream_config(name, subjects, replicas, max_age_s)
     await ask_until_answered(lambda: _ensure_stream(js, config), f"stream {name}", timeout=timeout)
 
 

@@ -139,7 +139,8 @@ async def start_nats(runtime: Runtime) -> None:
     runtime.js = runtime.nc.jetstream()
     if settings.stream:
         subjects = jetstream.stream_subjects(settings.stream)
-        await jetstream.ensure_stream(runtime.js, settings.stream, subjects, settings.stream_replicas)
+        await jetstream.ensure_stream(runtime.js, settings.stream, subjects, settings.stream_replicas,
+                                      max_age_s=settings.stream_max_age_s)
 
 
 async def bind_streams(runtime: Runtime, consumers: Sequence[ConsumerSpec]) -> None:
