@@ -364,6 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_webhooks(subcommands)
     add_bench(subcommands)
     add_chaos(subcommands)
+    # The operator's commands keep their parsers beside their code (each module is light until it runs).
+    from paymesh.ops.status import add_status
+
+    add_status(subcommands)
     return parser
 
 
