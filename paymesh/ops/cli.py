@@ -365,9 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench(subcommands)
     add_chaos(subcommands)
     # The operator's commands keep their parsers beside their code (each module is light until it runs).
+    from paymesh.ops.reconcile import add_reconcile
     from paymesh.ops.status import add_status
 
     add_status(subcommands)
+    add_reconcile(subcommands)
     return parser
 
 
