@@ -365,11 +365,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench(subcommands)
     add_chaos(subcommands)
     # The operator's commands keep their parsers beside their code (each module is light until it runs).
+    from paymesh.ops.events_tail import add_events
     from paymesh.ops.reconcile import add_reconcile
     from paymesh.ops.status import add_status
 
     add_status(subcommands)
     add_reconcile(subcommands)
+    add_events(subcommands)
     return parser
 
 
