@@ -368,8 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
     from paymesh.ops.events_tail import add_events
     from paymesh.ops.reconcile import add_reconcile
     from paymesh.ops.status import add_status
+    from paymesh.ops.stuck import add_stuck
+    from paymesh.ops.trace import add_trace
 
     add_status(subcommands)
+    add_trace(subcommands)
+    add_stuck(subcommands)
     add_reconcile(subcommands)
     add_events(subcommands)
     return parser
