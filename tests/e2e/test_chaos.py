@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -35,3 +36,13 @@ def test_chaos_run_keeps_every_invariant(tmp_path: Path) -> None:
         assert sum(row.startswith(f"{name} · mer_") and row.rstrip().endswith("ok") for row in rows) == 2, report
     assert "nats-server stopped" in report and report.count("SIGKILL") == 2, report
     assert "200 placed of 200" in report, report
+
+    # The stores the run left agree with the bank: every payment against its charge and refunds.
+    reconciled = subprocess.run(
+        [sys.executable, "-m", "paymesh.ops.cli", "reconcile", "--data-dir", str(tmp_path), "--json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert reconciled.returncode == 0, f"exit {reconciled.returncode}\n{reconciled.stdout}\n{reconciled.stderr}"
+    answer = json.loads(reconciled.stdout)
+    assert answer["ok"] and answer["mismatches"] == [], answer
+    assert answer["counts"]["payments"] >= 200, answer["counts"]
