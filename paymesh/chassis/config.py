@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,20 +86,34 @@ def env_float(env: Mapping[str, str], name: str, default: float, *, zero_means_o
     return value
 
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# The one reading of a duration (`PAYMESH_STREAM_MAX_AGE`, the operator commands' ages): units may be combined.
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([a-z]*)")
+_UNITS = {"": 1.0, "ms": 0.001, "s": 1.0, "sec": 1.0, "secs": 1.0, "second": 1.0, "seconds": 1.0,
+          "m": 60.0, "min": 60.0, "mins": 60.0, "minute": 60.0, "minutes": 60.0, "h": 3600.0, "hr": 3600.0,
+          "hrs": 3600.0, "hour": 3600.0, "hours": 3600.0, "d": 86400.0, "day": 86400.0, "days": 86400.0,
+          "w": 604800.0, "week": 604800.0, "weeks": 604800.0}
+
+
+def parse_duration(raw: str) -> float | None:
+    """Seconds of `7d`, `24h`, `30m`, `3600s`, `3600`, `1h30m`, `2 days`, `168h0m0s`; None when it reads as none."""
+    text = raw.strip().lower().replace(" ", "")
+    total, end = 0.0, 0
+    for part in _DURATION_PART.finditer(text):
+        if part.start() != end or part.group(2) not in _UNITS:
+            return None
+        total += float(part.group(1)) * _UNITS[part.group(2)]
+        end = part.end()
+    return total if text and end == len(text) else None
 
 
 def env_duration(env: Mapping[str, str], name: str, default_s: float) -> float:
-    """A positive duration in seconds: `7d`, `24h`, `30m`, `90s` or a bare number of seconds."""
-    raw = (env.get(name) or "").strip().lower()
+    """A positive duration in seconds (`parse_duration`); `default_s` when unset or empty."""
+    raw = (env.get(name) or "").strip()
     if not raw:
         return default_s
-    unit = _UNITS.get(raw[-1])
-    number = raw[:-1] if unit else raw
-    try:
-        value = float(number) * (unit or 1)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a duration: use e.g. 7d, 24h, 30m, 90s") from None
+    value = parse_duration(raw)
+    if value is None:
+        raise ConfigError(f"{name}={raw!r} is not a duration: use e.g. 7d, 24h, 30m, 90s")
     if value <= 0:
         raise ConfigError(f"{name}={raw!r} must be longer than 0")
     return value

@@ -57,12 +57,6 @@ FETCH_WAIT_S = 5.0
 LOG_TAIL_BYTES = 8 << 20
 DEFAULT_LIMIT = 100
 _WARNING = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([a-z]*)")
-_UNITS = {"": 1.0, "ms": 0.001, "s": 1.0, "sec": 1.0, "secs": 1.0, "second": 1.0, "seconds": 1.0,
-          "m": 60.0, "min": 60.0, "mins": 60.0, "minute": 60.0, "minutes": 60.0, "h": 3600.0, "hr": 3600.0,
-          "hrs": 3600.0, "hour": 3600.0, "hours": 3600.0, "d": 86400.0, "day": 86400.0, "days": 86400.0,
-          "w": 604800.0, "week": 604800.0, "weeks": 604800.0}
-
 
 class NoMesh(Exception):
     """No running mesh: nothing answers where its NATS should be, or order_svc has no store."""
@@ -72,20 +66,10 @@ class MeshRefused(Exception):
     """A mesh is there but cannot be read: its NATS refused the operator, or a store would not answer."""
 
 
-def parse_duration(raw: str) -> float | None:
-    """Seconds of `7d`, `24h`, `30m`, `3600s`, `3600`, `1h30m`, `2 days`, `168h0m0s`; None when it reads as none."""
-    text = raw.strip().lower().replace(" ", "")
-    total, end = 0.0, 0
-    for part in _DURATION_PART.finditer(text):
-        if part.start() != end or part.group(2) not in _UNITS:
-            return None
-        total += float(part.group(1)) * _UNITS[part.group(2)]
-        end = part.end()
-    return total if text and end == len(text) else None
-
-
 def seconds(raw: str) -> float:
-    """An argparse type: a duration (parse_duration), in seconds."""
+    """An argparse type: a duration (paymesh.chassis.config.parse_duration), in seconds."""
+    from paymesh.chassis.config import parse_duration
+
     value = parse_duration(raw)
     if value is None:
         raise argparse.ArgumentTypeError(f"{raw!r} is not a duration: use e.g. 30s, 5m, 2h, 7d")
@@ -384,7 +368,7 @@ async def _retention(mesh: MeshView, streams: list[str], notes: list[str]) -> fl
     """How long the streams keep an event: their own max_age (the shortest), else PAYMESH_STREAM_MAX_AGE."""
     from nats.js.errors import NotFoundError
 
-    from paymesh.chassis.config import DEFAULT_STREAM_MAX_AGE_S, STREAM_MAX_AGE_ENV
+    from paymesh.chassis.config import DEFAULT_STREAM_MAX_AGE_S, STREAM_MAX_AGE_ENV, parse_duration
 
     ages: list[float] = []
     for stream in streams:
@@ -395,7 +379,7 @@ async def _retention(mesh: MeshView, streams: list[str], notes: list[str]) -> fl
     if ages:
         return min(ages)
     raw = mesh.env.get(STREAM_MAX_AGE_ENV, "")
-    parsed = parse_duration(raw) if raw else None
+    parsed = parse_duration(raw) if raw else None  # as the services read it (paymesh.chassis.config)
     if raw and not parsed:
         notes.append(f"{STREAM_MAX_AGE_ENV}={raw!r} does not read as a duration: taken as 7d")
     return parsed or DEFAULT_STREAM_MAX_AGE_S
@@ -810,17 +794,8 @@ def run_stuck(args: argparse.Namespace) -> int:
     return asyncio.run(run(env, args.older_than, as_json=args.json, limit=args.limit))
 
 
-def at_least_one(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def add_stuck(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from paymesh.ops.cli import at_least_one
     parser = subcommands.add_parser(
         "stuck",
         help="the orders not final that have not changed for a while, and where each waits",

@@ -22,7 +22,7 @@ def test_durations_read_as_seconds(raw: str, seconds: float) -> None:
     assert env_duration({"PAYMESH_STREAM_MAX_AGE": raw}, "PAYMESH_STREAM_MAX_AGE", 604800) == seconds
 
 
-@pytest.mark.parametrize("raw", ["soon", "7w", "-1h", "0"])
+@pytest.mark.parametrize("raw", ["soon", "7y", "-1h", "0"])
 def test_a_duration_that_is_not_one_names_the_variable(raw: str) -> None:
     with pytest.raises(ConfigError, match="PAYMESH_STREAM_MAX_AGE"):
         env_duration({"PAYMESH_STREAM_MAX_AGE": raw}, "PAYMESH_STREAM_MAX_AGE", 604800)
