@@ -442,8 +442,8 @@ def run_service(spec: ServiceSpec[S], argv: Sequence[str] | None = None) -> int:
     `argv` (default `sys.argv[1:]`): `migrate` migrates the database and exits; `--no-migrate`
     serves without migrating."""
     args = parse_args(spec.name, sys.argv[1:] if argv is None else argv)
-    configure_logging(spec.name)
     try:
+        configure_logging(spec.name)  # ConfigError for a PAYMESH_LOG_FORMAT it does not know
         if args.command == "migrate":
             # Needs the database only: no NATS, no gRPC port.
             asyncio.run(migrate_only(spec, db_url(spec)))

@@ -43,3 +43,4 @@ def test_a_traceback_is_masked_too() -> None:
         log.removeHandler(handler)
     text = stream.getvalue()
     assert "ValueError: refused" in text and secret not in text and secret[12:] not in text
+
