@@ -334,6 +334,8 @@ class Consumer:
                 event.num_delivered,
                 exc,
                 delay,
+                extra={"order_id": event.order_id, "merchant_id": event.merchant_id, "event_id": event.event_id,
+                       "trace_id": tracing.trace_id(event.traceparent)},
             )
             await event.raw.nak(delay=delay)
             self._outcomes[event.event_id] = "retried"
