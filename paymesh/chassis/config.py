@@ -204,6 +204,8 @@ class Settings:
     metrics_addr_explicit: bool = False
     # PAYMESH_METRICS_PERIOD_S: how often the gauges read from the store and the bus are refreshed.
     metrics_period_s: float = 5.0
+    # PAYMESH_DB_POOL_SIZE: PostgreSQL connections kept per process (and as many more under a burst).
+    db_pool_size: int = 4
     # PAYMESH_STREAM_MAX_AGE: how long the service's stream keeps an event (applied to it on every start).
     stream_max_age_s: float = DEFAULT_STREAM_MAX_AGE_S
 
@@ -233,6 +235,7 @@ class Settings:
             metrics_addr_explicit=metrics_explicit,
             metrics_period_s=env_float(env, "PAYMESH_METRICS_PERIOD_S", 5.0),
             stream_max_age_s=env_duration(env, STREAM_MAX_AGE_ENV, DEFAULT_STREAM_MAX_AGE_S),
+            db_pool_size=env_int(env, "PAYMESH_DB_POOL_SIZE", 4),
         )
 
 

@@ -124,7 +124,13 @@ def _sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
 
-def create_engine(url: str) -> AsyncEngine:
+# PostgreSQL connections one process keeps open, and the most it opens beyond them under a burst (then a
+# transaction waits for one): every replica of every service takes up to twice this from the server's
+# max_connections (100 by default), so ten processes fit beside a few tools (PAYMESH_DB_POOL_SIZE).
+DEFAULT_POOL_SIZE = 4
+
+
+def create_engine(url: str, pool_size: int = DEFAULT_POOL_SIZE) -> AsyncEngine:
     """An async engine for `sqlite+aiosqlite:///path`, `sqlite+inloop:///path` or `postgresql+asyncpg://...`;
     connects lazily."""
     parsed = make_url(url)
@@ -140,7 +146,7 @@ def create_engine(url: str) -> AsyncEngine:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
 
 
 class UnitOfWork:
@@ -165,10 +171,10 @@ class Database:
     """The engine plus a writer lock: SQLite has one writer per file, so this process queues its
     writers in memory rather than letting them busy-wait on the file lock."""
 
-    def __init__(self, url: str, metadata: MetaData) -> None:
+    def __init__(self, url: str, metadata: MetaData, *, pool_size: int = DEFAULT_POOL_SIZE) -> None:
         self.url = url
         self.metadata = metadata
-        self.engine = create_engine(url)
+        self.engine = create_engine(url, pool_size)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
 

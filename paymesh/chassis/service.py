@@ -86,7 +86,7 @@ class Runtime:
         self.metadata = metadata
         self.outbox: Table = outbox.outbox_table(metadata)
         self.inbox: Table = inbox_table(metadata)
-        self.db = Database(settings.db_url, metadata)
+        self.db = Database(settings.db_url, metadata, pool_size=settings.db_pool_size)
         self.requests = RequestLog(self.db, requests_table(metadata))
         self.nc: NATS | None = None
         self.js: JetStreamContext | None = None
