@@ -534,18 +534,8 @@ def run_events(args: argparse.Namespace) -> int:
         return 0
 
 
-def positive_seconds(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{raw!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {raw}")
-    return value
-
-
 def add_events(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from paymesh.ops.cli import at_least_one  # here, not at load: cli.py imports this module
+    from paymesh.ops.cli import at_least_one, positive_seconds  # here, not at load: cli.py imports this module
 
     parser = subcommands.add_parser(
         "events",

@@ -465,18 +465,8 @@ def run_status(args: argparse.Namespace) -> int:
     return main(args, os.environ)
 
 
-def positive_seconds(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{raw!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {raw}")
-    return value
-
-
 def add_status(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from paymesh.ops.cli import at_least_one  # loaded by now: it is what calls this
+    from paymesh.ops.cli import at_least_one, positive_seconds  # loaded by now: it is what calls this
 
     parser = subcommands.add_parser(
         "status",

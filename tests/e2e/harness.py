@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -25,7 +26,7 @@ from paymesh.inventory.v1 import inventory_pb2
 from paymesh.ops.credentials import new_merchant_key
 from paymesh.ops.launcher import Mesh
 from paymesh.ops.ports import mesh_env as mesh_env  # the tests' mesh_env is the one paymesh chaos uses
-from paymesh.ops.services import NAMES
+from paymesh.ops.services import NAMES, spec
 from paymesh.order.v1 import order_pb2, order_service_pb2
 from paymesh.payment.v1 import payment_pb2
 from tests.served import SERVICE_OF
@@ -341,3 +342,23 @@ def by_status(orders: Iterable[order_pb2.Order]) -> dict[str, int]:
     for order in orders:
         counts[status_name(order.status)] += 1
     return dict(counts)
+
+
+def stores_env(mesh: Mesh) -> dict[str, str]:
+    """Each service's store as the service was given it (`<SVC>_DB_URL`): what an operator's tool reads; the test
+    Mesh writes no mesh.json to find them by."""
+    return {f"{spec(name).env_prefix}_DB_URL": mesh.child(name).db_url for name in NAMES}
+
+
+async def paymesh_command(env: dict[str, str], *argv: str, timeout: float = 60.0) -> tuple[int, str, str]:
+    """`paymesh ARGV...` as an operator runs it, in a process of its own: (exit status, stdout, stderr)."""
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "paymesh.ops.cli", *argv, env=env,
+                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()

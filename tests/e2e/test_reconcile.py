@@ -3,10 +3,8 @@ stores of running services; a charge made behind the mesh's back and a payment r
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -18,38 +16,17 @@ from sqlalchemy import text
 from paymesh.chassis.db import create_engine
 from paymesh.ops.launcher import Mesh
 from paymesh.ops.reconcile import Report, reconcile
-from tests.e2e.harness import PS, Clients, statuses
-
-CLI_TIMEOUT_S = 30
-
-
-def store_env(mesh: Mesh) -> dict[str, str]:
-    """Where the mesh's payment_svc and gateway keep their stores, as the services were given them."""
-    return {
-        "PAYMENT_SVC_DB_URL": mesh.child("payment_svc").db_url,
-        "GATEWAY_MOCK_DB_URL": mesh.child("gateway_mock").db_url,
-    }
+from tests.e2e.harness import PS, Clients, paymesh_command, statuses, stores_env
 
 
 async def paymesh_reconcile(mesh: Mesh | None, *args: str, data_dir: Path | None = None) -> tuple[int, str, str]:
-    """The command as an operator runs it, in a process of its own: (exit status, stdout, stderr)."""
+    """The command as an operator runs it, in a process of its own, with only the stores' variables set."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PAYMESH_", "PAYMENT_SVC_", "GATEWAY_MOCK_"))}
     if mesh is not None:
-        env |= store_env(mesh)
+        env |= stores_env(mesh)
         data_dir = mesh.data_dir
     assert data_dir is not None
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "paymesh.ops.reconcile", "--data-dir", str(data_dir), *args,
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), CLI_TIMEOUT_S)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return await paymesh_command(env, "reconcile", "--data-dir", str(data_dir), *args, timeout=30)
 
 
 async def confirmed_order(clients: Clients, sku: str, price: int = 1500) -> str:
@@ -71,7 +48,7 @@ async def test_a_healthy_mesh_reconciles_with_counts_per_status(mesh: Mesh, clie
     await clients.wait_order(cancelled, statuses("CANCELLED"))
     await clients.wait_payment(cancelled, [PS.PAYMENT_STATUS_REFUNDED])
 
-    report = await reconcile(store_env(mesh), since)
+    report = await reconcile(stores_env(mesh), since)
     assert report.ok, report.mismatches
     c = report.counts
     assert (c.payments, c.charges, c.refunds) == (3, 3, 1)
@@ -101,7 +78,7 @@ async def test_a_charge_made_at_the_gateway_with_no_payment_is_named(
         stray = await clients.client.charge(merchant_id=clients.merchant_id, amount_minor=4200, currency="USD",
                                             payment_method_token="tok_visa", order_id=stray_order)
 
-    report = await reconcile(store_env(mesh))
+    report = await reconcile(stores_env(mesh))
     assert [m.kind for m in report.mismatches] == ["charge_without_payment"], report.mismatches
     m = report.mismatches[0]
     assert (m.merchant_id, m.order_id, m.payment_id, m.charge_id) == (clients.merchant_id, stray_order, "",
@@ -139,17 +116,17 @@ async def test_a_payment_altered_in_its_database_is_an_amount_mismatch(
         altered = await confirmed_order(clients, sku, 2500)
         payment = await clients.payment_of(altered)
         charge = await clients.one_charge(altered)
-    assert (await reconcile(store_env(mesh))).ok
+    assert (await reconcile(stores_env(mesh))).ok
     # A payment created before --since, its charge after: the window's edge does not split them.
     since = datetime.now(UTC) - timedelta(hours=1)
-    await alter_payment(store_env(mesh)["PAYMENT_SVC_DB_URL"], altered, "create_time = '2000-01-01 00:00:00'")
-    report = await reconcile(store_env(mesh), since)
+    await alter_payment(stores_env(mesh)["PAYMENT_SVC_DB_URL"], altered, "create_time = '2000-01-01 00:00:00'")
+    report = await reconcile(stores_env(mesh), since)
     assert report.ok, report.mismatches
     assert (report.counts.payments, report.counts.charges) == (2, 2)
 
-    await alter_payment(store_env(mesh)["PAYMENT_SVC_DB_URL"], altered, "amount_minor = amount_minor + 1")
+    await alter_payment(stores_env(mesh)["PAYMENT_SVC_DB_URL"], altered, "amount_minor = amount_minor + 1")
 
-    report: Report = await reconcile(store_env(mesh))
+    report: Report = await reconcile(stores_env(mesh))
     assert [m.kind for m in report.mismatches] == ["amount_mismatch"], report.mismatches
     m = report.mismatches[0]
     assert (m.order_id, m.payment_id, m.charge_id) == (altered, payment.payment_id, charge.charge_id)

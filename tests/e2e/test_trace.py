@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -16,24 +15,11 @@ import pytest
 from order_svc.domain import OrderStatus
 from paymesh.ops.launcher import Mesh
 from paymesh.ops.natsserver import free_port
-from paymesh.ops.services import NAMES, SPECS, spec
+from paymesh.ops.services import SPECS
 from paymesh.ops.stuck import NoMesh, stuck
 from paymesh.ops.trace import KINDS, Entry, Trace, trace
-from tests.e2e.harness import Clients, eventually, statuses
+from tests.e2e.harness import Clients, eventually, paymesh_command, statuses, stores_env
 
-CLI_TIMEOUT_S = 60
-# `paymesh trace|stuck ...` as the paymesh command runs them: the same add_* functions, in a process of its own.
-CLI = """
-import argparse, sys
-from paymesh.ops.stuck import add_stuck
-from paymesh.ops.trace import add_trace
-parser = argparse.ArgumentParser(prog="paymesh")
-commands = parser.add_subparsers(dest="command", required=True)
-add_trace(commands)
-add_stuck(commands)
-args = parser.parse_args(sys.argv[1:])
-sys.exit(args.handler(args))
-"""
 TOP_KEYS = {"order_id", "merchant_id", "status", "placed_at", "updated_at", "final", "entries", "waiting",
             "aged_out", "retention_s", "notes"}
 ENTRY_KEYS = {"at", "offset_ms", "service", "kind", "what", "at_least", "detail"}
@@ -51,23 +37,12 @@ SERVICE_PREFIXES = tuple(f"{s.env_prefix}_" for s in SPECS) + ("PAYMESH_",)
 
 
 def operator_env(mesh: Mesh) -> dict[str, str]:
-    """What an operator's shell holds for this mesh (the test Mesh writes no mesh.json): its environment and each
-    service's store as the service was given it."""
-    return {**mesh.env, **{f"{spec(name).env_prefix}_DB_URL": mesh.child(name).db_url for name in NAMES}}
+    """What an operator's shell holds for this mesh: its environment and each service's store."""
+    return {**mesh.env, **stores_env(mesh)}
 
 
 async def paymesh(env: dict[str, str], *argv: str) -> tuple[int, str, str]:
-    """(exit status, stdout, stderr) of the command, run in a process of its own."""
-    process = await asyncio.create_subprocess_exec(sys.executable, "-c", CLI, *argv, env=env,
-                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), CLI_TIMEOUT_S)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return await paymesh_command(env, *argv)
 
 
 def published(t: Trace, name: str) -> Entry:
